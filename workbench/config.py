@@ -1,0 +1,270 @@
+"""The run spec: the one source of truth for a GRPO run.
+
+`RunSpec` holds every knob of a run. UI controls, CLI flags and the saved `config.json` are all generated from its
+fields: each carries `help`, and numeric ones a `range` (min, max) and `choices` where the set is closed. Invalid
+values or combinations fail at construction with a message that says what to change.
+
+Also here: `workbench_home()` (the root folder from `$WORKBENCH_HOME`), `Limits` (caps a public deployment sets
+from environment variables) and `PRESETS`.
+
+    from workbench.config import RunSpec, PRESETS
+    spec = PRESETS["quick"].replace(max_steps=10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def workbench_home() -> Path:
+    """Root folder for converted models and runs: `$WORKBENCH_HOME`, default `~/.cache/grpo-workbench`."""
+    return Path(os.environ.get("WORKBENCH_HOME") or Path.home() / ".cache" / "grpo-workbench").expanduser()
+
+
+class ConfigError(ValueError):
+    """A run spec value or combination is invalid; the message says what to change."""
+
+
+def _f(default: Any, help: str, range: tuple | None = None, choices: tuple | None = None, **meta: Any):
+    """A dataclass field with the metadata UI and CLI are generated from."""
+    md = {"help": help, "range": range, "choices": choices, **meta}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: json.loads(json.dumps(default)), metadata=md)
+    return field(default=default, metadata=md)
+
+
+@dataclass
+class RewardSpec:
+    """One reward function of a run: a registry name, its weight in the total, and its parameters."""
+
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> RewardSpec:
+        """Parse `name[:weight][,key=value,...]`, e.g. `length:1.0,target=20,unit=words`."""
+        head, *kvs = [p.strip() for p in text.split(",") if p.strip()]
+        name, _, weight = head.partition(":")
+        params: dict[str, Any] = {}
+        for kv in kvs:
+            if "=" not in kv:
+                raise ConfigError(f"reward parameter {kv!r} in {text!r} must look like key=value")
+            k, v = kv.split("=", 1)
+            params[k.strip()] = _coerce(v.strip())
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise ConfigError(f"reward weight {weight!r} in {text!r} must be a number, e.g. {name}:0.5") from None
+        return cls(name=name.strip(), weight=w, params=params)
+
+    def __str__(self) -> str:
+        return ",".join([f"{self.name}:{self.weight:g}"] + [f"{k}={v}" for k, v in self.params.items()])
+
+
+def _coerce(v: str) -> Any:
+    for t in (int, float):
+        try:
+            return t(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(v.lower(), v)
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines a GRPO run. Names follow TRL's GRPOConfig where TRL has the same knob."""
+
+    # --- what to train, on what
+    model: str = _f(DEFAULT_MODEL, "Model: the bundled 'smollm2-135m-instruct', a hub id, or a local folder.")
+    task: str = _f(
+        "concise",
+        "Prompts: a built-in task ('concise', 'arithmetic'), 'rg:<reasoning-gym dataset>', "
+        "'file:<path to csv/jsonl/parquet>' or 'hub:<dataset id>'.",
+    )
+    train_size: int = _f(256, "How many training prompts to draw from the task.", (4, 100_000))
+    eval_size: int = _f(24, "How many held-out prompts (never trained on) for the comparison.", (1, 1000))
+    system_prompt: str = _f("", "System prompt put before every prompt; empty = the task's own.")
+    rewards: list[RewardSpec] = _f(
+        [], "Reward functions with weights, 'name:weight,key=value'; empty = the task's suggested rewards."
+    )
+    # --- sampling (the rollout)
+    num_generations: int = _f(4, "G: completions sampled per prompt; advantages are relative within a group.", (2, 64))
+    prompts_per_step: int = _f(2, "Prompts per optimizer step; a step trains on prompts_per_step × G completions.", (1, 64))
+    max_prompt_length: int = _f(256, "Prompts longer than this (tokens) are cut from the left.", (16, 8192))
+    max_completion_length: int = _f(48, "Most new tokens per completion; longer ones are truncated.", (4, 4096))
+    temperature: float = _f(1.0, "Sampling temperature for the rollout.", (0.05, 2.0))
+    top_p: float = _f(1.0, "Nucleus sampling: keep the smallest token set with this much probability.", (0.05, 1.0))
+    # --- optimisation
+    learning_rate: float = _f(2e-4, "AdamW learning rate.", (1e-7, 1e-2))
+    lr_scheduler: str = _f("constant", "Learning-rate schedule after warm-up.", choices=("constant", "linear", "cosine"))
+    warmup_steps: int = _f(0, "Steps of linear warm-up from 0 to the learning rate.", (0, 10_000))
+    max_steps: int = _f(30, "Optimizer steps in the run.", (1, 100_000))
+    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this; 0 = no clipping.", (0.0, 1000.0))
+    weight_decay: float = _f(0.0, "AdamW weight decay.", (0.0, 1.0))
+    # --- what is trained
+    use_lora: bool = _f(True, "Train a LoRA adapter (fast, small); off = full fine-tuning.")
+    lora_r: int = _f(16, "LoRA rank.", (1, 256))
+    lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).", (1, 1024))
+    lora_dropout: float = _f(0.0, "Dropout on the LoRA input.", (0.0, 0.9))
+    lora_target_modules: str = _f(
+        "all-linear", "Modules LoRA wraps: 'all-linear' or comma-separated names, e.g. 'q_proj,v_proj'."
+    )
+    # --- the GRPO objective (TRL 1.16 semantics)
+    loss_type: str = _f(
+        "dapo",
+        "How token losses are averaged: grpo (per sequence), dr_grpo (by max length), dapo (by tokens in the "
+        "batch), bnpo (by tokens in the local batch).",
+        choices=("grpo", "dr_grpo", "dapo", "bnpo"),
+    )
+    beta: float = _f(0.0, "KL penalty to the reference (the base model, adapter disabled); 0 = no KL.", (0.0, 10.0))
+    epsilon: float = _f(0.2, "Lower clipping bound of the probability ratio (1 - epsilon).", (0.0, 1.0))
+    epsilon_high: float = _f(0.2, "Upper clipping bound of the probability ratio (1 + epsilon_high).", (0.0, 10.0))
+    num_iterations: int = _f(1, "μ: optimizer passes over each generated batch (>1 makes clipping active).", (1, 16))
+    scale_rewards: str = _f(
+        "group",
+        "Divide advantages by the reward std of the group, of the whole batch, or not at all.",
+        choices=("group", "batch", "none"),
+    )
+    mask_truncated_completions: bool = _f(False, "Leave completions that hit max_completion_length out of the loss.")
+    # --- run
+    seed: int = _f(0, "Random seed: the same seed on the same machine gives the same first-step completions.", (0, 2**31 - 1))
+    dtype: str = _f("auto", "Weights dtype: auto = bf16 where the hardware runs it fast, else fp32.",
+                    choices=("auto", "float32", "bfloat16", "float16"))
+    device: str = _f("auto", "auto = CUDA if present, else CPU.", choices=("auto", "cpu", "cuda"))
+    engine: str = _f("builtin", "builtin = the workbench's fast engine; trl = TRL's GRPOTrainer.", choices=("builtin", "trl"))
+    save_every: int = _f(10, "Save an adapter checkpoint every N steps (and at the end).", (1, 100_000))
+
+    def __post_init__(self) -> None:
+        self.rewards = [r if isinstance(r, RewardSpec) else _reward_from(r) for r in self.rewards]
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            rng, choices = f.metadata.get("range"), f.metadata.get("choices")
+            if f.type in ("int", "float") and isinstance(v, bool):
+                raise ConfigError(f"{f.name} must be a number, got {v!r}")
+            if rng is not None:
+                lo, hi = rng
+                if not isinstance(v, (int, float)):
+                    raise ConfigError(f"{f.name} must be a number between {lo} and {hi}, got {v!r}")
+                if f.type == "int" and v != int(v):
+                    raise ConfigError(f"{f.name} must be a whole number, got {v!r}")
+                if not lo <= v <= hi:
+                    raise ConfigError(f"{f.name}={v} is out of range: choose a value between {lo} and {hi}")
+            if choices is not None and v not in choices:
+                raise ConfigError(f"{f.name}={v!r} is not one of {', '.join(choices)}")
+        if not self.model.strip():
+            raise ConfigError("model is empty: use 'smollm2-135m-instruct', a hub id or a local folder")
+        if not self.task.strip():
+            raise ConfigError("task is empty: use 'concise', 'arithmetic', 'rg:<name>', 'file:<path>' or 'hub:<id>'")
+        if self.epsilon_high < self.epsilon:
+            raise ConfigError(
+                f"epsilon_high={self.epsilon_high} is below epsilon={self.epsilon}: raise epsilon_high to at least "
+                "epsilon (equal = symmetric clipping, as in the GRPO paper)"
+            )
+        if self.prompts_per_step > self.train_size:
+            raise ConfigError(
+                f"prompts_per_step={self.prompts_per_step} exceeds train_size={self.train_size}: lower "
+                "prompts_per_step or raise train_size"
+            )
+        if self.lora_target_modules.strip() == "":
+            raise ConfigError("lora_target_modules is empty: use 'all-linear' or names like 'q_proj,v_proj'")
+        for r in self.rewards:
+            if not r.name:
+                raise ConfigError("a reward has no name: write it as 'name:weight', e.g. 'length:1.0'")
+
+    # --- conversions
+    def replace(self, **changes: Any) -> RunSpec:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}: valid names are {', '.join(sorted(names))}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSpec:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config is not valid JSON ({e.msg} at line {e.lineno}): fix the file") from None
+        if not isinstance(d, dict):
+            raise ConfigError("config JSON must be an object of settings, e.g. {\"max_steps\": 10}")
+        return cls.from_dict(d)
+
+
+def _reward_from(r: Any) -> RewardSpec:
+    if isinstance(r, str):
+        return RewardSpec.parse(r)
+    if isinstance(r, dict):
+        try:
+            return RewardSpec(**r)
+        except TypeError:
+            raise ConfigError(f"reward {r!r} must have keys name, weight, params") from None
+    raise ConfigError(f"reward {r!r} must be 'name:weight' text or a dict")
+
+
+def spec_fields() -> list[dataclasses.Field]:
+    """The run spec's fields in order, with metadata (help, range, choices): what UI and CLI are built from."""
+    return list(dataclasses.fields(RunSpec))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps for a shared deployment (a Space), read from the environment; None = no cap."""
+
+    max_steps: int | None = None
+    max_completion_length: int | None = None
+    max_upload_mb: float = 20.0
+    queue_size: int = 4
+    max_active_runs: int = 1
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        def num(name: str, cast=int, default=None):
+            v = os.environ.get(name)
+            return cast(v) if v not in (None, "") else default
+
+        return cls(
+            max_steps=num("WORKBENCH_MAX_STEPS"),
+            max_completion_length=num("WORKBENCH_MAX_COMPLETION_LENGTH"),
+            max_upload_mb=num("WORKBENCH_MAX_UPLOAD_MB", float, 20.0),
+            queue_size=num("WORKBENCH_QUEUE_SIZE", int, 4),
+            max_active_runs=num("WORKBENCH_MAX_ACTIVE_RUNS", int, 1),
+        )
+
+    def check(self, spec: RunSpec) -> None:
+        """Raise ConfigError when a spec asks for more than this deployment allows."""
+        if self.max_steps is not None and spec.max_steps > self.max_steps:
+            raise ConfigError(f"max_steps={spec.max_steps} is above this server's limit of {self.max_steps}: lower it")
+        if self.max_completion_length is not None and spec.max_completion_length > self.max_completion_length:
+            raise ConfigError(
+                f"max_completion_length={spec.max_completion_length} is above this server's limit of "
+                f"{self.max_completion_length}: lower it"
+            )
+
+
+# Presets are instances of the spec. Tuned on 2 CPU cores with the bundled model: see README for the figures.
+PRESETS: dict[str, RunSpec] = {
+    "quick": RunSpec(task="concise", max_steps=30, num_generations=4, prompts_per_step=2, max_completion_length=48),
+    "reasoning": RunSpec(
+        task="arithmetic", max_steps=60, num_generations=6, prompts_per_step=2, max_completion_length=96,
+        temperature=0.9,
+    ),
+}

