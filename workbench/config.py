@@ -160,7 +160,7 @@ class RunSpec:
             if choices is not None and v not in choices:
                 raise ConfigError(f"{f.name}={v!r} is not one of {', '.join(choices)}")
         if not self.model.strip():
-            raise ConfigError("model is empty: use 'smollm2-135m-instruct', a hub id or a local folder")
+            raise ConfigError("model is empty: use the bundled 'smollm2-135m-instruct', a hub id or a local folder")
         if not self.task.strip():
             raise ConfigError("task is empty: use 'concise', 'arithmetic', 'rg:<name>', 'file:<path>' or 'hub:<id>'")
         if self.epsilon_high < self.epsilon:
