@@ -13,7 +13,10 @@ from workbench import models
 
 def _answer(model, tok, question: str) -> str:
     enc = tok.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        [{"role": "user", "content": question}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     out = model.generate(**enc, max_new_tokens=16, do_sample=False)
     return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -38,7 +41,9 @@ def test_conversion_is_cached_and_a_corrupt_cache_is_rebuilt(tmp_path, monkeypat
     assert models.is_prepared(name)
     weights = folder / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
-    assert models.prepare_bundled(name) == folder and weights.stat().st_mtime_ns == mtime  # cached: not redone
+    assert (
+        models.prepare_bundled(name) == folder and weights.stat().st_mtime_ns == mtime
+    )  # cached: not redone
 
     # A conversion killed half way leaves a truncated file: detected, and rebuilt on the next call.
     with open(weights, "r+b") as f:

@@ -1,6 +1,6 @@
 """The `workbench` command line (same as `python -m workbench`).
 
-    workbench models [--prepare] [--json]     list models; convert the bundled one
+workbench models [--prepare] [--json]     list models; convert the bundled one
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps([i.__dict__ for i in infos]))
     else:
         for i in infos:
-            state = f"prepared at {i.path}" if i.prepared else "not prepared (run: workbench models --prepare)"
+            state = (
+                f"prepared at {i.path}" if i.prepared else "not prepared (run: workbench models --prepare)"
+            )
             print(f"{i.name:24s} {i.about} — {state}")
     return 0
 

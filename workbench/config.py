@@ -62,7 +62,9 @@ class RewardSpec:
         try:
             w = float(weight) if weight else 1.0
         except ValueError:
-            raise ConfigError(f"reward weight {weight!r} in {text!r} must be a number, e.g. {name}:0.5") from None
+            raise ConfigError(
+                f"reward weight {weight!r} in {text!r} must be a number, e.g. {name}:0.5"
+            ) from None
         return cls(name=name.strip(), weight=w, params=params)
 
     def __str__(self) -> str:
@@ -96,15 +98,25 @@ class RunSpec:
         [], "Reward functions with weights, 'name:weight,key=value'; empty = the task's suggested rewards."
     )
     # --- sampling (the rollout)
-    num_generations: int = _f(4, "G: completions sampled per prompt; advantages are relative within a group.", (2, 64))
-    prompts_per_step: int = _f(2, "Prompts per optimizer step; a step trains on prompts_per_step × G completions.", (1, 64))
+    num_generations: int = _f(
+        4, "G: completions sampled per prompt; advantages are relative within a group.", (2, 64)
+    )
+    prompts_per_step: int = _f(
+        2, "Prompts per optimizer step; a step trains on prompts_per_step × G completions.", (1, 64)
+    )
     max_prompt_length: int = _f(256, "Prompts longer than this (tokens) are cut from the left.", (16, 8192))
-    max_completion_length: int = _f(48, "Most new tokens per completion; longer ones are truncated.", (4, 4096))
+    max_completion_length: int = _f(
+        48, "Most new tokens per completion; longer ones are truncated.", (4, 4096)
+    )
     temperature: float = _f(1.0, "Sampling temperature for the rollout.", (0.05, 2.0))
-    top_p: float = _f(1.0, "Nucleus sampling: keep the smallest token set with this much probability.", (0.05, 1.0))
+    top_p: float = _f(
+        1.0, "Nucleus sampling: keep the smallest token set with this much probability.", (0.05, 1.0)
+    )
     # --- optimisation
     learning_rate: float = _f(2e-4, "AdamW learning rate.", (1e-7, 1e-2))
-    lr_scheduler: str = _f("constant", "Learning-rate schedule after warm-up.", choices=("constant", "linear", "cosine"))
+    lr_scheduler: str = _f(
+        "constant", "Learning-rate schedule after warm-up.", choices=("constant", "linear", "cosine")
+    )
     warmup_steps: int = _f(0, "Steps of linear warm-up from 0 to the learning rate.", (0, 10_000))
     max_steps: int = _f(30, "Optimizer steps in the run.", (1, 100_000))
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this; 0 = no clipping.", (0.0, 1000.0))
@@ -124,22 +136,41 @@ class RunSpec:
         "batch), bnpo (by tokens in the local batch).",
         choices=("grpo", "dr_grpo", "dapo", "bnpo"),
     )
-    beta: float = _f(0.0, "KL penalty to the reference (the base model, adapter disabled); 0 = no KL.", (0.0, 10.0))
+    beta: float = _f(
+        0.0, "KL penalty to the reference (the base model, adapter disabled); 0 = no KL.", (0.0, 10.0)
+    )
     epsilon: float = _f(0.2, "Lower clipping bound of the probability ratio (1 - epsilon).", (0.0, 1.0))
-    epsilon_high: float = _f(0.2, "Upper clipping bound of the probability ratio (1 + epsilon_high).", (0.0, 10.0))
-    num_iterations: int = _f(1, "μ: optimizer passes over each generated batch (>1 makes clipping active).", (1, 16))
+    epsilon_high: float = _f(
+        0.2, "Upper clipping bound of the probability ratio (1 + epsilon_high).", (0.0, 10.0)
+    )
+    num_iterations: int = _f(
+        1, "μ: optimizer passes over each generated batch (>1 makes clipping active).", (1, 16)
+    )
     scale_rewards: str = _f(
         "group",
         "Divide advantages by the reward std of the group, of the whole batch, or not at all.",
         choices=("group", "batch", "none"),
     )
-    mask_truncated_completions: bool = _f(False, "Leave completions that hit max_completion_length out of the loss.")
+    mask_truncated_completions: bool = _f(
+        False, "Leave completions that hit max_completion_length out of the loss."
+    )
     # --- run
-    seed: int = _f(0, "Random seed: the same seed on the same machine gives the same first-step completions.", (0, 2**31 - 1))
-    dtype: str = _f("auto", "Weights dtype: auto = bf16 where the hardware runs it fast, else fp32.",
-                    choices=("auto", "float32", "bfloat16", "float16"))
+    seed: int = _f(
+        0,
+        "Random seed: the same seed on the same machine gives the same first-step completions.",
+        (0, 2**31 - 1),
+    )
+    dtype: str = _f(
+        "auto",
+        "Weights dtype: auto = bf16 where the hardware runs it fast, else fp32.",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
     device: str = _f("auto", "auto = CUDA if present, else CPU.", choices=("auto", "cpu", "cuda"))
-    engine: str = _f("builtin", "builtin = the workbench's fast engine; trl = TRL's GRPOTrainer.", choices=("builtin", "trl"))
+    engine: str = _f(
+        "builtin",
+        "builtin = the workbench's fast engine; trl = TRL's GRPOTrainer.",
+        choices=("builtin", "trl"),
+    )
     save_every: int = _f(10, "Save an adapter checkpoint every N steps (and at the end).", (1, 100_000))
 
     def __post_init__(self) -> None:
@@ -160,9 +191,13 @@ class RunSpec:
             if choices is not None and v not in choices:
                 raise ConfigError(f"{f.name}={v!r} is not one of {', '.join(choices)}")
         if not self.model.strip():
-            raise ConfigError("model is empty: use the bundled 'smollm2-135m-instruct', a hub id or a local folder")
+            raise ConfigError(
+                "model is empty: use the bundled 'smollm2-135m-instruct', a hub id or a local folder"
+            )
         if not self.task.strip():
-            raise ConfigError("task is empty: use 'concise', 'arithmetic', 'rg:<name>', 'file:<path>' or 'hub:<id>'")
+            raise ConfigError(
+                "task is empty: use 'concise', 'arithmetic', 'rg:<name>', 'file:<path>' or 'hub:<id>'"
+            )
         if self.epsilon_high < self.epsilon:
             raise ConfigError(
                 f"epsilon_high={self.epsilon_high} is below epsilon={self.epsilon}: raise epsilon_high to at least "
@@ -195,7 +230,9 @@ class RunSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}: valid names are {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"unknown setting(s) {', '.join(unknown)}: valid names are {', '.join(sorted(names))}"
+            )
         return cls(**d)
 
     @classmethod
@@ -203,9 +240,11 @@ class RunSpec:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"config is not valid JSON ({e.msg} at line {e.lineno}): fix the file") from None
+            raise ConfigError(
+                f"config is not valid JSON ({e.msg} at line {e.lineno}): fix the file"
+            ) from None
         if not isinstance(d, dict):
-            raise ConfigError("config JSON must be an object of settings, e.g. {\"max_steps\": 10}")
+            raise ConfigError('config JSON must be an object of settings, e.g. {"max_steps": 10}')
         return cls.from_dict(d)
 
 
@@ -252,7 +291,9 @@ class Limits:
     def check(self, spec: RunSpec) -> None:
         """Raise ConfigError when a spec asks for more than this deployment allows."""
         if self.max_steps is not None and spec.max_steps > self.max_steps:
-            raise ConfigError(f"max_steps={spec.max_steps} is above this server's limit of {self.max_steps}: lower it")
+            raise ConfigError(
+                f"max_steps={spec.max_steps} is above this server's limit of {self.max_steps}: lower it"
+            )
         if self.max_completion_length is not None and spec.max_completion_length > self.max_completion_length:
             raise ConfigError(
                 f"max_completion_length={spec.max_completion_length} is above this server's limit of "
@@ -262,9 +303,15 @@ class Limits:
 
 # Presets are instances of the spec. Tuned on 2 CPU cores with the bundled model: see README for the figures.
 PRESETS: dict[str, RunSpec] = {
-    "quick": RunSpec(task="concise", max_steps=30, num_generations=4, prompts_per_step=2, max_completion_length=48),
+    "quick": RunSpec(
+        task="concise", max_steps=30, num_generations=4, prompts_per_step=2, max_completion_length=48
+    ),
     "reasoning": RunSpec(
-        task="arithmetic", max_steps=60, num_generations=6, prompts_per_step=2, max_completion_length=96,
+        task="arithmetic",
+        max_steps=60,
+        num_generations=6,
+        prompts_per_step=2,
+        max_completion_length=96,
         temperature=0.9,
     ),
 }

@@ -82,7 +82,9 @@ def _cache_dir(name: str) -> Path:
 
 def _bundled_gguf(name: str) -> Path:
     entry = BUNDLED[name]
-    spec = importlib.util.find_spec(entry["package"])  # located, not imported: its __init__ needs the `llm` app
+    spec = importlib.util.find_spec(
+        entry["package"]
+    )  # located, not imported: its __init__ needs the `llm` app
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
             f"the bundled model package {entry['package']} is not installed: run `make run` (or "
@@ -208,9 +210,17 @@ def tiny_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64):
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     return LlamaForCausalLM(cfg)
 
