@@ -1,47 +1,450 @@
 """The `workbench` command line (same as `python -m workbench`).
 
-workbench models [--prepare] [--json]     list models; convert the bundled one
+    workbench train [--preset quick] [--config FILE] [--max-steps 10 --reward 'length:1,target=20' ...] [--detach]
+    workbench runs | show RUN | resume RUN | stop RUN | kill RUN
+    workbench compare RUN [--mode greedy|sampled] [--csv FILE]       base vs tuned on the held-out prompts
+    workbench export RUN --to DIR [--merged]  |  workbench export RUN --trl DIR
+    workbench models [--prepare]                                      list models; convert the bundled one
+    workbench worker RUN                                              internal: the training process
+
+The run flags are generated from RunSpec (help, range, choices); `--flag/--no-flag` for switches. Every command
+takes --json: stdout then carries exactly one JSON document and everything else goes to stderr. Errors are one
+line on stderr and exit code 2 (with --json, stdout carries {"error": ...}).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
+import shutil
 import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-from . import models
+from .config import PRESETS, ConfigError, RunSpec, spec_fields
+
+# Errors whose message is written for the user already (the rest get their type name in front).
+_KNOWN_ERRORS = {
+    "ConfigError",
+    "ModelError",
+    "RunNotFound",
+    "RunnerBusy",
+    "StoreError",
+    "TaskError",
+    "RewardError",
+}
+# Results a command returns: (exit code, the JSON document, the text printed without --json).
+Result = tuple[int, Any, str]
 
 
-def cmd_models(args: argparse.Namespace) -> int:
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        raise _UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _fmt_secs(s: float) -> str:
+    s = int(max(0, s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _f(x: Any, spec: str = ".3f") -> str:
+    return format(x, spec) if isinstance(x, (int, float)) and math.isfinite(x) else "-"
+
+
+# --- run spec flags -----------------------------------------------------------------------------------------
+def add_spec_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run settings (override the preset and the config file)")
+    for f in spec_fields():
+        md, rng = f.metadata, f.metadata.get("range")
+        text = md["help"].replace("%", "%%") + (f" [{rng[0]}..{rng[1]}]" if rng else "")
+        kw = {"dest": f.name, "default": argparse.SUPPRESS}  # unset flags leave the preset/config value alone
+        if f.name == "rewards":
+            g.add_argument(
+                "--reward", action="append", metavar="'NAME:WEIGHT,K=V'", help=text + " Repeatable.", **kw
+            )
+            continue
+        names = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
+        text += f" (default {f.default})" if f.default not in ("", None) else ""
+        if f.type == "bool":
+            g.add_argument(*names, action=argparse.BooleanOptionalAction, help=text, **kw)
+        else:
+            cast = {"int": int, "float": float}.get(f.type, str)
+            g.add_argument(
+                *names, type=cast, choices=md.get("choices"), metavar=f.name.upper(), help=text, **kw
+            )
+
+
+def spec_from_args(args: argparse.Namespace) -> RunSpec:
+    """Preset (or the defaults), then the config file on top, then the flags on top."""
+    if args.preset and args.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
+    d = (PRESETS[args.preset] if args.preset else RunSpec()).to_dict()
+    if args.config:
+        try:
+            text = Path(args.config).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {args.config}: {e.strerror}") from None
+        d.update(_json_object(text, args.config))
+    d.update({f.name: getattr(args, f.name) for f in spec_fields() if hasattr(args, f.name)})
+    return RunSpec.from_dict(d)
+
+
+def _json_object(text: str, name: str) -> dict:
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"config file {name} is not valid JSON ({e.msg} at line {e.lineno}): fix it"
+        ) from None
+    if not isinstance(d, dict):
+        raise ConfigError(f'config file {name} must hold a JSON object of settings, e.g. {{"max_steps": 10}}')
+    return d
+
+
+# --- following a run ----------------------------------------------------------------------------------------
+def follow(run_id: str) -> Result:
+    """Print progress until the run ends; Ctrl-C asks it to stop after the step, a second Ctrl-C kills it."""
+    from . import runner
+    from .store import TERMINAL, open_run
+
+    run = open_run(run_id)
+    print(f"run {run.id} stored in {run.dir}", flush=True)
+    last, said, ctrl_c, times = 0, None, 0, []
+    while True:
+        try:
+            st = run.status()
+            for m in run.metrics(since_step=last):
+                last = m["step"]
+                times.append(m.get("step_time") or 0.0)
+                avg = sum(times[-5:]) / len(times[-5:])
+                print(
+                    f"step {last:>4}/{st['max_steps']}  reward {_f(m.get('reward'))} "
+                    f"(std {_f(m.get('reward_std'))})  length {_f(m.get('completions/mean_length'), '.1f')}  "
+                    f"{avg:.1f} s/step  ETA {_fmt_secs(avg * (st['max_steps'] - last))}",
+                    flush=True,
+                )
+            now = (st["state"], st.get("reason"))
+            if now != said and st["state"] not in TERMINAL:
+                print(f"{st['state']}" + (f": {st['reason']}" if st.get("reason") else ""), flush=True)
+                said = now
+            if st["state"] in TERMINAL:
+                break
+            time.sleep(0.5)
+        except KeyboardInterrupt:
+            ctrl_c += 1
+            if ctrl_c == 1:
+                runner.stop_run(run_id)
+                print("stopping after the current step (Ctrl-C again to kill the worker)", flush=True)
+            else:
+                runner.kill_run(run_id)
+    return _run_result(run)
+
+
+def _run_result(run) -> Result:
+    st = run.status()
+    doc = {
+        "run_id": run.id,
+        "dir": str(run.dir),
+        "status": st["state"],
+        "reason": st.get("reason"),
+        "steps_done": st["steps_done"],
+        "max_steps": st["max_steps"],
+        "final_metrics": run.last_metrics(),
+        "adapter": str(run.final_adapter()) if run.final_adapter() else None,
+    }
+    text = f"{st['state']}: {st['steps_done']}/{st['max_steps']} steps" + (
+        f" ({st['reason']})" if st.get("reason") else ""
+    )
+    if doc["adapter"]:
+        text += f"\nadapter: {doc['adapter']}\ncompare with the base model: workbench compare {run.id}"
+    if st["state"] in ("failed", "interrupted"):
+        print(f"error: run {run.id} {st['state']}: {st.get('reason')}", file=sys.stderr)
+        return 2, doc, text
+    return 0, doc, text
+
+
+# --- commands -----------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> Result:
+    from . import runner
+    from .store import open_run
+
+    run_id = runner.start_run(spec_from_args(args))
+    if args.detach:
+        run = open_run(run_id)
+        st = run.status()
+        doc = {"run_id": run_id, "dir": str(run.dir), "status": st["state"], "reason": st.get("reason")}
+        return 0, doc, f"run {run_id} {st['state']}, stored in {run.dir}\nwatch it: workbench show {run_id}"
+    return follow(run_id)
+
+
+def cmd_resume(args: argparse.Namespace) -> Result:
+    from . import runner
+    from .store import open_run
+
+    runner.resume_run(args.run)
+    if args.detach:
+        st = open_run(args.run).status()
+        return 0, {"run_id": args.run, "status": st["state"]}, f"run {args.run} {st['state']}"
+    return follow(args.run)
+
+
+def cmd_stop(args: argparse.Namespace) -> Result:
+    from . import runner
+
+    (runner.kill_run if args.command == "kill" else runner.stop_run)(args.run)
+    verb = "killed" if args.command == "kill" else "asked to stop after its current step"
+    return 0, {"run_id": args.run, "action": args.command}, f"run {args.run} {verb}"
+
+
+def cmd_runs(args: argparse.Namespace) -> Result:
+    from . import runner
+    from .store import list_runs
+
+    runner.reconcile()
+    rows = []
+    for run in list_runs():
+        st, spec, reward = run.status(), run.spec, run.last_metrics().get("reward")
+        keys = ("state", "reason", "steps_done", "max_steps")
+        rows.append({"id": run.id, **{k: st[k] for k in keys}, "reward": reward, "task": spec.task,
+                     "model": spec.model, "dir": str(run.dir)})  # fmt: skip
+    lines = [f"{'RUN':22} {'STATE':11} {'STEPS':>9} {'REWARD':>7}  TASK / MODEL"]
+    lines += [
+        f"{r['id']:22} {r['state']:11} {r['steps_done']:>4}/{r['max_steps']:<4} {_f(r['reward']):>7}  "
+        f"{r['task']} / {r['model']}"
+        for r in rows
+    ]
+    empty = "no runs yet: start one with `workbench train --preset quick`"
+    return 0, rows, "\n".join(lines) if rows else empty
+
+
+def cmd_show(args: argparse.Namespace) -> Result:
+    from .store import open_run
+
+    run = open_run(args.run)
+    doc = {
+        **run.summary(),
+        "spec": run.spec.to_dict(),
+        "versions": run.versions(),
+        "metrics": run.metrics(),
+        "episodes": run.episodes(),
+    }
+    st = doc["status"]
+    lines = [
+        f"run {run.id}: {st['state']}, {st['steps_done']}/{st['max_steps']} steps"
+        + (f" ({st['reason']})" if st.get("reason") else ""),
+        f"  folder  {run.dir}",
+        f"  model   {doc['model']}   task {doc['task']}   engine {doc['engine']}",
+        f"  adapter {doc['adapter'] or '-'}   latest checkpoint {doc['latest_checkpoint'] or '-'}",
+    ]
+    m = doc["last_metrics"]
+    if m:
+        lines.append(
+            f"  step {m['step']}: reward {_f(m.get('reward'))}, kl {_f(m.get('kl'))}, "
+            f"length {_f(m.get('completions/mean_length'), '.1f')}"
+        )
+    for e in doc["episodes"][:4]:
+        lines.append(f"  [{_f(e['reward'], '+.2f')}] {e['completion'][:100]!r}")
+    if st["state"] in ("failed", "interrupted") and run.log_path.exists():
+        lines += ["  last lines of worker.log:"] + [
+            "    " + x for x in run.log_path.read_text(errors="replace").splitlines()[-5:]
+        ]
+    return 0, doc, "\n".join(lines)
+
+
+def _adapter_of(run) -> Path:
+    src = run.final_adapter() or run.latest_checkpoint()
+    if src is None:
+        raise ConfigError(f"run {run.id} has no adapter or checkpoint yet: train or resume it first")
+    return src
+
+
+def cmd_compare(args: argparse.Namespace) -> Result:
+    from .evaluate import compare
+    from .store import open_run
+
+    run = open_run(args.run)
+    cmp = compare(
+        run.id,
+        _adapter_of(run),
+        mode=args.mode,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        progress=lambda frac, msg: print(f"[{frac:4.0%}] {msg}", file=sys.stderr, flush=True),
+    )
+    if args.csv:
+        cmp.to_csv(args.csv)
+    return 0, cmp.to_dict(), cmp.summary.to_string()
+
+
+def cmd_export(args: argparse.Namespace) -> Result:
+    from .store import open_run
+
+    run = open_run(args.run)
+    if args.trl:
+        from .tasks import load_task
+        from .trl_engine import export_trl
+
+        out = export_trl(run.spec, load_task(run.spec), Path(args.trl))
+        return 0, {"run_id": run.id, "trl": str(out)}, f"TRL script written to {out}"
+    dest = Path(args.to).expanduser()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ConfigError(f"{dest} exists and is not empty: choose a new folder")
+    src = _adapter_of(run)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        if args.merged and (src / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            from .models import load_model
+
+            model, tok = load_model(run.spec.model, dtype="float32", device="cpu")
+            PeftModel.from_pretrained(model, src).merge_and_unload().save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+        else:  # the adapter, or an already full model (use_lora off)
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+        # the run spec beside the weights; not "config.json", which is the model's own config in a full model
+        about = {
+            "run_id": run.id,
+            "source": str(src.relative_to(run.dir)),
+            "merged": bool(args.merged),
+            "spec": run.spec.to_dict(),
+            "versions": run.versions(),
+        }
+        (tmp / "workbench_run.json").write_text(json.dumps(about, indent=2))
+        tmp.chmod(0o755)
+        if dest.exists():
+            dest.rmdir()
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    kind = "merged model" if args.merged else "adapter"
+    return 0, {"run_id": run.id, "to": str(dest), "merged": bool(args.merged)}, f"{kind} written to {dest}"
+
+
+def cmd_models(args: argparse.Namespace) -> Result:
+    from . import models
+
     if args.prepare:
         for name in models.BUNDLED:
             models.prepare_bundled(name)
     infos = models.list_models()
-    if args.json:
-        print(json.dumps([i.__dict__ for i in infos]))
-    else:
-        for i in infos:
-            state = (
-                f"prepared at {i.path}" if i.prepared else "not prepared (run: workbench models --prepare)"
-            )
-            print(f"{i.name:24s} {i.about} — {state}")
-    return 0
+    lines = [
+        f"{i.name:24s} {i.about} — "
+        + (f"prepared at {i.path}" if i.prepared else "not prepared (run: workbench models --prepare)")
+        for i in infos
+    ]
+    return 0, [i.__dict__ for i in infos], "\n".join(lines)
 
 
+def cmd_worker(args: argparse.Namespace) -> Result:
+    from .store import open_run
+    from .worker import main as worker_main
+
+    code = worker_main(args.run)
+    st = open_run(args.run).status()
+    return code, {"run_id": args.run, "status": st["state"], "reason": st.get("reason")}, ""
+
+
+# --- parser and entry point ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="workbench", description="GRPO Workbench: try GRPO on a small model.")
-    sub = p.add_subparsers(dest="command", required=True)
-    m = sub.add_parser("models", help="list models; --prepare converts the bundled one")
+    p = _Parser(prog="workbench", description="GRPO Workbench: try GRPO on a small model.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def cmd(name: str, func, help: str, run: bool = False) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        if run:
+            c.add_argument("run", metavar="RUN", help="run id (see `workbench runs`)")
+        c.add_argument("--json", action="store_true", help="print exactly one JSON document on stdout")
+        c.set_defaults(func=func)
+        return c
+
+    t = cmd("train", cmd_train, "start a GRPO run and follow its progress (Ctrl-C stops it gracefully)")
+    t.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset run spec")
+    t.add_argument(
+        "--config", metavar="FILE", help="a JSON run spec (e.g. a run's spec.json); flags override"
+    )
+    t.add_argument("--detach", action="store_true", help="start the run and return at once")
+    add_spec_flags(t)
+    cmd("runs", cmd_runs, "list runs (runs left running by a dead worker are marked interrupted)")
+    cmd("show", cmd_show, "status, metrics and the latest completions of a run", run=True)
+    r = cmd("resume", cmd_resume, "continue an interrupted or stopped run from its last checkpoint", run=True)
+    r.add_argument("--detach", action="store_true", help="resume and return at once")
+    cmd("stop", cmd_stop, "stop a run after its current step (saves the adapter)", run=True)
+    cmd("kill", cmd_stop, "kill a run's worker now (resume it later from its checkpoint)", run=True)
+    c = cmd(
+        "compare", cmd_compare, "base vs tuned model on the run's held-out prompts, with scores", run=True
+    )
+    c.add_argument(
+        "--mode", choices=("greedy", "sampled"), default="greedy", help="decoding (default greedy)"
+    )
+    c.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    c.add_argument(
+        "--max-new-tokens", type=int, default=None, help="default: the run's max_completion_length"
+    )
+    c.add_argument("--csv", metavar="FILE", help="also write the per-prompt table to FILE")
+    e = cmd(
+        "export", cmd_export, "write the adapter (or the merged model), or a TRL training script", run=True
+    )
+    to = e.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to", metavar="DIR", help="folder for the adapter (a new or empty folder)")
+    to.add_argument("--trl", metavar="DIR", help="folder for a TRL script of this run's spec")
+    e.add_argument("--merged", action="store_true", help="with --to: merge the adapter into the base model")
+    m = cmd("models", cmd_models, "list models; --prepare converts the bundled one")
     m.add_argument("--prepare", action="store_true", help="convert the bundled model now (once)")
-    m.add_argument("--json", action="store_true", help="print one JSON document")
-    m.set_defaults(func=cmd_models)
+    cmd("worker", cmd_worker, "internal: the training process of a run", run=True)
     return p
 
 
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (str, int, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def _fail(msg: str, as_json: bool) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"error": msg}))
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    as_json = "--json" in argv
     try:
-        return args.func(args)
-    except (models.ModelError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+    except _UsageError as e:
+        return _fail(str(e), as_json)
+    try:
+        # with --json, anything a library prints goes to stderr: stdout holds only the one document
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            code, doc, text = args.func(args)
+    except KeyboardInterrupt:
+        return _fail("interrupted", as_json)
+    except Exception as e:  # one line, never a traceback (WORKBENCH_DEBUG=1 shows it)
+        if os.environ.get("WORKBENCH_DEBUG"):
+            raise
+        known = type(e).__name__ in _KNOWN_ERRORS
+        msg = (str(e).strip() or type(e).__name__).splitlines()[0]
+        return _fail(msg if known else f"{type(e).__name__}: {msg}", as_json)
+    if args.json:
+        print(json.dumps(_jsonable(doc)))
+    elif text:
+        print(text)
+    return code

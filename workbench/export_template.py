@@ -1,0 +1,196 @@
+"""Templates of the folder `workbench export RUN --trl DIR` writes: train.py, accelerate_config.yaml, README.md.
+
+`trl_engine.export_trl` fills the `$placeholders` (string.Template) with literal values from the run spec, so the
+exported script reads like a hand-written TRL script: one GRPOConfig dict, the rewards by registry name, a LoRA
+config. Kept apart from trl_engine.py because these are documents, not logic.
+"""
+
+from __future__ import annotations
+
+from string import Template
+
+TRAIN_PY = Template('''\
+"""GRPO with TRL + accelerate: run "$title", exported by GRPO Workbench.
+
+Task: $task_line
+Model: $model (change with --model)
+
+Run on every GPU of this machine (see README.md beside this file):
+
+    accelerate launch --config_file accelerate_config.yaml train.py
+
+One process (one GPU, or the CPU as a smoke test):
+
+    python train.py --max_steps 2
+
+Every GRPOConfig field can be overridden on the command line, e.g. `--learning_rate 1e-5 --num_generations 8
+--per_device_train_batch_size 32 --use_vllm true`. The reward functions come from the `workbench` package: the same
+code that scored the run in the app.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import load_dataset
+from peft import LoraConfig
+from transformers import HfArgumentParser
+from trl import GRPOConfig, GRPOTrainer
+
+from workbench.config import RewardSpec
+from workbench.rewards import build_rewards
+
+HERE = Path(__file__).resolve().parent
+ON_GPU = torch.cuda.is_available()
+
+# The run spec as TRL settings. A step trains on per_device_train_batch_size completions per process, i.e.
+# $prompts_per_step prompts x $num_generations completions: on N processes a step sees N times as many prompts.
+CONFIG = dict(
+    output_dir=str(HERE / "output"),
+    # --- sampling (the rollout)
+    num_generations=$num_generations,
+    per_device_train_batch_size=$per_device_train_batch_size,  # = prompts per step x num_generations
+    max_completion_length=$max_completion_length,
+    temperature=$temperature,
+    top_p=$top_p,
+    # --- optimisation
+    learning_rate=$learning_rate,
+    lr_scheduler_type=$lr_scheduler_type,
+    warmup_steps=$warmup_steps,
+    max_steps=$max_steps,
+    max_grad_norm=$max_grad_norm,
+    weight_decay=$weight_decay,
+    gradient_checkpointing=False,  # True saves GPU memory on models above ~1B parameters, at ~30% more time
+    # --- the GRPO objective
+    loss_type=$loss_type,
+    beta=$beta,
+    epsilon=$epsilon,
+    epsilon_high=$epsilon_high,
+    num_iterations=$num_iterations,
+    scale_rewards=$scale_rewards,
+    mask_truncated_completions=$mask_truncated_completions,
+    reward_weights=$reward_weights,  # one per entry of REWARDS
+    # --- precision and device
+$precision
+    use_cpu=not ON_GPU,
+    # --- run
+    seed=$seed,
+    logging_steps=1,
+    report_to="none",  # "wandb" or "trackio" to watch the curves
+    save_strategy="no",  # "steps" with save_steps=N to keep checkpoints
+    # --- generation with vLLM (`pip install vllm`; GPUs only): far faster rollouts at large G.
+    # "colocate" shares the training GPUs; "server" talks to `trl vllm-serve --model MODEL` on GPUs of its own.
+    # use_vllm=True,
+    # vllm_mode="colocate",
+    # vllm_gpu_memory_utilization=0.3,
+)
+
+# The reward functions: registry name, weight and parameters (`workbench rewards` lists them all).
+REWARDS = [
+$rewards
+]
+
+# LoRA adapter settings; None = full fine-tuning.
+LORA = $lora
+
+
+@dataclass
+class ScriptArguments:
+    model: str = field(default=$model_repr, metadata={"help": "Hub id or local folder of the model to train."})
+    train_file: str = field(default=str(HERE / "train.jsonl"), metadata={"help": "Training prompts (jsonl)."})
+
+
+def main() -> None:
+    parser = HfArgumentParser((ScriptArguments, GRPOConfig))
+    parser.set_defaults(**CONFIG)
+    script, config = parser.parse_args_into_dataclasses()
+    rewards = build_rewards(REWARDS)  # (metric name, fn, weight); each fn logs as rewards/<name>/mean
+    dataset = load_dataset("json", data_files=script.train_file, split="train")
+    trainer = GRPOTrainer(
+        model=script.model,
+        reward_funcs=[fn for _, fn, _ in rewards],
+        args=config,
+        train_dataset=dataset,
+        peft_config=LoraConfig(**LORA) if LORA else None,
+    )
+    trainer.train()
+    # The adapter (or the full model) with its tokenizer; `workbench compare` and `peft` load it from here.
+    trainer.save_model(str(Path(config.output_dir) / "final"))
+
+
+if __name__ == "__main__":
+    main()
+''')
+
+ACCELERATE_YAML = Template("""\
+# accelerate config for train.py: data parallel on every GPU of one machine.
+#   accelerate launch --config_file accelerate_config.yaml train.py
+# num_processes = GPUs to use; override without editing: accelerate launch --num_processes 4 ...
+#
+# Larger models, when one GPU cannot hold the model + optimizer state (TRL ships ready configs in
+# trl/accelerate_configs/):
+# - DeepSpeed ZeRO-2 (`pip install deepspeed`): set distributed_type: DEEPSPEED and add
+#     deepspeed_config: {zero_stage: 2, offload_optimizer_device: none, offload_param_device: none}
+#   ZeRO-3 also shards the weights: zero_stage: 3, zero3_init_flag: true, zero3_save_16bit_model: true
+#   (with vLLM, keep GRPOConfig ds3_gather_for_generation=True).
+# - FSDP2: set distributed_type: FSDP and add
+#     fsdp_config: {fsdp_version: 2, fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP, fsdp_reshard_after_forward: true,
+#                   fsdp_state_dict_type: FULL_STATE_DICT, fsdp_cpu_ram_efficient_loading: true}
+compute_environment: LOCAL_MACHINE
+debug: false
+distributed_type: MULTI_GPU
+downcast_bf16: 'no'
+gpu_ids: all
+machine_rank: 0
+main_training_function: main
+mixed_precision: '$mixed_precision'
+num_machines: 1
+num_processes: 8
+rdzv_backend: static
+same_network: true
+tpu_env: []
+tpu_use_cluster: false
+tpu_use_sudo: false
+use_cpu: false
+""")
+
+README_MD = Template("""\
+# GRPO on TRL: $title
+
+Exported by GRPO Workbench from a run spec: the same task data, reward functions and GRPO settings, on TRL's
+`GRPOTrainer`, launched with `accelerate` on one or many GPUs.
+
+| file | what it is |
+|---|---|
+| `train.py` | the training script: one `GRPOConfig` built from the spec, the rewards, LoRA |
+| `train.jsonl`, `eval.jsonl` | $n_train training prompts and $n_eval held-out prompts (chat messages + reference columns) |
+| `accelerate_config.yaml` | data parallel on all GPUs of one machine; notes for DeepSpeed and FSDP inside |
+| `run_spec.json` | the workbench run spec this was made from (`workbench train --config run_spec.json`) |
+
+## Run it
+
+```bash
+pip install "trl==$trl_version" peft accelerate datasets   # plus the workbench package, for the rewards
+accelerate launch --config_file accelerate_config.yaml train.py
+```
+
+- Another model: `--model Qwen/Qwen2.5-0.5B-Instruct` (a hub id or a local folder). Default: `$model`.
+- Fewer GPUs: `accelerate launch --config_file accelerate_config.yaml --num_processes 2 train.py`.
+- Smoke test on one process (a GPU, or the CPU): `python train.py --max_steps 2`.
+- Any `GRPOConfig` field: `--learning_rate 1e-5`, `--num_generations 16 --per_device_train_batch_size 64`, ...
+- Faster generation with vLLM (`pip install vllm`): `--use_vllm true --vllm_mode colocate`, or run
+  `trl vllm-serve --model MODEL` on GPUs of its own and pass `--use_vllm true --vllm_mode server` (launch training on
+  the other GPUs with `--num_processes`).
+
+The adapter (or full model) lands in `output/final/`.
+
+## What changes on N GPUs
+
+A step trains on `per_device_train_batch_size` = $per_device_train_batch_size completions per process
+($prompts_per_step prompts x $num_generations completions), so on N GPUs a step sees N x $prompts_per_step prompts: the same
+learning rate with N times the batch. To keep the workbench's exact batch, pass
+`--per_device_train_batch_size $per_device_train_batch_size/N` (it must stay divisible by num_generations... or by N).
+Curves (`reward`, `rewards/<name>/mean`, `completions/mean_length`, `kl`, `entropy`, `clip_ratio/*`) have the same names
+and meanings as in the workbench; `step_time` here is TRL's own measure (forward, backward and generation, without
+the optimizer update).
+""")

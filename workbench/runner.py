@@ -1,0 +1,278 @@
+"""The runner: each run trains in its own worker process (`python -m workbench worker RUN_ID`), never in the
+caller's. A crash, an out-of-memory kill or a stop leaves the web server (or the CLI) up; everything the worker
+produces is in the run store, so any process can watch it.
+
+    run_id = start_run(spec)      # starts a worker, or queues the run behind the active one, or raises RunnerBusy
+    stop_run(run_id)              # graceful: the worker finishes its step, saves a checkpoint and the adapter
+    kill_run(run_id)              # SIGKILL; the run reads as interrupted and can be resumed from its checkpoint
+    resume_run(run_id)            # an interrupted or stopped run continues from its last checkpoint
+    reconcile()                   # marks runs whose worker died as interrupted; starts queued runs
+
+Only `Limits.max_active_runs` workers run at once (1 by default: a small machine trains one run at a time); up to
+`Limits.queue_size` more wait in order and start when a slot frees (the ending worker, or the next reconcile(),
+starts them). Launch decisions are made under one file lock, so two processes cannot both start the same run.
+This module does not import torch: the server and the CLI stay light.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .config import Limits, RunSpec
+from .store import (
+    Run,
+    create_run,
+    dead_worker_reason,
+    file_lock,
+    list_runs,
+    open_run,
+    pid_alive,
+    process_start_time,
+    runs_dir,
+)
+
+# Popen objects of the workers this process started: polled so that dead children do not linger as zombies.
+_CHILDREN: dict[str, subprocess.Popen] = {}
+
+
+class RunnerBusy(RuntimeError):
+    """No worker slot and no queue space (or the run cannot be started now); the message says what to do."""
+
+
+def _lock():
+    return file_lock(runs_dir() / ".runner.lock")
+
+
+def _reap() -> None:
+    for run_id, p in list(_CHILDREN.items()):
+        if p.poll() is not None:
+            del _CHILDREN[run_id]
+
+
+def _alive(st: dict) -> bool:
+    return st.get("state") == "running" and pid_alive(st.get("pid"), st.get("pid_start"))
+
+
+def _active_and_queued() -> tuple[list[Run], list[Run]]:
+    active, queued = [], []
+    for run in list_runs():
+        st = run.raw_status()
+        if _alive(st):
+            active.append(run)
+        elif st.get("state") == "queued":
+            queued.append(run)
+    # a resumed run re-enters the queue at the back: order by when it was queued, not when it was created
+    queued.sort(key=lambda r: (r.raw_status().get("queued_at") or 0, r.id))
+    return active, queued
+
+
+def _worker_argv(run_id: str) -> list[str]:
+    """The worker's command line: an argument list, never a shell string (tests swap in a stand-in)."""
+    return [sys.executable, "-m", "workbench", "worker", run_id]
+
+
+def _launch(run: Run) -> None:
+    """Start the worker for a queued run and record its pid (with its start time, to detect pid reuse)."""
+    run.clear_stop()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # `python -m workbench` must find this package even when it is not pip-installed (a source checkout)
+    src = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    with open(run.log_path, "ab") as log:
+        log.write(f"=== worker starting {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
+        log.flush()
+        try:
+            p = subprocess.Popen(
+                _worker_argv(run.id),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # the server's Ctrl-C / SIGTERM do not reach the worker
+            )
+        except OSError as e:  # never leave a run queued forever behind a worker that cannot start
+            run.set_status("failed", f"could not start the worker process: {e}")
+            raise
+    _CHILDREN[run.id] = p
+    run.set_status("running", "starting", only_if=("queued",), pid=p.pid, pid_start=process_start_time(p.pid))
+
+
+def _fill_slots(limits: Limits) -> list[str]:
+    """Start queued runs while worker slots are free (caller holds the lock). Returns the started ids."""
+    active, queued = _active_and_queued()
+    started = []
+    while queued and len(active) < max(1, limits.max_active_runs):
+        run = queued.pop(0)
+        _launch(run)
+        active.append(run)
+        started.append(run.id)
+    return started
+
+
+def _busy_message(active: list[Run], queued: list[Run], limits: Limits) -> str:
+    ids = ", ".join(r.id for r in active)
+    st = active[0].status() if active else {}
+    progress = f" (step {st.get('steps_done')}/{st.get('max_steps')})" if st else ""
+    queue = f" and the queue is full ({len(queued)}/{limits.queue_size})" if limits.queue_size else ""
+    return (
+        f"run {ids} is training{progress}{queue}: wait for it to finish, or stop it with "
+        f"`workbench stop {active[0].id if active else 'RUN'}`"
+    )
+
+
+def _admit(limits: Limits) -> bool:
+    """Caller holds the lock. True: a run can start now; False: it must wait in the queue; RunnerBusy: neither."""
+    _mark_dead_interrupted()
+    _fill_slots(limits)  # queued runs go first
+    active, queued = _active_and_queued()
+    if len(active) < max(1, limits.max_active_runs):
+        return True
+    if len(queued) < limits.queue_size:
+        return False
+    raise RunnerBusy(_busy_message(active, queued, limits))
+
+
+def _start_or_wait(run: Run, now: bool) -> None:
+    if now:
+        _launch(run)
+    else:
+        active, queued = _active_and_queued()
+        ahead = ", ".join(r.id for r in active + queued if r.id != run.id)
+        run.set_status("queued", f"waiting for {ahead} to finish", queued_at=time.time())
+
+
+def start_run(spec: RunSpec, limits: Limits | None = None) -> str:
+    """Create a run and start its worker, or queue it; raise RunnerBusy when no slot and the queue is full."""
+    limits = limits or Limits.from_env()
+    limits.check(spec)
+    with _lock():
+        now = _admit(limits)  # refuses before anything is created
+        run = create_run(spec, status="queued")
+        run.set_status("queued", None, queued_at=time.time())
+        _start_or_wait(run, now)
+    return run.id
+
+
+def resume_run(run_id: str, limits: Limits | None = None) -> str:
+    """Continue an interrupted or stopped run from its last checkpoint to its target steps (same prompt order)."""
+    limits = limits or Limits.from_env()
+    run = open_run(run_id)
+    with _lock():
+        _mark_dead_interrupted()
+        st = run.status()
+        if st["state"] not in ("interrupted", "stopped"):
+            hint = {
+                "finished": "it already reached its target steps",
+                "failed": "a failed run would fail again: fix the setting its reason names and start a new run "
+                f"(`workbench train --config {run.dir / 'spec.json'} ...`)",
+                "running": "it is running",
+                "queued": "it is already queued",
+            }[st["state"]]
+            raise RunnerBusy(f"cannot resume run {run_id}: {hint}")
+        if st["steps_done"] >= st["max_steps"] and run.final_adapter() is not None:
+            raise RunnerBusy(f"cannot resume run {run_id}: it already has all {st['max_steps']} steps")
+        now = _admit(limits)
+        run.set_status("queued", "resume requested", queued_at=time.time())
+        _start_or_wait(run, now)
+    return run_id
+
+
+def stop_run(run_id: str) -> None:
+    """Ask the worker to stop after its current step (it saves a checkpoint and the adapter); a queued run is
+    taken out of the queue."""
+    run = open_run(run_id)
+    with _lock():  # serialised with launches: a queued run is either taken out or started, never both
+        if run.set_status("stopped", "stopped before it started", only_if=("queued",)):
+            return
+        run.request_stop()
+    # No SIGTERM: a worker still importing torch would die of it before its handler is installed.
+
+
+def kill_run(run_id: str) -> None:
+    """SIGKILL the worker (and its process group). Steps and checkpoints written so far stay readable."""
+    run = open_run(run_id)
+    with _lock():
+        st = run.raw_status()
+        if _alive(st):
+            _signal(st, signal.SIGKILL, group=True)
+            for _ in range(50):  # a SIGKILLed process is gone within milliseconds; wait so status is final
+                if not pid_alive(st["pid"], st.get("pid_start")):
+                    break
+                _reap()
+                time.sleep(0.02)
+            run.set_status(
+                "interrupted",
+                f"killed by the user; continue it with `workbench resume {run_id}`",
+                only_if=("running",),
+            )
+        else:
+            run.set_status("stopped", "killed before it started", only_if=("queued",))
+        _reap()
+        _fill_slots(Limits.from_env())
+
+
+def _signal(st: dict, sig: int, group: bool = False) -> None:
+    pid = st["pid"]
+    try:
+        # the worker leads its own session, so its process group holds it and anything it started
+        if group and os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def active_run() -> str | None:
+    """The id of a run whose worker is alive now (the oldest, if several), else None."""
+    _reap()
+    for run in list_runs():
+        if _alive(run.raw_status()):
+            return run.id
+    return None
+
+
+def _mark_dead_interrupted() -> list[str]:
+    _reap()
+    marked = []
+    for run in list_runs():
+        st = run.raw_status()
+        dead = st.get("state") == "running" and not _alive(st)
+        if dead and run.set_status("interrupted", dead_worker_reason(run), only_if=("running",)):
+            marked.append(run.id)
+    return marked
+
+
+def reconcile(limits: Limits | None = None) -> list[str]:
+    """Write down what the processes say: runs left "running" by a dead worker become interrupted (e.g. after the
+    app restarts); queued runs start when a slot is free. Returns the ids marked interrupted."""
+    with _lock():
+        marked = _mark_dead_interrupted()
+        _fill_slots(limits or Limits.from_env())
+    return marked
+
+
+def launch_queued(limits: Limits | None = None) -> list[str]:
+    """Start queued runs if slots are free (the worker calls this as it exits). Returns the started ids."""
+    with _lock():
+        _mark_dead_interrupted()
+        return _fill_slots(limits or Limits.from_env())
+
+
+def wait(run_id: str, timeout: float | None = None, poll: float = 0.5) -> dict:
+    """Block until the run is in a final state (or `timeout` seconds pass); return its status."""
+    run = open_run(run_id)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        _reap()
+        st = run.status()
+        if st["state"] in ("finished", "stopped", "failed", "interrupted"):
+            return st
+        if deadline is not None and time.monotonic() > deadline:
+            return st
+        time.sleep(poll)

@@ -1,0 +1,155 @@
+"""What a task is, how its rows are checked, and how they split into train and held-out eval.
+
+A row is a dict with "prompt" (text, or a list of chat messages) plus reference columns such as "answer". The split
+is deterministic from the seed, the two parts never share a prompt, and the eval part is taken first so it does not
+move when train_size changes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import RewardSpec, RunSpec
+
+MIN_ROWS = 4  # below this a "split" is meaningless: too few to train on and hold some out
+ROLES = ("system", "user", "assistant")
+
+
+class TaskError(ValueError):
+    """A task cannot be loaded; the message names the problem (and the row) and what to change."""
+
+
+@dataclass
+class Task:
+    """Train prompts, held-out eval prompts (never trained on), and the task's suggested rewards and system prompt."""
+
+    name: str
+    description: str
+    train: list[dict]
+    eval: list[dict]
+    system_prompt: str = ""
+    rewards: list[RewardSpec] = field(default_factory=list)
+
+    @property
+    def columns(self) -> list[str]:
+        """Reference columns the rows carry besides "prompt" (what rewards can read)."""
+        seen: dict[str, None] = {}
+        for row in self.train[:1] + self.eval[:1]:
+            seen.update((k, None) for k in row if k != "prompt")
+        return list(seen)
+
+
+def chat_messages(row: dict, system_prompt: str = "") -> list[dict]:
+    """The messages to feed the chat template: the system prompt first when non-empty and the row has none."""
+    p = row["prompt"]
+    msgs = [dict(m) for m in p] if isinstance(p, list) else [{"role": "user", "content": str(p)}]
+    if system_prompt and not any(m.get("role") == "system" for m in msgs):
+        msgs.insert(0, {"role": "system", "content": system_prompt})
+    return msgs
+
+
+def prompt_key(prompt: Any) -> str:
+    """A hashable identity of a prompt, so duplicates can be told apart from distinct prompts."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def check_prompt(p: Any, where: str) -> str | list[dict]:
+    """Return a valid prompt (stripped text, or chat messages as plain dicts) or raise TaskError naming the row."""
+    if hasattr(p, "tolist"):  # a numpy array of messages, as Parquet gives back a list column
+        p = p.tolist()
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        raise TaskError(f"{where}: the prompt is empty; fill it in or delete the row")
+    if isinstance(p, str):
+        s = p.strip()
+        if not s:
+            raise TaskError(f"{where}: the prompt is empty (only spaces); fill it in or delete the row")
+        if s.startswith("[{"):  # chat messages written as JSON text, e.g. in a CSV cell
+            try:
+                msgs = json.loads(s)
+            except ValueError:
+                return s
+            return check_prompt(msgs, where)
+        return s
+    if isinstance(p, (list, tuple)):
+        return _check_messages(list(p), where)
+    kind = "a number" if isinstance(p, (int, float)) else type(p).__name__
+    raise TaskError(f"{where}: the prompt is {kind} ({str(p)[:40]!r}), not text or a list of chat messages")
+
+
+def _check_messages(msgs: list, where: str) -> list[dict]:
+    if not msgs:
+        raise TaskError(f"{where}: the prompt is an empty list of messages")
+    out = []
+    for i, m in enumerate(msgs, 1):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
+            raise TaskError(
+                f'{where}: message {i} of the prompt must be like {{"role": "user", "content": "..."}} with '
+                f"role one of {', '.join(ROLES)}; got {str(m)[:60]!r}"
+            )
+        out.append({"role": m["role"], "content": m["content"]})
+    if out[-1]["role"] != "user" or not out[-1]["content"].strip():
+        raise TaskError(
+            f"{where}: the last message of the prompt must be a non-empty user message (it is answered)"
+        )
+    return out
+
+
+def plain(v: Any) -> Any:
+    """A JSON-able Python value: numpy scalars and arrays unwrapped, NaN/NA as None."""
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if v is not None and type(v).__name__ in ("NAType", "NaTType"):
+        return None
+    if isinstance(v, dict):
+        return {str(k): plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    return v
+
+
+def dedupe(rows: list[dict]) -> list[dict]:
+    """Drop rows whose prompt repeats an earlier one: a duplicate could land in train and eval both."""
+    seen, out = set(), []
+    for r in rows:
+        k = prompt_key(r["prompt"])
+        if k not in seen:
+            seen.add(k)
+            out.append(r)
+    return out
+
+
+def split_rows(rows: list[dict], spec: RunSpec, source: str) -> tuple[list[dict], list[dict]]:
+    """Shuffle a fixed list with spec.seed; eval = the first min(eval_size, n // 2), train = up to train_size next."""
+    rows = dedupe(rows)
+    order = list(range(len(rows)))
+    random.Random(spec.seed).shuffle(order)
+    rows = [rows[i] for i in order]
+    n_eval = min(spec.eval_size, len(rows) // 2)
+    return check_split(rows[n_eval : n_eval + spec.train_size], rows[:n_eval], spec, source)
+
+
+def check_split(
+    train: list[dict], eval_: list[dict], spec: RunSpec, source: str
+) -> tuple[list[dict], list[dict]]:
+    """Refuse a split too small to run: every step needs prompts_per_step train prompts, the comparison one eval."""
+    n = len(train) + len(eval_)
+    if n < MIN_ROWS or not eval_:
+        raise TaskError(
+            f"{source} has {n} distinct prompt(s); at least {MIN_ROWS} are needed (some to train on, some held "
+            "out for the comparison): add rows"
+        )
+    if len(train) < spec.prompts_per_step:
+        raise TaskError(
+            f"{source} leaves {len(train)} training prompt(s) after holding out {len(eval_)}, fewer than "
+            f"prompts_per_step={spec.prompts_per_step}: add rows, or lower prompts_per_step or eval_size"
+        )
+    keys = {prompt_key(r["prompt"]) for r in eval_}
+    if any(prompt_key(r["prompt"]) in keys for r in train):  # dedupe guarantees this never happens
+        raise RuntimeError(f"{source}: train and eval share a prompt; this is a bug in the split")
+    return train, eval_

@@ -1,0 +1,153 @@
+"""Built-in tasks: "concise" (bundled prompts, length reward), "arithmetic" and "rg:<name>" (reasoning-gym).
+
+Generated tasks draw items in index order from a reasoning-gym dataset seeded with spec.seed: the eval items come
+first, so the held-out set does not change when train_size does. Each row carries an `rg_entry` column from which the
+verifier regenerates the item exactly (see `rewards.rg_key`), so the reward also works inside TRL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from importlib import resources
+
+from ..config import ConfigError, RewardSpec, RunSpec
+from ..rewards import rg_key
+from .base import Task, TaskError, check_split, prompt_key, split_rows
+
+REASONING_SYSTEM_PROMPT = (
+    "Think about the problem step by step inside <think> </think> tags, then give only the final answer inside "
+    "<answer> </answer> tags. For example: <think>2 + 3 = 5, and 5 * 4 = 20</think><answer>20</answer>"
+)
+CONCISE_TARGET_WORDS = (
+    12  # one plain sentence; the base model's answers run ~85 words (sampled, median of 16)
+)
+# Easy enough that a 135M model gets some right from the start, so correctness has a signal to climb:
+ARITHMETIC_CONFIG = {
+    "min_terms": 2,
+    "max_terms": 3,
+    "min_digits": 1,
+    "max_digits": 2,
+    "operators": ["+", "-", "*"],
+    "allow_parentheses": False,
+    "allow_negation": False,
+}
+
+
+def load_concise(spec: RunSpec) -> Task:
+    text = resources.files("workbench").joinpath("data/concise_prompts.jsonl").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    train, eval_ = split_rows(rows, spec, "the concise prompt set")
+    return Task(
+        name="concise",
+        description=(
+            f"Concise answers: {len(rows)} bundled questions and instructions of {len({r['category'] for r in rows})} "
+            f"kinds; the length reward pulls answers towards {CONCISE_TARGET_WORDS} words."
+        ),
+        train=train,
+        eval=eval_,
+        system_prompt="",  # no instruction to be brief: the reward alone should teach it
+        rewards=[RewardSpec("length", 1.0, {"target": CONCISE_TARGET_WORDS, "unit": "words"})],
+    )
+
+
+def load_arithmetic(spec: RunSpec) -> Task:
+    train, eval_ = generate_rg("basic_arithmetic", ARITHMETIC_CONFIG, spec)
+    return Task(
+        name="arithmetic",
+        description=(
+            "Arithmetic with a reasoning format: reasoning-gym basic_arithmetic (2–3 terms, 1–2 digits, + - *), "
+            "rewarded for the <think>/<answer> format and a correct answer (math-verify)."
+        ),
+        train=train,
+        eval=eval_,
+        system_prompt=REASONING_SYSTEM_PROMPT,
+        rewards=[RewardSpec("tag_count", 0.5), RewardSpec("math_correct", 1.0)],
+    )
+
+
+def rg_datasets() -> list[str]:
+    """Names of the reasoning-gym datasets ("rg:<name>" tasks)."""
+    from reasoning_gym.factory import DATASETS
+
+    return sorted(DATASETS)
+
+
+def parse_rg(ref: str) -> tuple[str, dict]:
+    """`name[,key=value,...]` -> (name, config overrides)."""
+    head, *kvs = [p.strip() for p in ref.split(",") if p.strip()] or [""]
+    config = {}
+    for kv in kvs:
+        if "=" not in kv:
+            raise TaskError(
+                f"reasoning-gym setting {kv!r} must look like key=value, e.g. rg:chain_sum,max_terms=3"
+            )
+        k, v = kv.split("=", 1)
+        config[k.strip()] = _value(v.strip())
+    return head, config
+
+
+def _value(v: str):
+    """A setting's value: a JSON number/true/false when it reads as one, else the text."""
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+def load_rg(ref: str, spec: RunSpec) -> Task:
+    name, config = parse_rg(ref)
+    train, eval_ = generate_rg(name, config, spec)
+    return Task(
+        name=f"rg:{ref}",
+        description=f"reasoning-gym {name}: generated from seed {spec.seed}, scored by the task's own verifier.",
+        train=train,
+        eval=eval_,
+        system_prompt=REASONING_SYSTEM_PROMPT,
+        rewards=[RewardSpec("tag_count", 0.5), RewardSpec("rg_verifier", 1.0)],
+    )
+
+
+def generate_rg(name: str, config: dict, spec: RunSpec) -> tuple[list[dict], list[dict]]:
+    """Eval items first, then train, in index order, skipping questions already seen."""
+    import reasoning_gym
+
+    names = rg_datasets()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise TaskError(
+            f"unknown reasoning-gym dataset {name!r}: {hint}valid names include {', '.join(names[:12])} … "
+            f"({len(names)} in all, e.g. basic_arithmetic, chain_sum, leg_counting)"
+        )
+    want = spec.eval_size + spec.train_size
+    # A virtual size with room for duplicates; items depend on (seed, index), so this only bounds the search.
+    size = 2 * want + 16
+    try:
+        ds = reasoning_gym.create_dataset(name, seed=spec.seed, size=size, **config)
+    except TypeError as e:
+        from reasoning_gym.factory import DATASETS
+
+        fields = [f.name for f in dataclasses.fields(DATASETS[name][1]) if f.name not in ("seed", "size")]
+        raise TaskError(f"rg:{name}: {e}; its settings are {', '.join(fields)}") from None
+    except (AssertionError, ValueError, ConfigError) as e:
+        raise TaskError(f"rg:{name}: invalid settings {config} ({e or type(e).__name__})") from None
+    rows, seen = [], set()
+    for i in range(size):
+        item = ds[i]
+        key = prompt_key(item["question"])
+        if key in seen:
+            continue
+        seen.add(key)
+        answer = item.get("answer")
+        rows.append(
+            {
+                "prompt": item["question"],
+                "answer": answer if answer is None else str(answer),
+                "rg_entry": rg_key(name, config, spec.seed, size, i),
+            }
+        )
+        if len(rows) == want:
+            break
+    return check_split(rows[spec.eval_size :], rows[: spec.eval_size], spec, f"rg:{name}")

@@ -1,0 +1,408 @@
+"""The same run spec on TRL's GRPOTrainer: `engine="trl"` runs, and export to a TRL + accelerate script.
+
+`train_with_trl` maps every RunSpec field onto a `GRPOConfig` (TRL 1.16 semantics, which the built-in engine
+follows), trains with the same reward functions and task data, and streams each step into the same `StepResult`
+objects as the built-in engine, so the run store, live curves and comparison work unchanged.
+
+- A workbench step is one rollout of prompts_per_step × G completions followed by num_iterations (μ) optimizer
+  passes over it; in TRL that is μ optimizer steps (`steps_per_generation=1`), so TRL's `max_steps` is ours × μ and
+  one StepResult is emitted every μ TRL steps.
+- Prompts reach TRL in the order `grpo.prompt_batches` gives the built-in engine (`shuffle_dataset=False`), so the
+  two engines see the same prompts at the same step.
+- Episodes: each reward fn is wrapped to record what TRL gives it (prompts, completions, completion token ids,
+  scores); advantages are recomputed from those scores exactly as TRL 1.16 does (sum_then_normalize).
+- TRL 1.16 has no max_prompt_length: prompts over it are used whole (a note is printed).
+
+`export_trl` writes a self-contained folder (train.py, train.jsonl, eval.jsonl, accelerate_config.yaml, README.md):
+
+    workbench export RUN --trl DIR
+    cd DIR && accelerate launch --config_file accelerate_config.yaml train.py
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunSpec
+from .grpo import Episode, NonFiniteError, RewardFunctionError, StepResult, prompt_batches
+from .models import BUNDLED, TINY_MODEL, load_model, pick_device, pick_dtype
+from .rewards import build_rewards, completion_text, prompt_text
+from .tasks import chat_messages
+
+# Our schedule names → transformers' (ours hold the rate after warm-up; transformers' "constant" skips warm-up).
+_SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+_SUMMARY_KEYS = ("train_runtime", "train_loss")  # keys of the end-of-training log, not a step
+
+
+# --- the spec as TRL settings (shared by training and export) ---------------------------------------------------
+
+
+def grpo_config_kwargs(spec: RunSpec, reward_weights: list[float]) -> dict[str, Any]:
+    """GRPOConfig keyword arguments for every GRPO field of `spec`, one process (precision and I/O left out)."""
+    mu = spec.num_iterations
+    return {
+        "num_generations": spec.num_generations,
+        "per_device_train_batch_size": spec.prompts_per_step * spec.num_generations,  # completions per step
+        "max_completion_length": spec.max_completion_length,
+        "temperature": spec.temperature,
+        "top_p": spec.top_p,
+        "learning_rate": spec.learning_rate,
+        "lr_scheduler_type": _SCHEDULERS[spec.lr_scheduler],
+        "warmup_steps": spec.warmup_steps * mu,  # TRL counts optimizer steps: μ per workbench step
+        "max_steps": spec.max_steps * mu,
+        "max_grad_norm": spec.max_grad_norm,
+        "weight_decay": spec.weight_decay,
+        "loss_type": spec.loss_type,
+        "beta": spec.beta,
+        "epsilon": spec.epsilon,
+        "epsilon_high": spec.epsilon_high,
+        "num_iterations": mu,
+        "scale_rewards": spec.scale_rewards,
+        "mask_truncated_completions": spec.mask_truncated_completions,
+        "reward_weights": [float(w) for w in reward_weights],
+        "seed": spec.seed,
+    }
+
+
+def lora_kwargs(spec: RunSpec) -> dict[str, Any] | None:
+    """peft LoraConfig keyword arguments, or None for full fine-tuning."""
+    if not spec.use_lora:
+        return None
+    names = spec.lora_target_modules.strip()
+    targets: str | list[str] = (
+        names if names == "all-linear" else [n.strip() for n in names.split(",") if n.strip()]
+    )
+    return {
+        "r": spec.lora_r,
+        "lora_alpha": spec.lora_alpha,
+        "lora_dropout": spec.lora_dropout,
+        "target_modules": targets,
+        "task_type": "CAUSAL_LM",
+    }
+
+
+def trl_rows(rows: list[dict], system_prompt: str) -> list[dict]:
+    """Task rows as TRL wants them: a conversational "prompt" (system prompt included) plus reference columns."""
+    return [{**{k: v for k, v in r.items() if k != "prompt"}, "prompt": chat_messages(r, system_prompt)} for r in rows]
+
+
+def trl_advantages(
+    scores: list[list[float | None]], weights: list[float], group_size: int, scale: str
+) -> tuple[list[float], list[float]]:
+    """(total reward, advantage) per completion, as TRL 1.16 computes them (multi_objective sum_then_normalize).
+
+    `scores[i][j]` is reward fn i on completion j (None = does not apply); completions come in groups of
+    `group_size`. A completion no reward applies to gets total 0 and advantage 0 (TRL: NaN total, 0 advantage).
+    """
+    from trl.trainer.utils import nanstd
+
+    per_fn = torch.tensor([[math.nan if v is None else float(v) for v in s] for s in scores]).T  # (N, F)
+    unscorable = torch.isnan(per_fn).all(dim=1)  # (N,)
+    total = (per_fn * torch.tensor(weights).unsqueeze(0)).nansum(dim=1)  # (N,)
+    total[unscorable] = math.nan
+    grouped = total.view(-1, group_size)  # (N/G, G)
+    mean = torch.nanmean(grouped, dim=1).repeat_interleave(group_size)  # (N,)
+    if scale == "batch":
+        std = nanstd(total).expand_as(total)
+    else:
+        std = nanstd(grouped, dim=1).repeat_interleave(group_size)
+    adv = total - mean
+    if scale != "none":
+        adv = adv / (std + 1e-4)
+    return torch.nan_to_num(total, nan=0.0).tolist(), torch.nan_to_num(adv, nan=0.0).tolist()
+
+
+# --- streaming TRL's steps into StepResults ---------------------------------------------------------------------
+
+
+class _Rollout:
+    """What the reward functions saw in the latest generation: prompts, completions, token ids, scores, timing."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prompts: list = []
+        self.completions: list = []
+        self.ids: list[list[int]] = []
+        self.scores: dict[str, list] = {}
+        self.first_reward_at: float | None = None
+        self.reward_time = 0.0
+
+
+class _RecordedReward:
+    """A reward fn that records its inputs and scores into a _Rollout; TRL sees the same name and outputs."""
+
+    def __init__(self, name: str, fn: Callable, rollout: _Rollout, first: bool):
+        self.__name__ = name  # TRL logs rewards/<__name__>/mean
+        self.fn, self.rollout, self.first = fn, rollout, first
+
+    def __call__(self, prompts=None, completions=None, completion_ids=None, **kwargs):
+        t0 = time.perf_counter()
+        r = self.rollout
+        if self.first:  # the first reward call of a rollout: generation has just finished
+            r.prompts, r.completions, r.ids = list(prompts), list(completions), [list(c) for c in completion_ids]
+            r.first_reward_at = t0
+        try:
+            out = self.fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+        except Exception as e:
+            raise RewardFunctionError(self.__name__, e) from e
+        r.scores[self.__name__] = [None if v is None else float(v) for v in out]
+        r.reward_time += time.perf_counter() - t0
+        return out
+
+
+def _mean_logs(logs: list[dict]) -> dict[str, float]:
+    """Average the TRL logs of one workbench step (μ optimizer steps); non-numbers and NaN/None are dropped."""
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(k for log in logs for k in log):
+        vals = [float(log[key]) for log in logs if isinstance(log.get(key), (int, float))]
+        vals = [v for v in vals if math.isfinite(v)]
+        if vals and key not in ("epoch", "step_time"):
+            out[key] = max(vals) if key == "num_tokens" else sum(vals) / len(vals)  # num_tokens is cumulative
+    return out
+
+
+def _stream_callback(spec, names, weights, rollout, on_step, should_stop, stop_ids):
+    """A TrainerCallback that turns every μ TRL steps into one StepResult and asks TRL to stop when told."""
+    from transformers import TrainerCallback
+
+    mu, group = spec.num_iterations, spec.num_generations
+
+    class StreamSteps(TrainerCallback):
+        def __init__(self) -> None:
+            self.logs: list[dict] = []
+            self.began = self.ended = time.perf_counter()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step % mu == 0:  # a workbench step begins with a new rollout
+                self.began = time.perf_counter()
+                rollout.reset()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % mu == 0:
+                self.ended = time.perf_counter()
+                if should_stop():  # only between workbench steps: the step just finished is logged and kept
+                    control.should_training_stop = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or any(k in logs for k in _SUMMARY_KEYS):
+                return
+            for key in ("loss", "grad_norm"):
+                v = logs.get(key)
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise NonFiniteError(f"{key} is {v} at TRL step {state.global_step}")
+            self.logs.append(dict(logs))
+            if state.global_step % mu:
+                return
+            step = state.global_step // mu
+            metrics = _mean_logs(self.logs)
+            self.logs = []
+            step_time = self.ended - self.began
+            generation = (rollout.first_reward_at or self.began) - self.began
+            metrics.update(
+                {
+                    "step_time": step_time,
+                    "time/generation": generation,  # includes TRL's old/reference log-prob passes
+                    "time/rewards": rollout.reward_time,
+                    "time/training": max(step_time - generation - rollout.reward_time, 0.0),
+                }
+            )
+            on_step(StepResult(step=step, episodes=_episodes(step, rollout, names, weights, group), metrics=metrics))
+
+    def _episodes(step, r: _Rollout, names, weights, g) -> list[Episode]:
+        if not r.ids:
+            return []
+        scores = [r.scores.get(n, [None] * len(r.ids)) for n in names]
+        totals, advs = trl_advantages(scores, weights, g, spec.scale_rewards)
+        return [
+            Episode(
+                step=step,
+                group=i // g,
+                prompt=prompt_text(r.prompts[i]),  # the last user turn
+                completion=completion_text(r.completions[i]),
+                rewards={n: s[i] for n, s in zip(names, scores, strict=True)},
+                reward=totals[i],
+                advantage=advs[i],
+                length=len(ids),
+                truncated=bool(ids) and ids[-1] not in stop_ids,  # TRL: no EOS (or pad) at the end
+            )
+            for i, ids in enumerate(r.ids)
+        ]
+
+    return StreamSteps()
+
+
+# --- training ----------------------------------------------------------------------------------------------------
+
+
+def _train_dataset(spec: RunSpec, task: Any, system_prompt: str):
+    """The prompts of max_steps steps, in the built-in engine's order, as a datasets.Dataset."""
+    from datasets import Dataset
+
+    batches = list(itertools.islice(prompt_batches(task.train, spec.prompts_per_step, spec.seed), spec.max_steps))
+    rows = trl_rows([row for batch in batches for row in batch], system_prompt)
+    try:
+        return Dataset.from_list(rows), len(batches)
+    except Exception as e:  # pyarrow rejects a column whose values change type from row to row
+        raise ValueError(
+            f"task {task.name!r}: its rows cannot become a datasets.Dataset for TRL ({type(e).__name__}: {e}); "
+            "give every row the same columns with one type per column"
+        ) from None
+
+
+def _note_long_prompts(tok, rows: list[dict], limit: int) -> None:
+    seen = {json.dumps(r["prompt"], sort_keys=True, default=str): r["prompt"] for r in rows}
+    lengths = [len(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True)) for p in seen.values()]
+    over = sum(n > limit for n in lengths)
+    if over:
+        print(
+            f"note: {over} of {len(lengths)} prompts are longer than max_prompt_length={limit} tokens (longest "
+            f"{max(lengths)}); TRL 1.16 does not cut prompts, so they are used whole",
+            flush=True,
+        )
+
+
+def _build_trainer(spec: RunSpec, task: Any, on_step, should_stop, output_dir: Path):
+    """A GRPOTrainer for `spec` with the streaming callback; returns (trainer, rollout)."""
+    from peft import LoraConfig
+    from transformers.trainer_callback import PrinterCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    device = pick_device(spec.device)
+    dtype = pick_dtype(spec.dtype, device)
+    # fp16 trains as mixed precision over fp32 weights (fp16 weights cannot take gradient updates safely).
+    model, tok = load_model(spec.model, dtype="float32" if dtype == torch.float16 else spec.dtype, device=device)
+    rewards = build_rewards(spec.rewards or task.rewards)
+    names, weights = [n for n, _, _ in rewards], [w for _, _, w in rewards]
+    system_prompt = spec.system_prompt or task.system_prompt
+    dataset, n_batches = _train_dataset(spec, task, system_prompt)
+    _note_long_prompts(tok, dataset.to_list()[: spec.prompts_per_step * 8], spec.max_prompt_length)
+    kwargs = grpo_config_kwargs(spec, weights)
+    kwargs["max_steps"] = min(spec.max_steps, n_batches) * spec.num_iterations
+    config = GRPOConfig(
+        output_dir=str(output_dir),
+        **kwargs,
+        shuffle_dataset=False,  # the dataset is already in the built-in engine's order
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=device == "cpu",
+        gradient_checkpointing=False,  # small models: recomputation costs more time than the memory is worth
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",  # the worker saves the adapter
+        disable_tqdm=True,
+    )
+    rollout = _Rollout()
+    wrapped = [_RecordedReward(n, fn, rollout, first=i == 0) for i, (n, fn, _) in enumerate(rewards)]
+    stop_ids = {t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
+    eos = model.generation_config.eos_token_id
+    stop_ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    callback = _stream_callback(spec, names, weights, rollout, on_step, should_stop, stop_ids)
+    lora = lora_kwargs(spec)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=wrapped,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tok,
+        peft_config=LoraConfig(**lora) if lora else None,
+        callbacks=[callback],
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; the worker prints its own progress
+    return trainer, rollout
+
+
+def train_with_trl(
+    spec: RunSpec,
+    task: Any,
+    on_step: Callable[[StepResult], None],
+    should_stop: Callable[[], bool],
+    output_dir: Path,
+) -> Path:
+    """Train `spec` on `task` with TRL's GRPOTrainer; call `on_step` after every step; return the adapter folder.
+
+    Stops after the current step when `should_stop()` turns true. The final adapter (or the full model when
+    use_lora is off) is saved with its tokenizer to `output_dir/adapter`, stopped or not.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    trainer, _ = _build_trainer(spec, task, on_step, should_stop, output_dir)
+    trainer.train()
+    final = output_dir / "adapter"
+    trainer.save_model(str(final))
+    return final
+
+
+# --- export ------------------------------------------------------------------------------------------------------
+
+
+def _hub_model(name: str) -> str:
+    """What the exported script loads: the bundled model's hub id (also for the tiny test model), else as given."""
+    if name in BUNDLED:
+        return BUNDLED[name]["hub_id"]
+    if name == TINY_MODEL:
+        return next(iter(BUNDLED.values()))["hub_id"]
+    return name
+
+
+_PRECISION = {
+    "auto": "    bf16=ON_GPU and torch.cuda.is_bf16_supported(),  # bf16 mixed precision on GPUs that have it\n"
+    "    fp16=ON_GPU and not torch.cuda.is_bf16_supported(),",
+    "bfloat16": "    bf16=True,",
+    "float16": "    fp16=ON_GPU,\n    bf16=False,",
+    "float32": "    bf16=False,",
+}
+_MIXED = {"auto": "bf16", "bfloat16": "bf16", "float16": "fp16", "float32": "no"}
+
+
+def export_trl(spec: RunSpec, task: Any, out_dir: Path) -> Path:
+    """Write a self-contained TRL + accelerate training folder for `spec` on `task`; return the folder.
+
+    The rewards are checked here (unknown names fail now, not on the GPU machine) and written by registry name.
+    """
+    import trl
+
+    from .export_template import ACCELERATE_YAML, README_MD, TRAIN_PY
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reward_specs = spec.rewards or task.rewards
+    weights = [w for _, _, w in build_rewards(reward_specs)]
+    system_prompt = spec.system_prompt or task.system_prompt
+    for name, rows in (("train", task.train), ("eval", task.eval)):
+        lines = [json.dumps(r, ensure_ascii=False, default=str) for r in trl_rows(rows, system_prompt)]
+        (out / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = grpo_config_kwargs(spec, weights)
+    cfg.pop("seed")
+    model = _hub_model(spec.model)
+    values = {k: repr(v) for k, v in cfg.items()}
+    lora = lora_kwargs(spec)
+    fill = {
+        **values,
+        "title": f"{spec.task} on {spec.model}",
+        "task_line": f"{task.name}: {task.description}".replace('"""', "'''"),
+        "model": model,
+        "model_repr": repr(model),
+        "prompts_per_step": spec.prompts_per_step,
+        "precision": _PRECISION[spec.dtype],
+        "seed": spec.seed,
+        "rewards": "\n".join(f"    RewardSpec({s.name!r}, {s.weight!r}, {s.params!r})," for s in reward_specs),
+        "lora": "None" if lora is None else "dict(" + ", ".join(f"{k}={v!r}" for k, v in lora.items()) + ")",
+    }
+    (out / "train.py").write_text(TRAIN_PY.substitute(fill), encoding="utf-8")
+    (out / "accelerate_config.yaml").write_text(ACCELERATE_YAML.substitute(mixed_precision=_MIXED[spec.dtype]))
+    readme = README_MD.substitute(
+        fill, n_train=len(task.train), n_eval=len(task.eval), trl_version=trl.__version__
+    )
+    (out / "README.md").write_text(readme, encoding="utf-8")
+    (out / "run_spec.json").write_text(spec.to_json() + "\n", encoding="utf-8")
+    return out

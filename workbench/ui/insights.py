@@ -1,0 +1,201 @@
+"""What a practitioner reads off a step: its groups as HTML, warnings about the run, and the advantage worked out.
+
+Pure functions over the store's plain records: `episodes` are dicts {group, prompt, completion, rewards, reward,
+advantage, length, truncated}; `metrics` a DataFrame with one row per step (TRL's metric names). All text from
+prompts and completions is escaped before it becomes HTML.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from statistics import mean, median
+
+import pandas as pd
+
+from .plots import reward_names
+from .views import esc, num, prompt_display
+
+STD_EPS = 1e-4  # TRL adds this to the group's std before dividing (so a zero-spread group gives 0, not inf)
+
+
+def by_group(episodes: list[dict]) -> dict[int, list[dict]]:
+    groups: dict[int, list[dict]] = defaultdict(list)
+    for e in episodes:
+        groups[int(e.get("group", 0))].append(e)
+    return dict(sorted(groups.items()))
+
+
+def _adv_colour(a: float | None, scale: float) -> str:
+    """Green for better than the group, red for worse, stronger the further from the mean."""
+    if a is None or not math.isfinite(a) or scale <= 0:
+        return "transparent"
+    alpha = 0.08 + 0.32 * min(abs(a) / scale, 1.0)
+    return f"rgba(5,150,105,{alpha:.2f})" if a > 0 else f"rgba(220,38,38,{alpha:.2f})" if a < 0 else "transparent"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit].rstrip() + " …"
+
+
+def groups_html(episodes: list[dict], step: int | None = None, cap: int | None = None, max_groups: int = 8,
+                max_chars: int = 700) -> str:  # fmt: skip
+    """The step's groups: each prompt with its G completions, each completion's rewards and advantage, rows
+    coloured by advantage and sorted best first, so 'better than its siblings' is visible at a glance."""
+    if not episodes:
+        return '<div class="wb-empty">The latest step\'s groups appear here: each prompt with its completions.</div>'
+    groups = by_group(episodes)
+    names = list(dict.fromkeys(k for e in episodes for k in (e.get("rewards") or {})))
+    scale = max((abs(e["advantage"]) for e in episodes if _finite(e.get("advantage"))), default=1.0) or 1.0
+    head = "".join(f"<th>{esc(n)}</th>" for n in names)
+    parts = [f'<div class="wb-groups-title">Step {esc(step)} · {len(groups)} groups × '
+             f'{len(next(iter(groups.values())))} completions. Green rows were better than their group, red '
+             "worse; the advantage is what the update multiplies.</div>"]  # fmt: skip
+    for g, eps in list(groups.items())[:max_groups]:
+        rewards = [e["reward"] for e in eps if _finite(e.get("reward"))]
+        spread = ""
+        if rewards:
+            m, s = mean(rewards), _std(rewards)
+            flat = ' <span class="wb-flag">no spread: teaches nothing</span>' if s < 1e-9 else ""
+            spread = f"mean {m:.3f} · std {s:.3f}{flat}"
+        rows = []
+        for i, e in sorted(enumerate(eps), key=lambda ie: -(ie[1].get("reward") or -math.inf)):
+            cut = ' <span class="wb-flag">hit the cap</span>' if e.get("truncated") else ""
+            cells = "".join(f"<td class='wb-num'>{num((e.get('rewards') or {}).get(n))}</td>" for n in names)
+            rows.append(
+                f'<tr style="background:{_adv_colour(e.get("advantage"), scale)}"><td class="wb-num">{i + 1}</td>'
+                f'<td class="wb-completion">{esc(_clip(str(e.get("completion", "")), max_chars))}{cut}</td>{cells}'
+                f'<td class="wb-num"><b>{num(e.get("reward"))}</b></td>'
+                f'<td class="wb-num"><b>{num(e.get("advantage"), "+.2f")}</b></td>'
+                f'<td class="wb-num">{esc(e.get("length", ""))}</td></tr>'
+            )
+        parts.append(
+            f'<details class="wb-group" open><summary><span class="wb-tag">group {g + 1}</span>'
+            f'<span class="wb-prompt">{esc(_clip(prompt_display(eps[0].get("prompt")), 400))}</span>'
+            f'<span class="wb-gstats">{spread}</span></summary>'
+            f'<table class="wb-table"><thead><tr><th>#</th><th>completion</th>{head}<th>total</th>'
+            f"<th>advantage</th><th>tokens</th></tr></thead><tbody>{''.join(rows)}</tbody></table></details>"
+        )
+    if len(groups) > max_groups:
+        parts.append(f'<div class="wb-empty">… and {len(groups) - max_groups} more groups.</div>')
+    return f'<div class="wb-groups">{"".join(parts)}</div>'
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _std(xs: list[float]) -> float:
+    """Sample std (n − 1), as torch.std and TRL use; 0 for a single value."""
+    if len(xs) < 2:
+        return 0.0
+    m = mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+# --- warnings ------------------------------------------------------------------------------------------------
+
+
+def run_warnings(df: pd.DataFrame, cap: int | None = None, window: int = 10) -> list[str]:
+    """Things a practitioner would want pointed out, each with what to change. Empty when all looks normal."""
+    if df is None or df.empty:
+        return []
+    out: list[str] = []
+    last = df.iloc[-1]
+    step = int(last["step"])
+    zero = last.get("frac_reward_zero_std")
+    if _finite(zero) and zero >= 0.5:
+        recent = df["frac_reward_zero_std"].tail(3)
+        lasting = len(recent) == 3 and (recent >= 0.999).all()
+        out.append(
+            (f"No learning signal for 3 steps: every group's completions got the same reward. " if lasting else
+             f"{zero:.0%} of the groups in step {step} gave every completion the same reward, so they teach "
+             "nothing. ")
+            + "Raise temperature or num_generations, or use a reward with finer steps (partial credit)."
+        )  # fmt: skip
+    clipped = last.get("completions/clipped_ratio")
+    if _finite(clipped) and clipped >= 0.25:
+        at = f"max_completion_length={cap}" if cap else "max_completion_length"
+        out.append(
+            f"{clipped:.0%} of the completions in step {step} hit {at}: their rewards judge unfinished answers. "
+            "Raise max_completion_length, or reward shorter answers."
+        )
+    if "kl" in df and df["kl"].notna().sum() >= 4:
+        kl = df["kl"].dropna()
+        before, now = float(median(kl.iloc[:-1].tail(window))), float(kl.iloc[-1])
+        if now > 0.01 and now > 3 * before + 0.005:
+            out.append(
+                f"KL jumped to {now:.3f} at step {step} (it was around {before:.3f}): the policy is moving away "
+                "from the base model fast. Lower learning_rate, or raise beta to hold it closer."
+            )
+    out += _tradeoffs(df, window)
+    for col in ("loss", "reward"):
+        # NaN is stored as null: flag it when the metric is normally logged (a finite value earlier)
+        if col in df and not _finite(last.get(col)) and df[col].iloc[:-1].notna().any():
+            out.append(f"The {col} of step {step} is not a finite number: lower learning_rate, and check that "
+                       "the reward functions return finite numbers.")  # fmt: skip
+    return out
+
+
+def _tradeoffs(df: pd.DataFrame, window: int, threshold: float = 0.05) -> list[str]:
+    """A reward rising while another falls over the last `window` steps (compares the window's two halves)."""
+    names = reward_names(df)
+    if len(names) < 2 or len(df) < 6:
+        return []
+    tail = df.tail(window)
+    half = len(tail) // 2
+    change = {}
+    for n in names:
+        col = tail[f"rewards/{n}/mean"].astype(float)
+        a, b = col.iloc[:half].mean(), col.iloc[half:].mean()
+        if math.isfinite(a) and math.isfinite(b):
+            change[n] = b - a
+    up = [n for n, d in change.items() if d > threshold]
+    down = [n for n, d in change.items() if d < -threshold]
+    if not (up and down):
+        return []
+    u = max(up, key=lambda n: change[n])
+    d = min(down, key=lambda n: change[n])
+    return [
+        f"'{u}' is rising ({change[u]:+.2f} over the last {len(tail)} steps) while '{d}' falls ({change[d]:+.2f}): "
+        f"the model may be trading one for the other. Check the weights, or whether '{u}' can be gamed."
+    ]
+
+
+def warnings_html(items: list[str]) -> str:
+    if not items:
+        return ""
+    lis = "".join(f"<li>{esc(w)}</li>" for w in items)
+    return f'<div class="wb-warnings"><div class="wb-warnings-title">Worth a look</div><ul>{lis}</ul></div>'
+
+
+# --- the advantage, worked out -------------------------------------------------------------------------------
+
+
+def group_advantages(episodes: list[dict], group: int, scale_rewards: str = "group") -> pd.DataFrame:
+    """One group's completions with the advantage computed here, step by step, next to the engine's value.
+
+    A_i = (r_i − mean(r)) / (std(r) + 1e-4), std over the group ("group"), over the whole step ("batch"), or no
+    division ("none"), as TRL does."""
+    eps = by_group(episodes).get(group, [])
+    rewards = [float(e["reward"]) if _finite(e.get("reward")) else math.nan for e in eps]
+    clean = [r for r in rewards if math.isfinite(r)]
+    m = mean(clean) if clean else math.nan
+    if scale_rewards == "none":
+        denom = 1.0
+    elif scale_rewards == "batch":
+        every = [float(e["reward"]) for e in episodes if _finite(e.get("reward"))]
+        denom = _std(every) + STD_EPS
+    else:
+        denom = _std(clean) + STD_EPS
+    rows = []
+    for i, (e, r) in enumerate(zip(eps, rewards, strict=True)):
+        rows.append({
+            "#": i + 1,
+            "completion": _clip(str(e.get("completion", "")), 160),
+            "reward r": r,
+            "r − mean": r - m,
+            "advantage (computed here)": (r - m) / denom,
+            "advantage (engine)": e.get("advantage"),
+        })  # fmt: skip
+    return pd.DataFrame(rows)

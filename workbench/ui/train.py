@@ -1,0 +1,300 @@
+"""Train tab: pick a preset and knobs, launch a run, watch it learn live.
+
+The tab holds no training state of its own: it remembers only which run it is watching (a run id) and what it
+last drew; everything else is read from the run store on each timer tick. So a page reload re-attaches to the
+running run, two browser tabs watch the same run, and the server never waits on training (the run trains in its
+worker process). The 1 s tick returns gr.skip() unless the run's step count or state changed, so the plots are
+redrawn only when a new step has landed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from .. import runner
+from ..config import PRESETS, Limits, RunSpec
+from ..rewards import REGISTRY, build_reward
+from ..store import RunNotFound, list_runs, open_run
+from ..tasks import BUILTIN_TASKS, load_task
+from . import access, controls, insights, plots, uploads, views
+from .common import guarded, skips
+
+ACTIVE = ("running", "queued")
+
+
+# --- plain functions (tested without a server) ---------------------------------------------------------------
+
+
+def plan_text(max_steps: Any, prompts: Any, g: Any, max_len: Any) -> str:
+    """One line that says how big a run is, from the four knobs that decide it."""
+    try:
+        n = int(prompts) * int(g)
+        return (f"**{int(max_steps)} steps** × {int(prompts)} prompts × {int(g)} completions = {n} completions per "
+                f"step, up to {int(max_len)} tokens each.")  # fmt: skip
+    except (TypeError, ValueError):
+        return ""
+
+
+def pick_run(watched: str | None) -> str | None:
+    """The run a Train tab shows: the one it watches while that is queued or running, else the run training now,
+    else the one it watched, else the newest run (so a reload lands on the latest curves)."""
+    if watched:
+        try:
+            if open_run(watched).status()["state"] in ACTIVE:
+                return watched
+        except RunNotFound:
+            watched = None
+    active = runner.active_run()
+    if active:
+        return active
+    if watched:
+        return watched
+    runs = list_runs()
+    return runs[-1].id if runs else None
+
+
+def run_view(run_id: str | None) -> dict[str, Any]:
+    """Everything the watch panel draws for a run, from the store: status card, figures, groups, warnings."""
+    if run_id is None:
+        empty = plots.placeholder
+        return {"status": views.status_html(None, None, []), "reward": plots.reward_figure(None),
+                "rewards": plots.reward_functions_figure(None), "diag": plots.diagnostics_figure(None),
+                "groups": insights.groups_html([]), "warnings": "", "state": None, "sig": "none",
+                "_": empty}  # fmt: skip
+    run = open_run(run_id)
+    st, spec, metrics = run.status(), run.spec, run.metrics()
+    df = views.pd.DataFrame(metrics)
+    episodes = run.episodes() if metrics else []
+    step = metrics[-1]["step"] if metrics else None
+    cap = spec.max_completion_length
+    return {
+        "status": views.status_html(run_id, st, metrics, spec.to_dict()),
+        "reward": plots.reward_figure(df),
+        "rewards": plots.reward_functions_figure(df),
+        "diag": plots.diagnostics_figure(df, cap=cap),
+        "groups": insights.groups_html(episodes, step=step, cap=cap),
+        "warnings": insights.warnings_html(insights.run_warnings(df, cap=cap)),
+        "state": st["state"],
+        "sig": signature(run_id, st),
+    }
+
+
+def signature(run_id: str, st: dict) -> str:
+    """What decides a redraw: run, steps done, state and reason. Equal signatures → nothing to send."""
+    return f"{run_id}|{st.get('steps_done')}|{st.get('state')}|{st.get('reason')}"
+
+
+def suggested_rewards(task: str, seed: int = 0) -> list:
+    """The rewards a built-in or reasoning-gym task suggests (loads a 4-prompt sample; files and hub datasets are
+    checked on upload / launch instead)."""
+    if not (task in BUILTIN_TASKS or task.startswith("rg:")):
+        return []
+    return load_task(RunSpec(task=task, train_size=4, eval_size=1, seed=int(seed))).rewards
+
+
+def describe_upload(task, name: str) -> str:
+    cols = ", ".join(task.columns) or "none besides prompt"
+    sugg = ", ".join(str(r) for r in task.rewards) or "none (pick rewards below)"
+    return (f"✅ **{name}**: {len(task.train)} training prompts, {len(task.eval)} held out. Reference columns: "
+            f"{cols}. Suggested rewards: {sugg}.")  # fmt: skip
+
+
+def launch_spec(spec: RunSpec, limits: Limits, token: str | None) -> tuple[str, str]:
+    """Validate and start (or queue) a run; return (run id, message for the visitor)."""
+    uploads.check_visitor_paths(spec)
+    limits.check(spec)
+    for r in spec.rewards:
+        build_reward(r)  # a wrong reward parameter is reported now, not by a failed worker a minute later
+    run_id = runner.start_run(spec, limits)
+    access.record_owner(run_id, token)
+    st = open_run(run_id).status()
+    if st["state"] == "queued":
+        return run_id, (f"Another run is training, so run {run_id} is queued: it starts by itself when the runs "
+                        f"ahead of it finish ({st.get('reason') or 'waiting'}).")  # fmt: skip
+    return run_id, f"Run {run_id} started: the first curve point appears after its first step."
+
+
+# --- layout and wiring ---------------------------------------------------------------------------------------
+
+
+def build_train_tab(limits: Limits, token: gr.BrowserState) -> dict[str, Any]:
+    """Lay out the Train tab and wire its events; returns its components by name."""
+    start = controls.preset_spec("quick", limits)
+    c: dict[str, Any] = {}
+    names = controls.field_order()
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=360):
+            c["preset"] = gr.Dropdown(choices=list(PRESETS), value="quick", label="preset", elem_id="wb-preset",
+                                      info="Fills every setting below; change any of them afterwards.")  # fmt: skip
+            c["plan"] = gr.Markdown(plan_text(start.max_steps, start.prompts_per_step, start.num_generations,
+                                              start.max_completion_length), elem_id="wb-plan")  # fmt: skip
+            with gr.Row():
+                c["launch"] = gr.Button("Launch", variant="primary", elem_id="wb-launch", scale=2)
+                c["stop"] = gr.Button("Stop", variant="stop", elem_id="wb-stop", interactive=False, scale=1)
+            fields: dict[str, Any] = {}
+            for title, fs in controls.grouped_fields():
+                with gr.Accordion(title, open=title == "Task & model"):
+                    for f in fs:
+                        fields[f.name] = controls.make_control(f, getattr(start, f.name), limits)
+                    if title == "Task & model":
+                        c["upload"] = gr.File(label="…or upload your own prompts (CSV, JSONL, Parquet)",
+                                              file_types=list(uploads.EXTENSIONS), type="filepath",
+                                              elem_id="wb-upload", height=90)  # fmt: skip
+                        c["upload_msg"] = gr.Markdown("A file needs a `prompt` column; other columns (e.g. "
+                                                      "`answer`) are passed to the rewards.")  # fmt: skip
+                if title == "Task & model":
+                    _reward_picker(c, start)
+    # (the watch panel is laid out by build_watch_panel, in the right-hand column of the same row)
+    c["fields"] = fields
+    c["names"] = names
+    return c
+
+
+def _reward_picker(c: dict, start: RunSpec) -> None:
+    sel, flat = controls.values_from_rewards(start.rewards or suggested_rewards(start.task, start.seed))
+    with gr.Accordion("Rewards", open=True):
+        c["reward_sel"] = gr.CheckboxGroup(
+            choices=list(REGISTRY), value=sel, label="reward functions", elem_id="wb-rewards",
+            info="The total reward is the weighted sum of the ticked ones. None ticked = the task's suggestions.",
+        )  # fmt: skip
+        c["reward_boxes"], c["reward_vals"] = [], []
+        for name, pnames in controls.reward_layout():
+            info = REGISTRY[name]
+            with gr.Group(visible=name in sel) as box:
+                gr.Markdown(f"**{name}**: {info.description}" + (f" *Needs column: {', '.join(info.needs)}.*"
+                                                                  if info.needs else ""))  # fmt: skip
+                with gr.Row():
+                    c["reward_vals"].append(gr.Number(value=1.0, label="weight", elem_id=f"wb-rw-{name}",
+                                                      min_width=90))  # fmt: skip
+                    for p in pnames:
+                        c["reward_vals"].append(controls.make_param_control(name, p, info.params[p]))
+            c["reward_boxes"].append(box)
+        with gr.Accordion("What each reward does", open=False):
+            gr.Markdown(controls.reward_help_markdown())
+    # initial values of the weight/param controls (the constructor set defaults; the preset may differ)
+    for comp, v in zip(c["reward_vals"], flat, strict=True):
+        comp.value = v
+
+
+def build_watch_panel(c: dict[str, Any]) -> None:
+    view = run_view(None)
+    c["status"] = gr.HTML(view["status"], elem_id="wb-status")
+    c["warnings"] = gr.HTML("", elem_id="wb-warnings")
+    with gr.Row(equal_height=True):
+        c["plot_reward"] = gr.Plot(view["reward"], show_label=False, elem_id="wb-reward-plot")
+        c["plot_rewards"] = gr.Plot(view["rewards"], show_label=False, elem_id="wb-rewards-plot")
+    c["plot_diag"] = gr.Plot(view["diag"], show_label=False, elem_id="wb-diag-plot")
+    with gr.Accordion("Latest step: every group, its completions, rewards and advantages", open=True):
+        c["groups"] = gr.HTML(view["groups"], elem_id="wb-groups", max_height=900)
+
+
+def wire_train_tab(c: dict[str, Any], limits: Limits, token: gr.BrowserState) -> None:
+    fields, names = c["fields"], c["names"]
+    field_list = [fields[n] for n in names]
+    reward_inputs = [c["reward_sel"], *c["reward_vals"]]
+    watch_out = [c["watch"], c["seen"], c["status"], c["plot_reward"], c["plot_rewards"], c["plot_diag"],
+                 c["groups"], c["warnings"], c["stop"]]  # fmt: skip
+
+    @guarded(len(field_list) + 2 + len(c["reward_vals"]))
+    def apply_preset(name):
+        spec = controls.preset_spec(name, limits)
+        sel, flat = controls.values_from_rewards(spec.rewards or suggested_rewards(spec.task, spec.seed))
+        plan = plan_text(spec.max_steps, spec.prompts_per_step, spec.num_generations, spec.max_completion_length)
+        return (*controls.values_from_spec(spec), plan, sel, *flat)
+
+    c["preset"].input(apply_preset, c["preset"], [*field_list, c["plan"], c["reward_sel"], *c["reward_vals"]],
+                      api_name="preset")  # fmt: skip
+
+    plan_in = [fields[n] for n in ("max_steps", "prompts_per_step", "num_generations", "max_completion_length")]
+    for comp in plan_in:
+        comp.change(plan_text, plan_in, c["plan"], show_progress="hidden", api_visibility="private")
+
+    @guarded(1 + len(c["reward_vals"]))
+    def on_task(task, seed):
+        sugg = suggested_rewards(task, seed)
+        if not sugg:
+            return skips(1 + len(c["reward_vals"]))
+        sel, flat = controls.values_from_rewards(sugg)
+        return (sel, *flat)
+
+    fields["task"].input(on_task, [fields["task"], fields["seed"]], [c["reward_sel"], *c["reward_vals"]],
+                         api_visibility="private")  # fmt: skip
+
+    def show_boxes(sel):
+        return [gr.update(visible=name in (sel or [])) for name, _ in controls.reward_layout()]
+
+    c["reward_sel"].change(show_boxes, c["reward_sel"], c["reward_boxes"], show_progress="hidden",
+                           api_visibility="private")  # fmt: skip
+
+    @guarded(3 + len(c["reward_vals"]))
+    def on_upload(path, train_size, eval_size, seed):
+        if not path:
+            return skips(3 + len(c["reward_vals"]))
+        name = Path(path).name
+        dest = uploads.save_upload(path, name, limits)
+        spec = RunSpec(task=f"file:{dest}", train_size=int(train_size), eval_size=int(eval_size), seed=int(seed))
+        try:
+            task = load_task(spec, limits)
+        except Exception as e:
+            dest.unlink(missing_ok=True)
+            return gr.skip(), f"❌ **{name}** was not accepted: {views.esc(e)}", *skips(1 + len(c["reward_vals"]))
+        choices = [*controls.task_choices(), (f"uploaded: {name}", spec.task)]
+        sel, flat = controls.values_from_rewards(task.rewards) if task.rewards else ([], [gr.skip()] * len(
+            c["reward_vals"]))  # fmt: skip
+        return gr.update(choices=choices, value=spec.task), describe_upload(task, name), (sel or gr.skip()), *flat
+
+    c["upload"].upload(on_upload, [c["upload"], fields["train_size"], fields["eval_size"], fields["seed"]],
+                       [fields["task"], c["upload_msg"], c["reward_sel"], *c["reward_vals"]],
+                       api_visibility="private")  # fmt: skip
+
+    @guarded(3)
+    def launch(tok, *values):
+        vals, sel, flat = values[: len(names)], values[len(names)], values[len(names) + 1 :]
+        spec = controls.spec_from_values(names, list(vals), controls.rewards_from_values(sel, list(flat)))
+        run_id, msg = launch_spec(spec, limits, tok)
+        gr.Info(msg)
+        return run_id, "", gr.update(interactive=True)
+
+    c["launch"].click(launch, [token, *field_list, *reward_inputs], [c["watch"], c["seen"], c["stop"]],
+                      api_name="launch", concurrency_limit=1).then(
+        poll, [c["watch"], c["seen"]], watch_out, show_progress="hidden", api_visibility="private")  # fmt: skip
+
+    @guarded(1)
+    def stop(run_id, tok):
+        if not run_id:
+            raise runner.RunnerBusy("no run is being watched: launch one first")
+        access.check_owner(run_id, tok, "stop")
+        runner.stop_run(run_id)
+        gr.Info(f"Stopping run {run_id} after its current step; its adapter is saved, so you can compare it.")
+        return gr.update(interactive=False)
+
+    c["stop"].click(stop, [c["watch"], token], c["stop"], api_name="stop")
+    c["timer"].tick(poll, [c["watch"], c["seen"]], watch_out, show_progress="hidden", concurrency_limit=None,
+                    api_name="poll")  # fmt: skip
+
+
+@guarded(9, quiet=True)  # a failing tick must not toast every second; the next tick tries again
+def poll(watched: str | None, seen: str | None):
+    """Timer tick: which run to show, and (only when it changed) its status, plots, groups and warnings."""
+    run_id = pick_run(watched)
+    if run_id is None:
+        if seen == "none":
+            return skips(9)
+        v = run_view(None)
+        return (None, "none", v["status"], v["reward"], v["rewards"], v["diag"], v["groups"], "",
+                gr.update(interactive=False))  # fmt: skip
+    st = open_run(run_id).status()
+    sig = signature(run_id, st)
+    if sig == seen:
+        return skips(9)
+    stop = gr.update(interactive=st["state"] in ACTIVE)
+    same_step = (seen or "").split("|")[:2] == sig.split("|")[:2]
+    if same_step:  # only the state or reason changed: redraw the status card, leave the plots alone
+        run = open_run(run_id)
+        card = views.status_html(run_id, st, run.metrics(), run.spec.to_dict())
+        return (run_id, sig, card, *skips(5), stop)
+    v = run_view(run_id)
+    return run_id, v["sig"], v["status"], v["reward"], v["rewards"], v["diag"], v["groups"], v["warnings"], stop

@@ -1,0 +1,99 @@
+"""Visitor input that could touch the file system: uploaded datasets and settings that name paths.
+
+An upload is copied to `$WORKBENCH_HOME/uploads/<random>.<ext>`: the name the visitor chose is never used as a
+path, only its extension (from a fixed list). On a Space, a run spec may name files only inside that folder, and
+models or reward tokenizers only by hub id or bundled name, never by a local path; locally the owner of the
+machine may point at their own files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+from ..config import Limits, RunSpec, workbench_home
+from .common import UploadError
+from .settings import on_space
+
+EXTENSIONS = (".csv", ".jsonl", ".json", ".parquet")
+KEEP_UPLOADS = 200  # older uploads are removed: a public Space must not fill its disk
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+PATH_PARAMS = ("model", "tokenizer")  # reward parameters that name something to load
+
+
+def uploads_dir() -> Path:
+    return workbench_home() / "uploads"
+
+
+def save_upload(src: str | os.PathLike, original_name: str, limits: Limits) -> Path:
+    """Copy an uploaded file into the uploads folder under a random name; refuse wrong types and sizes."""
+    ext = Path(original_name or "").suffix.lower()
+    if ext not in EXTENSIONS:
+        raise UploadError(
+            f"{Path(original_name).name or 'the file'} is not a dataset file: upload a {', '.join(EXTENSIONS)} "
+            "file with a 'prompt' column (and reference columns such as 'answer')"
+        )
+    size_mb = os.path.getsize(src) / 1e6
+    if size_mb > limits.max_upload_mb:
+        raise UploadError(
+            f"the file is {size_mb:.1f} MB, above this server's limit of {limits.max_upload_mb:g} MB: upload fewer "
+            "rows"
+        )
+    folder = uploads_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / f"{secrets.token_hex(8)}{ext}"
+    tmp = folder / f".{dest.name}.tmp"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+    _prune(folder)
+    return dest
+
+
+def _prune(folder: Path, keep: int = KEEP_UPLOADS, min_age_s: float = 3600) -> None:
+    files = sorted((p for p in folder.iterdir() if p.suffix in EXTENSIONS), key=lambda p: p.stat().st_mtime)
+    for p in files[:-keep]:
+        if time.time() - p.stat().st_mtime > min_age_s:  # never one a visitor may be about to launch with
+            p.unlink(missing_ok=True)
+
+
+def is_upload(path: str) -> bool:
+    """True when `path` is a file inside the uploads folder (after resolving links and '..')."""
+    try:
+        p = Path(path).resolve()
+        return p.is_file() and p.parent == uploads_dir().resolve()
+    except OSError:
+        return False
+
+
+def _looks_like_path(value: str) -> bool:
+    v = value.strip()
+    return v.startswith(("/", ".", "~", "\\")) or ".." in v or (":" in v and not v.startswith("hub:"))
+
+
+def check_visitor_paths(spec: RunSpec) -> None:
+    """On a Space, refuse settings that would read server files. Raises PermissionError saying what to use."""
+    if spec.task.startswith("file:") and not is_upload(spec.task[5:]) and (on_space() or not spec.task[5:].strip()):
+        raise PermissionError(
+            "the task names a file on the server: upload your dataset with the Upload box instead (it sets the task "
+            "for you)"
+        )
+    if not on_space():
+        return
+    model = spec.model.strip()
+    from .settings import TINY_MODEL, default_model
+
+    if model not in (default_model(), TINY_MODEL) and (_looks_like_path(model) or not HUB_ID.match(model)):
+        raise PermissionError(
+            f"model {model!r} is not a hub id: on this Space use a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct"
+        )
+    for r in spec.rewards:
+        for key in PATH_PARAMS:
+            v = str(r.params.get(key, "") or "")
+            if v and _looks_like_path(v):
+                raise PermissionError(
+                    f"reward {r.name}: {key}={v!r} looks like a path; on this Space use a hub id or leave it empty"
+                )

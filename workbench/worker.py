@@ -1,0 +1,268 @@
+"""The worker: trains one run in its own process and writes everything to the run store as it goes.
+
+    python -m workbench worker RUN_ID        # started by workbench.runner; not meant to be typed
+
+It loads the spec from the store, the task, and the engine (ours, or TRL's when spec.engine == "trl"); resumes from
+the run's latest checkpoint if there is one (prompt_batches(start_step=...) gives the same prompts an uninterrupted
+run would have seen); appends every step to the store; saves a checkpoint every `save_every` steps and at the end,
+then the final adapter. Between steps it honours a stop request (the store's stop file, or SIGTERM/SIGINT).
+Any failure ends the run as "failed" with a one-line reason; the traceback goes to worker.log (its stdout/stderr).
+When it exits it starts the next queued run.
+
+Fault injection, for tests only: `WORKBENCH_FAULT=KIND[@STEP]` (STEP defaults to 1) makes step STEP fail on purpose.
+KIND is `nan_reward` (every reward returns NaN), `raise_reward` (the first reward raises ValueError) or `oom`
+(torch.OutOfMemoryError before the step). It applies to the built-in engine only.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from .config import ConfigError, Limits, RunSpec
+from .store import Run, open_run, process_start_time
+
+FAULT_ENV = "WORKBENCH_FAULT"
+FAULT_KINDS = ("nan_reward", "raise_reward", "oom")
+
+
+class Fault:
+    """The test-only fault of WORKBENCH_FAULT; a no-op when the variable is unset."""
+
+    def __init__(self, text: str | None):
+        self.kind, self.at, self.step = None, 1, 0
+        if text:
+            kind, _, at = text.partition("@")
+            if kind not in FAULT_KINDS or (at and not at.isdigit()):
+                raise ConfigError(
+                    f"{FAULT_ENV}={text!r}: use one of {', '.join(FAULT_KINDS)}, optionally @STEP"
+                )
+            self.kind, self.at = kind, int(at or 1)
+
+    @property
+    def wraps_rewards(self) -> bool:
+        return self.kind in ("nan_reward", "raise_reward")
+
+    def wrap(self, reward_fns: list[tuple[str, Callable, float]]) -> list[tuple[str, Callable, float]]:
+        out = []
+        for i, (name, fn, w) in enumerate(reward_fns):
+            if self.kind == "nan_reward" or (self.kind == "raise_reward" and i == 0):
+                fn = self._faulty(fn)
+            out.append((name, fn, w))
+        return out
+
+    def _faulty(self, fn: Callable) -> Callable:
+        @functools.wraps(fn)  # keeps __name__: the failure reason must name the real function
+        def wrapped(prompts, completions, **kw):
+            vals = fn(prompts, completions, **kw)
+            if self.step == self.at:
+                if self.kind == "raise_reward":
+                    raise ValueError(f"injected fault ({FAULT_ENV}) at step {self.step}")
+                return [math.nan] * len(vals)
+            return vals
+
+        return wrapped
+
+    def before_step(self, step: int) -> None:
+        self.step = step
+        if self.kind == "oom" and step == self.at:
+            import torch
+
+            raise torch.OutOfMemoryError(f"injected fault ({FAULT_ENV}) at step {step}")
+
+
+class StopFlag:
+    """True once a stop is requested: the store's stop file (runner.stop_run) or SIGTERM/SIGINT to this process."""
+
+    def __init__(self, run: Run):
+        self.run, self.signalled = run, False
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signalled = True
+        print(f"got signal {signum}: stopping after this step", flush=True)
+
+    def __call__(self) -> bool:
+        return self.signalled or self.run.stop_requested()
+
+
+def failure_reason(e: BaseException) -> str:
+    """One line that says what went wrong and, where we know, what to change."""
+    try:
+        import torch
+
+        from .grpo import NonFiniteError, RewardFunctionError
+    except Exception:  # the engine itself does not import: say so rather than fail while failing
+        return f"{type(e).__name__}: {_first_line(e)} (traceback in worker.log)"
+    oom = (MemoryError, torch.OutOfMemoryError)
+    inner = getattr(e, "exc", None) or e.__cause__
+    if isinstance(e, oom) or (isinstance(e, RewardFunctionError) and isinstance(inner, oom)):
+        return (
+            f"out of memory ({_first_line(e)}): lower num_generations, prompts_per_step or "
+            "max_completion_length, or use a smaller model"
+        )
+    if isinstance(e, RewardFunctionError):
+        return f"reward function failed: {_first_line(e)}"
+    if isinstance(e, NonFiniteError):
+        return (
+            f"non-finite value (NaN or inf): {_first_line(e)}; lower learning_rate, or check that the reward "
+            "functions return finite numbers"
+        )
+    if _is_setup_error(e):
+        return _first_line(e)
+    return f"{type(e).__name__}: {_first_line(e)} (traceback in worker.log)"
+
+
+def _is_setup_error(e: BaseException) -> bool:
+    try:
+        from .models import ModelError
+        from .rewards import RewardError
+        from .tasks import TaskError
+    except Exception:
+        return isinstance(e, ConfigError)
+    return isinstance(e, (ConfigError, ModelError, TaskError, RewardError))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:500]
+
+
+def build_engine(spec: RunSpec, task: Any, fault: Fault):
+    from .grpo import GRPOEngine
+
+    if not fault.wraps_rewards:
+        return GRPOEngine.from_spec(spec, task)
+    # what from_spec does, with the reward functions wrapped by the injected fault
+    from .models import load_model
+    from .rewards import build_rewards
+
+    model, tok = load_model(spec.model, spec.dtype, spec.device)
+    fns = fault.wrap(build_rewards(spec.rewards or task.rewards))
+    return GRPOEngine(spec, model, tok, fns, spec.system_prompt or task.system_prompt)
+
+
+def _progress(result: Any, max_steps: int) -> None:
+    m = result.metrics
+    print(
+        f"step {result.step}/{max_steps}  reward {m.get('reward', float('nan')):.3f}  "
+        f"length {m.get('completions/mean_length', float('nan')):.1f}  {m.get('step_time', 0.0):.1f}s",
+        flush=True,
+    )
+
+
+def _save(run: Run, engine: Any, step: int, adapter: bool) -> None:
+    if run.latest_checkpoint() is None or Run.checkpoint_step(run.latest_checkpoint()) != step:
+        tmp = run.checkpoint_dir(step)
+        engine.save_checkpoint(tmp)
+        run.commit_checkpoint(tmp, step)
+    if adapter:
+        tmp = run.adapter_tmp_dir()
+        engine.save_adapter(tmp)
+        run.commit_adapter(tmp)
+
+
+def train(
+    run: Run, should_stop: Callable[[], bool], engine_factory: Callable | None = None
+) -> tuple[str, str]:
+    """Train `run` to its target steps (or until stopped). Returns (final state, reason); failures raise."""
+    from .tasks import load_task
+
+    spec = run.spec
+    fault = Fault(os.environ.get(FAULT_ENV))
+    task = load_task(spec, Limits.from_env())
+    if spec.engine == "trl":
+        return _train_trl(run, spec, task, should_stop)
+    from .grpo import prompt_batches
+
+    engine = (engine_factory or build_engine)(spec, task, fault)
+    ckpt = run.latest_checkpoint()
+    if ckpt is not None:
+        engine.load_checkpoint(ckpt)
+        print(f"resumed from {ckpt.name} (step {engine.step_count})", flush=True)
+    start = engine.step_count
+    run.truncate_steps(after=start)  # steps after the checkpoint are redone, on the same prompts
+    run.set_status("running", "training", phase="training")
+    batches = prompt_batches(task.train, spec.prompts_per_step, spec.seed, start_step=start)
+    while engine.step_count < spec.max_steps and not should_stop():
+        rows = next(batches, None)
+        if rows is None:
+            break
+        fault.before_step(engine.step_count + 1)
+        result = engine.step(rows)
+        run.append_step(result)
+        _progress(result, spec.max_steps)
+        n = engine.step_count
+        if n % spec.save_every == 0 and n < spec.max_steps:
+            _save(run, engine, n, adapter=False)
+    n = engine.step_count
+    if n > 0:
+        run.set_status("running", "saving", phase="saving")
+        _save(run, engine, n, adapter=True)
+    if n >= spec.max_steps:
+        return "finished", None
+    if should_stop():
+        return (
+            "stopped",
+            f"stopped at step {n}/{spec.max_steps}; continue it with `workbench resume {run.id}`",
+        )
+    return "finished", f"the task ran out of prompt batches at step {n}/{spec.max_steps}"
+
+
+def _train_trl(run: Run, spec: RunSpec, task: Any, should_stop: Callable[[], bool]) -> tuple[str, str]:
+    from .trl_engine import train_with_trl
+
+    run.truncate_steps(after=0)  # TRL runs restart from the beginning: its checkpoints are not ours
+    run.set_status("running", "training", phase="training")
+
+    def on_step(result: Any) -> None:
+        run.append_step(result)
+        _progress(result, spec.max_steps)
+
+    final = train_with_trl(spec, task, on_step=on_step, should_stop=should_stop, output_dir=run.dir / "trl")
+    tmp = run.adapter_tmp_dir()
+    shutil.copytree(final, tmp, dirs_exist_ok=True)
+    run.commit_adapter(tmp)
+    n = run.steps_done()
+    if n < spec.max_steps and should_stop():
+        return "stopped", f"stopped at step {n}/{spec.max_steps}"
+    return "finished", None
+
+
+def main(run_id: str) -> int:
+    """Entry point of `workbench worker RUN_ID`: returns 0 when the run finished or stopped, 1 when it failed."""
+    run = open_run(run_id)
+    should_stop = StopFlag(run)
+    should_stop.install()
+    me = {"pid": os.getpid(), "pid_start": process_start_time(os.getpid())}
+    if not run.set_status("running", "loading", only_if=("queued", "running"), phase="loading", **me):
+        print(f"run {run_id} is {run.raw_status().get('state')}, not queued: nothing to do", flush=True)
+        return 0
+    print(f"worker {os.getpid()} training run {run_id} (python {sys.version.split()[0]})", flush=True)
+    t0 = time.time()
+    try:
+        state, reason = train(run, should_stop)
+    except Exception as e:  # every failure becomes a reason in the store; the traceback goes to worker.log
+        traceback.print_exc()
+        state, reason = "failed", failure_reason(e)
+    run.set_status(state, reason, phase=None)
+    print(f"run {run_id} {state} after {time.time() - t0:.0f}s{': ' + reason if reason else ''}", flush=True)
+    try:
+        from .runner import launch_queued
+
+        for started in launch_queued():
+            print(f"started queued run {started}", flush=True)
+    except Exception:
+        traceback.print_exc()
+    return 1 if state == "failed" else 0
