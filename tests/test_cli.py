@@ -21,8 +21,15 @@ TINY = ["--model", "tiny-random", "--train-size", "16", "--eval-size", "2", "--m
         "--num-generations", "2", "--dtype", "float32"]  # fmt: skip
 
 
+def _env() -> dict:
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+
+
 def _wb(*args: str, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = _env()
     return subprocess.run(
         [sys.executable, "-m", "workbench", *args], capture_output=True, text=True, env=env, **kw
     )
@@ -175,7 +182,7 @@ def test_train_json_then_export_merged_and_trl_then_compare(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_gracefully_and_resume_finishes(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = _env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "workbench", "train", *TINY, "--max-steps", "25", "--save-every", "100"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,

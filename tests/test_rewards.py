@@ -101,6 +101,7 @@ def test_missing_or_misaligned_column_is_named():
         R("exact_match")(None, ["x", "y"], answer=["x"])
     # the column parameter points the reward at another column
     assert R("exact_match,column=solution")(None, ["x"], solution=["x"]) == [1.0]
+    assert R("exact_match,column=solution").needs == ("solution",)  # what a caller must supply
 
 
 def test_completion_text_handles_text_and_conversations():
@@ -233,6 +234,19 @@ def test_math_correct_with_math_verify():
         0.0,
         1.0,
     ]  # no tags, no credit
+
+
+def test_math_correct_off_the_main_thread():
+    # math-verify's timeouts use signals (main thread only); an evaluator running rewards in a thread still works
+    import threading
+
+    out = []
+    t = threading.Thread(
+        target=lambda: out.append(R("math_correct")(None, ["<answer>6</answer>", "5"], answer=["6", "6"]))
+    )
+    t.start()
+    t.join()
+    assert out == [[1.0, 0.0]]
 
 
 def test_exact_contains_numeric_match():

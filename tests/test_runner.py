@@ -190,7 +190,7 @@ def test_sigkill_mid_run_then_restart_then_resume():
     # "the app restarts": a fresh process lists the runs and writes down the dead worker
     out = subprocess.run(
         [sys.executable, "-c", "from workbench import runner, store; print(runner.reconcile(), len(store.list_runs()))"],
-        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))},
     ).stdout  # fmt: skip
     assert out.strip() == f"['{a}'] 1"
     assert run.raw_status()["state"] == "interrupted"

@@ -111,17 +111,21 @@ def _json_object(text: str, name: str) -> dict:
 
 
 # --- following a run ----------------------------------------------------------------------------------------
-def follow(run_id: str) -> Result:
+def follow(run_id: str, since: int = 0) -> Result:
     """Print progress until the run ends; Ctrl-C asks it to stop after the step, a second Ctrl-C kills it."""
     from . import runner
     from .store import TERMINAL, open_run
 
     run = open_run(run_id)
     print(f"run {run.id} stored in {run.dir}", flush=True)
-    last, said, ctrl_c, times = 0, None, 0, []
+    last, said, ctrl_c, times = since, None, 0, []
     while True:
         try:
             st = run.status()
+            now = (st["state"], st.get("reason"))
+            if now != said and st["state"] not in TERMINAL:
+                print(f"{st['state']}" + (f": {st['reason']}" if st.get("reason") else ""), flush=True)
+                said = now
             for m in run.metrics(since_step=last):
                 last = m["step"]
                 times.append(m.get("step_time") or 0.0)
@@ -132,10 +136,6 @@ def follow(run_id: str) -> Result:
                     f"{avg:.1f} s/step  ETA {_fmt_secs(avg * (st['max_steps'] - last))}",
                     flush=True,
                 )
-            now = (st["state"], st.get("reason"))
-            if now != said and st["state"] not in TERMINAL:
-                print(f"{st['state']}" + (f": {st['reason']}" if st.get("reason") else ""), flush=True)
-                said = now
             if st["state"] in TERMINAL:
                 break
             time.sleep(0.5)
@@ -191,10 +191,13 @@ def cmd_resume(args: argparse.Namespace) -> Result:
     from .store import open_run
 
     runner.resume_run(args.run)
+    run = open_run(args.run)
+    since = run.checkpoint_step(run.latest_checkpoint()) if run.latest_checkpoint() else 0
     if args.detach:
-        st = open_run(args.run).status()
+        st = run.status()
         return 0, {"run_id": args.run, "status": st["state"]}, f"run {args.run} {st['state']}"
-    return follow(args.run)
+    print(f"resuming from step {since}", flush=True)
+    return follow(args.run, since)
 
 
 def cmd_stop(args: argparse.Namespace) -> Result:

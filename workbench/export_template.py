@@ -1,13 +1,21 @@
-"""Templates of the folder `workbench export RUN --trl DIR` writes: train.py, accelerate_config.yaml, README.md.
+"""The TRL export: the folder `workbench export RUN --trl DIR` writes, and the templates it is made from.
 
-`trl_engine.export_trl` fills the `$placeholders` (string.Template) with literal values from the run spec, so the
-exported script reads like a hand-written TRL script: one GRPOConfig dict, the rewards by registry name, a LoRA
-config. Kept apart from trl_engine.py because these are documents, not logic.
+`write_export` (called by `trl_engine.export_trl`) fills the `$placeholders` (string.Template) with literal values
+from the run spec, so the exported train.py reads like a hand-written TRL script: one GRPOConfig dict, the rewards
+by registry name, a LoRA config. The spec → GRPOConfig mapping itself lives in trl_engine, shared with training.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from string import Template
+from typing import Any
+
+from .config import RunSpec
+from .models import BUNDLED, TINY_MODEL
+from .rewards import build_rewards
+from .trl_engine import grpo_config_kwargs, lora_kwargs, trl_rows
 
 TRAIN_PY = Template('''\
 """GRPO with TRL + accelerate: run "$title", exported by GRPO Workbench.
@@ -56,8 +64,8 @@ CONFIG = dict(
     # --- optimisation
     learning_rate=$learning_rate,
     lr_scheduler_type=$lr_scheduler_type,
-    warmup_steps=$warmup_steps,
-    max_steps=$max_steps,
+    warmup_steps=$warmup_steps,  # optimizer steps: workbench steps x num_iterations
+    max_steps=$max_steps,  # optimizer steps: workbench steps x num_iterations
     max_grad_norm=$max_grad_norm,
     weight_decay=$weight_decay,
     gradient_checkpointing=False,  # True saves GPU memory on models above ~1B parameters, at ~30% more time
@@ -96,8 +104,12 @@ LORA = $lora
 
 @dataclass
 class ScriptArguments:
-    model: str = field(default=$model_repr, metadata={"help": "Hub id or local folder of the model to train."})
-    train_file: str = field(default=str(HERE / "train.jsonl"), metadata={"help": "Training prompts (jsonl)."})
+    model: str = field(
+        default=$model_repr, metadata={"help": "Hub id or local folder of the model to train."}
+    )
+    train_file: str = field(
+        default=str(HERE / "train.jsonl"), metadata={"help": "Training prompts: jsonl with a 'prompt' column."}
+    )
 
 
 def main() -> None:
@@ -187,10 +199,87 @@ The adapter (or full model) lands in `output/final/`.
 ## What changes on N GPUs
 
 A step trains on `per_device_train_batch_size` = $per_device_train_batch_size completions per process
-($prompts_per_step prompts x $num_generations completions), so on N GPUs a step sees N x $prompts_per_step prompts: the same
-learning rate with N times the batch. To keep the workbench's exact batch, pass
-`--per_device_train_batch_size $per_device_train_batch_size/N` (it must stay divisible by num_generations... or by N).
-Curves (`reward`, `rewards/<name>/mean`, `completions/mean_length`, `kl`, `entropy`, `clip_ratio/*`) have the same names
-and meanings as in the workbench; `step_time` here is TRL's own measure (forward, backward and generation, without
-the optimizer update).
+($prompts_per_step prompts x $num_generations completions), so on N GPUs a step sees N x $prompts_per_step prompts: the same learning
+rate on N times the batch, which is usually what you want. To keep the workbench's batch exactly, divide
+`--per_device_train_batch_size` by N (a global batch of whole groups of num_generations is all TRL requires).
+
+The curves (`reward`, `rewards/<name>/mean`, `completions/mean_length`, `kl`, `entropy`, `clip_ratio/*`) have the
+same names and meanings as in the workbench. `max_steps` counts optimizer steps: with num_iterations = mu, TRL's
+step count is the workbench's x mu. `step_time` here is TRL's own measure (generation, forward and backward, without
+the optimizer update), so it is not the workbench's wall-clock step time.
 """)
+
+
+def _hub_model(name: str) -> str:
+    """What the exported script loads: the bundled model's hub id (also for the tiny test model), else as given."""
+    if name in BUNDLED:
+        return BUNDLED[name]["hub_id"]
+    if name == TINY_MODEL:
+        return next(iter(BUNDLED.values()))["hub_id"]
+    return name
+
+
+def _lit(v: Any) -> str:
+    """A Python literal as ruff would format it (double quotes), for the exported script."""
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_lit(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_lit(k)}: {_lit(x)}" for k, x in v.items()) + "}"
+    return repr(v)
+
+
+_PRECISION = {
+    "auto": "    bf16=ON_GPU and torch.cuda.is_bf16_supported(),  # bf16 mixed precision on GPUs that have it\n"
+    "    fp16=ON_GPU and not torch.cuda.is_bf16_supported(),",
+    "bfloat16": "    bf16=True,",
+    "float16": "    fp16=ON_GPU,\n    bf16=False,",
+    "float32": "    bf16=False,",
+}
+_MIXED = {"auto": "bf16", "bfloat16": "bf16", "float16": "fp16", "float32": "no"}
+
+
+def write_export(spec: RunSpec, task: Any, out_dir: Path) -> Path:
+    """The body of `trl_engine.export_trl`: fill the templates with the spec's values and write the folder."""
+    import trl
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reward_specs = spec.rewards or task.rewards
+    weights = [w for _, _, w in build_rewards(reward_specs)]
+    system_prompt = spec.system_prompt or task.system_prompt
+    for name, rows in (("train", task.train), ("eval", task.eval)):
+        lines = [json.dumps(r, ensure_ascii=False, default=str) for r in trl_rows(rows, system_prompt)]
+        (out / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = grpo_config_kwargs(spec, weights)
+    cfg.pop("seed")
+    model = _hub_model(spec.model)
+    values = {k: _lit(v) for k, v in cfg.items()}
+    lora = lora_kwargs(spec)
+    fill = {
+        **values,
+        "title": f"{spec.task} on {spec.model}",
+        "task_line": f"{task.name}: {task.description}".replace('"""', "'''"),
+        "model": model,
+        "model_repr": _lit(model),
+        "prompts_per_step": spec.prompts_per_step,
+        "precision": _PRECISION[spec.dtype],
+        "seed": spec.seed,
+        "rewards": "\n".join(
+            f"    RewardSpec({_lit(r.name)}, {r.weight!r}, {_lit(r.params)})," for r in reward_specs
+        ),
+        "lora": "None"
+        if lora is None
+        else "dict(" + ", ".join(f"{k}={_lit(v)}" for k, v in lora.items()) + ")",
+    }
+    (out / "train.py").write_text(TRAIN_PY.substitute(fill), encoding="utf-8")
+    (out / "accelerate_config.yaml").write_text(
+        ACCELERATE_YAML.substitute(mixed_precision=_MIXED[spec.dtype])
+    )
+    readme = README_MD.substitute(
+        fill, n_train=len(task.train), n_eval=len(task.eval), trl_version=trl.__version__
+    )
+    (out / "README.md").write_text(readme, encoding="utf-8")
+    (out / "run_spec.json").write_text(spec.to_json() + "\n", encoding="utf-8")
+    return out

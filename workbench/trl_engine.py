@@ -21,6 +21,7 @@ objects as the built-in engine, so the run store, live curves and comparison wor
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -33,7 +34,7 @@ import torch
 
 from .config import RunSpec
 from .grpo import Episode, NonFiniteError, RewardFunctionError, StepResult, prompt_batches
-from .models import BUNDLED, TINY_MODEL, load_model, pick_device, pick_dtype
+from .models import load_model, pick_device, pick_dtype
 from .rewards import build_rewards, completion_text, prompt_text
 from .tasks import chat_messages
 
@@ -91,7 +92,10 @@ def lora_kwargs(spec: RunSpec) -> dict[str, Any] | None:
 
 def trl_rows(rows: list[dict], system_prompt: str) -> list[dict]:
     """Task rows as TRL wants them: a conversational "prompt" (system prompt included) plus reference columns."""
-    return [{**{k: v for k, v in r.items() if k != "prompt"}, "prompt": chat_messages(r, system_prompt)} for r in rows]
+    return [
+        {"prompt": chat_messages(r, system_prompt), **{k: v for k, v in r.items() if k != "prompt"}}
+        for r in rows
+    ]
 
 
 def trl_advantages(
@@ -149,7 +153,11 @@ class _RecordedReward:
         t0 = time.perf_counter()
         r = self.rollout
         if self.first:  # the first reward call of a rollout: generation has just finished
-            r.prompts, r.completions, r.ids = list(prompts), list(completions), [list(c) for c in completion_ids]
+            r.prompts, r.completions, r.ids = (
+                list(prompts),
+                list(completions),
+                [list(c) for c in completion_ids],
+            )
             r.first_reward_at = t0
         try:
             out = self.fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
@@ -190,8 +198,6 @@ def _stream_callback(spec, names, weights, rollout, on_step, should_stop, stop_i
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step % mu == 0:
                 self.ended = time.perf_counter()
-                if should_stop():  # only between workbench steps: the step just finished is logged and kept
-                    control.should_training_stop = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or any(k in logs for k in _SUMMARY_KEYS):
@@ -216,7 +222,13 @@ def _stream_callback(spec, names, weights, rollout, on_step, should_stop, stop_i
                     "time/training": max(step_time - generation - rollout.reward_time, 0.0),
                 }
             )
-            on_step(StepResult(step=step, episodes=_episodes(step, rollout, names, weights, group), metrics=metrics))
+            on_step(
+                StepResult(
+                    step=step, episodes=_episodes(step, rollout, names, weights, group), metrics=metrics
+                )
+            )
+            if should_stop():  # asked between workbench steps: TRL checks this right after the log
+                control.should_training_stop = True
 
     def _episodes(step, r: _Rollout, names, weights, g) -> list[Episode]:
         if not r.ids:
@@ -248,7 +260,9 @@ def _train_dataset(spec: RunSpec, task: Any, system_prompt: str):
     """The prompts of max_steps steps, in the built-in engine's order, as a datasets.Dataset."""
     from datasets import Dataset
 
-    batches = list(itertools.islice(prompt_batches(task.train, spec.prompts_per_step, spec.seed), spec.max_steps))
+    batches = list(
+        itertools.islice(prompt_batches(task.train, spec.prompts_per_step, spec.seed), spec.max_steps)
+    )
     rows = trl_rows([row for batch in batches for row in batch], system_prompt)
     try:
         return Dataset.from_list(rows), len(batches)
@@ -261,7 +275,9 @@ def _train_dataset(spec: RunSpec, task: Any, system_prompt: str):
 
 def _note_long_prompts(tok, rows: list[dict], limit: int) -> None:
     seen = {json.dumps(r["prompt"], sort_keys=True, default=str): r["prompt"] for r in rows}
-    lengths = [len(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True)) for p in seen.values()]
+    lengths = [
+        len(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True)) for p in seen.values()
+    ]
     over = sum(n > limit for n in lengths)
     if over:
         print(
@@ -272,7 +288,7 @@ def _note_long_prompts(tok, rows: list[dict], limit: int) -> None:
 
 
 def _build_trainer(spec: RunSpec, task: Any, on_step, should_stop, output_dir: Path):
-    """A GRPOTrainer for `spec` with the streaming callback; returns (trainer, rollout)."""
+    """A GRPOTrainer for `spec`, its reward fns wrapped to record episodes, with the streaming callback."""
     from peft import LoraConfig
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -280,7 +296,9 @@ def _build_trainer(spec: RunSpec, task: Any, on_step, should_stop, output_dir: P
     device = pick_device(spec.device)
     dtype = pick_dtype(spec.dtype, device)
     # fp16 trains as mixed precision over fp32 weights (fp16 weights cannot take gradient updates safely).
-    model, tok = load_model(spec.model, dtype="float32" if dtype == torch.float16 else spec.dtype, device=device)
+    model, tok = load_model(
+        spec.model, dtype="float32" if dtype == torch.float16 else spec.dtype, device=device
+    )
     rewards = build_rewards(spec.rewards or task.rewards)
     names, weights = [n for n, _, _ in rewards], [w for _, _, w in rewards]
     system_prompt = spec.system_prompt or task.system_prompt
@@ -288,6 +306,12 @@ def _build_trainer(spec: RunSpec, task: Any, on_step, should_stop, output_dir: P
     _note_long_prompts(tok, dataset.to_list()[: spec.prompts_per_step * 8], spec.max_prompt_length)
     kwargs = grpo_config_kwargs(spec, weights)
     kwargs["max_steps"] = min(spec.max_steps, n_batches) * spec.num_iterations
+    # Small models: recomputing activations costs more time than the memory is worth. transformers 5 renamed the
+    # switch (the old name warns on every run).
+    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    kwargs[
+        "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    ] = False
     config = GRPOConfig(
         output_dir=str(output_dir),
         **kwargs,
@@ -295,7 +319,6 @@ def _build_trainer(spec: RunSpec, task: Any, on_step, should_stop, output_dir: P
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=device == "cpu",
-        gradient_checkpointing=False,  # small models: recomputation costs more time than the memory is worth
         logging_steps=1,
         report_to="none",
         save_strategy="no",  # the worker saves the adapter
@@ -318,7 +341,7 @@ def _build_trainer(spec: RunSpec, task: Any, on_step, should_stop, output_dir: P
         callbacks=[callback],
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the worker prints its own progress
-    return trainer, rollout
+    return trainer
 
 
 def train_with_trl(
@@ -335,7 +358,7 @@ def train_with_trl(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    trainer, _ = _build_trainer(spec, task, on_step, should_stop, output_dir)
+    trainer = _build_trainer(spec, task, on_step, should_stop, output_dir)
     trainer.train()
     final = output_dir / "adapter"
     trainer.save_model(str(final))
@@ -345,64 +368,13 @@ def train_with_trl(
 # --- export ------------------------------------------------------------------------------------------------------
 
 
-def _hub_model(name: str) -> str:
-    """What the exported script loads: the bundled model's hub id (also for the tiny test model), else as given."""
-    if name in BUNDLED:
-        return BUNDLED[name]["hub_id"]
-    if name == TINY_MODEL:
-        return next(iter(BUNDLED.values()))["hub_id"]
-    return name
-
-
-_PRECISION = {
-    "auto": "    bf16=ON_GPU and torch.cuda.is_bf16_supported(),  # bf16 mixed precision on GPUs that have it\n"
-    "    fp16=ON_GPU and not torch.cuda.is_bf16_supported(),",
-    "bfloat16": "    bf16=True,",
-    "float16": "    fp16=ON_GPU,\n    bf16=False,",
-    "float32": "    bf16=False,",
-}
-_MIXED = {"auto": "bf16", "bfloat16": "bf16", "float16": "fp16", "float32": "no"}
-
-
 def export_trl(spec: RunSpec, task: Any, out_dir: Path) -> Path:
     """Write a self-contained TRL + accelerate training folder for `spec` on `task`; return the folder.
 
-    The rewards are checked here (unknown names fail now, not on the GPU machine) and written by registry name.
+    train.py (GRPOConfig with the spec's values, rewards by registry name), train.jsonl / eval.jsonl,
+    accelerate_config.yaml, README.md with the launch command, run_spec.json. Rewards are checked here, so an
+    unknown name fails now rather than on the GPU machine.
     """
-    import trl
+    from .export_template import write_export  # the templates import this module's mapping
 
-    from .export_template import ACCELERATE_YAML, README_MD, TRAIN_PY
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    reward_specs = spec.rewards or task.rewards
-    weights = [w for _, _, w in build_rewards(reward_specs)]
-    system_prompt = spec.system_prompt or task.system_prompt
-    for name, rows in (("train", task.train), ("eval", task.eval)):
-        lines = [json.dumps(r, ensure_ascii=False, default=str) for r in trl_rows(rows, system_prompt)]
-        (out / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cfg = grpo_config_kwargs(spec, weights)
-    cfg.pop("seed")
-    model = _hub_model(spec.model)
-    values = {k: repr(v) for k, v in cfg.items()}
-    lora = lora_kwargs(spec)
-    fill = {
-        **values,
-        "title": f"{spec.task} on {spec.model}",
-        "task_line": f"{task.name}: {task.description}".replace('"""', "'''"),
-        "model": model,
-        "model_repr": repr(model),
-        "prompts_per_step": spec.prompts_per_step,
-        "precision": _PRECISION[spec.dtype],
-        "seed": spec.seed,
-        "rewards": "\n".join(f"    RewardSpec({s.name!r}, {s.weight!r}, {s.params!r})," for s in reward_specs),
-        "lora": "None" if lora is None else "dict(" + ", ".join(f"{k}={v!r}" for k, v in lora.items()) + ")",
-    }
-    (out / "train.py").write_text(TRAIN_PY.substitute(fill), encoding="utf-8")
-    (out / "accelerate_config.yaml").write_text(ACCELERATE_YAML.substitute(mixed_precision=_MIXED[spec.dtype]))
-    readme = README_MD.substitute(
-        fill, n_train=len(task.train), n_eval=len(task.eval), trl_version=trl.__version__
-    )
-    (out / "README.md").write_text(readme, encoding="utf-8")
-    (out / "run_spec.json").write_text(spec.to_json() + "\n", encoding="utf-8")
-    return out
+    return write_export(spec, task, Path(out_dir))

@@ -230,10 +230,11 @@ def _train_trl(run: Run, spec: RunSpec, task: Any, should_stop: Callable[[], boo
         run.append_step(result)
         _progress(result, spec.max_steps)
 
-    final = train_with_trl(spec, task, on_step=on_step, should_stop=should_stop, output_dir=run.dir / "trl")
-    tmp = run.adapter_tmp_dir()
-    shutil.copytree(final, tmp, dirs_exist_ok=True)
-    run.commit_adapter(tmp)
+    out = run.dir / ".trl-output"
+    shutil.rmtree(out, ignore_errors=True)
+    final = train_with_trl(spec, task, on_step=on_step, should_stop=should_stop, output_dir=out)
+    run.commit_adapter(final)  # written whole by TRL out of sight; renamed into place in one step
+    shutil.rmtree(out, ignore_errors=True)
     n = run.steps_done()
     if n < spec.max_steps and should_stop():
         return "stopped", f"stopped at step {n}/{spec.max_steps}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import re
 import threading
@@ -101,6 +102,9 @@ def _math_verify(answer: str, reference: str) -> bool | None:
 
     # math-verify's timeouts use signals, which work only in the main thread; elsewhere run without them (as TRL).
     main = threading.current_thread() is threading.main_thread()
+    if not main:  # it would warn about the missing timeout on every call
+        for name in ("math_verify.parser", "math_verify.grader"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     gold = parse(reference, parsing_timeout=5 if main else None)
     if not gold:
         return None

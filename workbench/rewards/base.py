@@ -91,7 +91,11 @@ class Reward:
         cols: dict[str, list] = {}
         for col in self.needs:
             if col not in kwargs:
-                have = sorted(k for k in kwargs if not k.startswith(("trainer_", "log_", "completion_ids")))
+                have = sorted(
+                    k
+                    for k in kwargs
+                    if not k.startswith(("trainer_", "log_", "completion_ids", "environments"))
+                )
                 raise RewardError(
                     f"reward {self.__name__!r} needs a dataset column {col!r}, but the rows have "
                     f"{', '.join(have) or 'no extra columns'}: add the column or point the reward's column "

@@ -1,7 +1,7 @@
 """Built-in tasks: "concise" (bundled prompts, length reward), "arithmetic" and "rg:<name>" (reasoning-gym).
 
-Generated tasks draw items in index order from a reasoning-gym dataset seeded with spec.seed: the eval items come
-first, so the held-out set does not change when train_size does. Each row carries an `rg_entry` column from which the
+Generated tasks draw eval items from a reasoning-gym dataset seeded with spec.seed and train items from one seeded
+far from it, skipping eval's questions: the held-out set does not change when train_size does. Each row carries an `rg_entry` column from which the
 verifier regenerates the item exactly (see `rewards.rg_key`), so the reward also works inside TRL.
 """
 
@@ -20,9 +20,10 @@ REASONING_SYSTEM_PROMPT = (
     "Think about the problem step by step inside <think> </think> tags, then give only the final answer inside "
     "<answer> </answer> tags. For example: <think>2 + 3 = 5, and 5 * 4 = 20</think><answer>20</answer>"
 )
-CONCISE_TARGET_WORDS = (
-    12  # one plain sentence; the base model's answers run ~85 words (sampled, median of 16)
-)
+# One plain sentence; the bundled model's sampled answers run ~85 words (median of 16 measured).
+CONCISE_TARGET_WORDS = 12
+# reasoning-gym seeds item i with seed + i: train draws far from eval's seeds so the two rarely even collide.
+TRAIN_SEED_OFFSET = 1_000_003
 # Easy enough that a 135M model gets some right from the start, so correctness has a signal to climb:
 ARITHMETIC_CONFIG = {
     "min_terms": 2,
@@ -110,9 +111,8 @@ def load_rg(ref: str, spec: RunSpec) -> Task:
 
 
 def generate_rg(name: str, config: dict, spec: RunSpec) -> tuple[list[dict], list[dict]]:
-    """Eval items first, then train, in index order, skipping questions already seen."""
-    import reasoning_gym
-
+    """Eval and train items from two datasets: eval's depends only on (seed, eval_size), so it stays put when
+    train_size changes (some tasks' items depend on the dataset size). Train skips any question eval holds."""
     names = rg_datasets()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3)
@@ -121,19 +121,31 @@ def generate_rg(name: str, config: dict, spec: RunSpec) -> tuple[list[dict], lis
             f"unknown reasoning-gym dataset {name!r}: {hint}valid names include {', '.join(names[:12])} … "
             f"({len(names)} in all, e.g. basic_arithmetic, chain_sum, leg_counting)"
         )
-    want = spec.eval_size + spec.train_size
-    # A virtual size with room for duplicates; items depend on (seed, index), so this only bounds the search.
-    size = 2 * want + 16
+    eval_ = _draw(name, config, spec.seed, spec.eval_size, set())
+    train = _draw(
+        name, config, spec.seed + TRAIN_SEED_OFFSET, spec.train_size, {prompt_key(r["prompt"]) for r in eval_}
+    )
+    return check_split(train, eval_, spec, f"rg:{name}")
+
+
+def _draw(name: str, config: dict, seed: int, n: int, seen: set) -> list[dict]:
+    """Up to n distinct items in index order; the virtual size leaves room for skipped duplicates."""
+    import reasoning_gym
+
+    size = 2 * n + 16
     try:
-        ds = reasoning_gym.create_dataset(name, seed=spec.seed, size=size, **config)
+        ds = reasoning_gym.create_dataset(name, seed=seed, size=size, **config)
     except TypeError as e:
         from reasoning_gym.factory import DATASETS
 
         fields = [f.name for f in dataclasses.fields(DATASETS[name][1]) if f.name not in ("seed", "size")]
         raise TaskError(f"rg:{name}: {e}; its settings are {', '.join(fields)}") from None
     except (AssertionError, ValueError, ConfigError) as e:
-        raise TaskError(f"rg:{name}: invalid settings {config} ({e or type(e).__name__})") from None
-    rows, seen = [], set()
+        raise TaskError(
+            f"rg:{name} cannot make {size} items with settings {config} ({e or type(e).__name__}): change the "
+            "settings or lower train_size / eval_size"
+        ) from None
+    rows, seen = [], set(seen)
     for i in range(size):
         item = ds[i]
         key = prompt_key(item["question"])
@@ -145,9 +157,9 @@ def generate_rg(name: str, config: dict, spec: RunSpec) -> tuple[list[dict], lis
             {
                 "prompt": item["question"],
                 "answer": answer if answer is None else str(answer),
-                "rg_entry": rg_key(name, config, spec.seed, size, i),
+                "rg_entry": rg_key(name, config, seed, size, i),
             }
         )
-        if len(rows) == want:
+        if len(rows) == n:
             break
-    return check_split(rows[spec.eval_size :], rows[: spec.eval_size], spec, f"rg:{name}")
+    return rows

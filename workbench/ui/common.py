@@ -41,7 +41,9 @@ def user_message(e: BaseException) -> str:
     if type(e).__name__ in _USER_ERRORS:
         return text
     first = text.splitlines()[0][:300]
-    return f"Something went wrong ({type(e).__name__}: {first}). Try again; if it repeats, check the server log."
+    return (
+        f"Something went wrong ({type(e).__name__}: {first}). Try again; if it repeats, check the server log."
+    )
 
 
 def skips(n: int) -> Any:
@@ -119,7 +121,10 @@ CSS = """
 .wb-gstats { font-size:0.8rem; color:var(--body-text-color-subdued); white-space:nowrap; }
 .wb-flag { font-size:0.7rem; font-weight:700; padding:1px 6px; border-radius:6px; background:#fee2e2; color:#991b1b;
   margin-left:4px; white-space:nowrap; }
-table.wb-table { width:100%; border-collapse:collapse; font-size:0.86rem; }
+table.wb-table { width:100%; border-collapse:collapse; font-size:0.86rem; border:none !important; margin:0; }
+table.wb-table thead, table.wb-table tbody, table.wb-table tr { border:none !important; }
+table.wb-table th, table.wb-table td { border:none !important;
+  border-bottom:1px solid var(--border-color-primary) !important; }
 table.wb-table th { text-align:left; font-weight:600; font-size:0.76rem; color:var(--body-text-color-subdued);
   padding:5px 8px; border-bottom:1px solid var(--border-color-primary); }
 table.wb-table td { padding:6px 8px; border-bottom:1px solid var(--border-color-primary); vertical-align:top; }

@@ -152,7 +152,12 @@ def reward_layout() -> list[tuple[str, list[str]]]:
 
 
 def make_param_control(reward: str, pname: str, p: Param) -> gr.components.Component:
-    kw = {"label": pname, "info": p.help, "value": param_default(pname, p), "elem_id": f"wb-rp-{reward}-{pname}"}
+    kw = {
+        "label": pname,
+        "info": p.help,
+        "value": param_default(pname, p),
+        "elem_id": f"wb-rp-{reward}-{pname}",
+    }
     if p.choices:
         return gr.Dropdown(choices=list(p.choices), **kw)
     if isinstance(p.default, bool):
@@ -197,7 +202,9 @@ def values_from_rewards(specs: list[RewardSpec]) -> tuple[list[str], list[Any]]:
         s = by_name.get(name)
         flat.append(s.weight if s else 1.0)
         info = REGISTRY[name]
-        flat += [(s.params.get(k) if s and k in s.params else param_default(k, info.params[k])) for k in pnames]
+        flat += [
+            (s.params.get(k) if s and k in s.params else param_default(k, info.params[k])) for k in pnames
+        ]
     return [n for n in by_name if n in REGISTRY], flat
 
 

@@ -31,7 +31,13 @@ def _adv_colour(a: float | None, scale: float) -> str:
     if a is None or not math.isfinite(a) or scale <= 0:
         return "transparent"
     alpha = 0.08 + 0.32 * min(abs(a) / scale, 1.0)
-    return f"rgba(5,150,105,{alpha:.2f})" if a > 0 else f"rgba(220,38,38,{alpha:.2f})" if a < 0 else "transparent"
+    return (
+        f"rgba(5,150,105,{alpha:.2f})"
+        if a > 0
+        else f"rgba(220,38,38,{alpha:.2f})"
+        if a < 0
+        else "transparent"
+    )
 
 
 def _clip(text: str, limit: int) -> str:
@@ -55,7 +61,7 @@ def groups_html(episodes: list[dict], step: int | None = None, cap: int | None =
         rewards = [e["reward"] for e in eps if _finite(e.get("reward"))]
         spread = ""
         if rewards:
-            m, s = mean(rewards), _std(rewards)
+            m, s = mean(rewards), std(rewards)
             flat = ' <span class="wb-flag">no spread: teaches nothing</span>' if s < 1e-9 else ""
             spread = f"mean {m:.3f} · std {s:.3f}{flat}"
         rows = []
@@ -85,7 +91,7 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _std(xs: list[float]) -> float:
+def std(xs: list[float]) -> float:
     """Sample std (n − 1), as torch.std and TRL use; 0 for a single value."""
     if len(xs) < 2:
         return 0.0
@@ -108,7 +114,7 @@ def run_warnings(df: pd.DataFrame, cap: int | None = None, window: int = 10) -> 
         recent = df["frac_reward_zero_std"].tail(3)
         lasting = len(recent) == 3 and (recent >= 0.999).all()
         out.append(
-            (f"No learning signal for 3 steps: every group's completions got the same reward. " if lasting else
+            ("No learning signal for 3 steps: every group's completions got the same reward. " if lasting else
              f"{zero:.0%} of the groups in step {step} gave every completion the same reward, so they teach "
              "nothing. ")
             + "Raise temperature or num_generations, or use a reward with finer steps (partial credit)."
@@ -185,9 +191,9 @@ def group_advantages(episodes: list[dict], group: int, scale_rewards: str = "gro
         denom = 1.0
     elif scale_rewards == "batch":
         every = [float(e["reward"]) for e in episodes if _finite(e.get("reward"))]
-        denom = _std(every) + STD_EPS
+        denom = std(every) + STD_EPS
     else:
-        denom = _std(clean) + STD_EPS
+        denom = std(clean) + STD_EPS
     rows = []
     for i, (e, r) in enumerate(zip(eps, rewards, strict=True)):
         rows.append({

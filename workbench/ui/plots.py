@@ -55,12 +55,18 @@ def _has(df: pd.DataFrame, col: str) -> bool:
 
 
 def _mode(n: int) -> str:
-    return "lines+markers" if n <= 40 else "lines"  # markers keep 1-2 points visible; dense runs read better bare
+    return (
+        "lines+markers" if n <= 40 else "lines"
+    )  # markers keep 1-2 points visible; dense runs read better bare
 
 
 def reward_names(df: pd.DataFrame) -> list[str]:
     """The reward functions logged in the metrics, in column order (`rewards/<name>/mean`)."""
-    return [c[len("rewards/") : -len("/mean")] for c in df.columns if c.startswith("rewards/") and c.endswith("/mean")]
+    return [
+        c[len("rewards/") : -len("/mean")]
+        for c in df.columns
+        if c.startswith("rewards/") and c.endswith("/mean")
+    ]
 
 
 def ema(values: pd.Series, alpha: float = 0.3) -> pd.Series:
@@ -70,17 +76,19 @@ def ema(values: pd.Series, alpha: float = 0.3) -> pd.Series:
 
 def reward_figure(df: pd.DataFrame, height: int = 320) -> go.Figure:
     """Total reward per step: the mean, a ±1 std band across the step's completions, and its moving average."""
-    title = "Reward (mean ± std over the step's completions)"
+    title = "Total reward"
     if df is None or df.empty or not _has(df, "reward"):
         return placeholder(title, "Waiting for the first step…", height)
     x, mean = df["step"], df["reward"].astype(float)
     std = df["reward_std"].astype(float).fillna(0) if "reward_std" in df else mean * 0
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=x, y=mean + std, mode="lines", line={"width": 0}, hoverinfo="skip", showlegend=False))
+    fig.add_trace(
+        go.Scatter(x=x, y=mean + std, mode="lines", line={"width": 0}, hoverinfo="skip", showlegend=False)
+    )
     fig.add_trace(
         go.Scatter(
             x=x, y=mean - std, mode="lines", line={"width": 0}, fill="tonexty",
-            fillcolor="rgba(79,70,229,0.14)", name="± std", hoverinfo="skip",
+            fillcolor="rgba(79,70,229,0.14)", name="± 1 std", hoverinfo="skip",
         )
     )  # fmt: skip
     fig.add_trace(
@@ -98,7 +106,7 @@ def reward_figure(df: pd.DataFrame, height: int = 320) -> go.Figure:
 
 def reward_functions_figure(df: pd.DataFrame, height: int = 320) -> go.Figure:
     """Each reward function's mean per step (unweighted), one line each."""
-    title = "Each reward function (mean, unweighted)"
+    title = "Each reward function (unweighted)"
     names = reward_names(df) if df is not None else []
     if df is None or df.empty or not names:
         return placeholder(title, "Waiting for the first step…", height)
@@ -200,7 +208,10 @@ def summary_figure(summary: pd.DataFrame, height: int = 340) -> go.Figure:
     diff = s["diff"].astype(float)
     err_hi = (s["ci_high"].astype(float) - diff) if "ci_high" in s else None
     err_lo = (diff - s["ci_low"].astype(float)) if "ci_low" in s else None
-    colors = [GOOD if (not math.isnan(d) and d > 0) else BAD if (not math.isnan(d) and d < 0) else BASE for d in diff]
+    colors = [
+        GOOD if (not math.isnan(d) and d > 0) else BAD if (not math.isnan(d) and d < 0) else BASE
+        for d in diff
+    ]
     fig.add_trace(
         go.Scatter(
             x=diff, y=labels, mode="markers", name="difference", marker={"color": colors, "size": 11},
@@ -228,7 +239,9 @@ def advantage_figure(rewards: list[float], advantages: list[float], height: int 
         go.Bar(x=labels, y=rewards, marker_color=colors, text=[f"A = {a:+.2f}" for a in advantages],
                textposition="outside", name="reward", hovertemplate="%{x}: reward %{y:.3f}<extra></extra>")
     )  # fmt: skip
-    fig.add_hline(y=mean, line={"color": INK, "dash": "dash", "width": 1.5}, annotation_text=f"mean {mean:.3f}")
+    fig.add_hline(
+        y=mean, line={"color": INK, "dash": "dash", "width": 1.5}, annotation_text=f"mean {mean:.3f}"
+    )
     fig.update_xaxes(title_text="completion")
     fig.update_yaxes(title_text="reward")
     return _layout(fig, title, height, hovermode="closest", showlegend=False)

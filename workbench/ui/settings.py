@@ -7,13 +7,16 @@ locally the default is the bundled offline model and the server listens on 127.0
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
-from ..config import DEFAULT_MODEL
+from ..config import DEFAULT_MODEL, Limits
 
 # The hub copy of the bundled model (models.BUNDLED names the same id; not imported: it pulls in torch).
 SPACE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TINY_MODEL = "tiny-random"
+# Caps a public Space gets when its owner set none: one visitor must not hold the only CPU for hours.
+SPACE_DEFAULT_CAPS = {"max_steps": 200, "max_completion_length": 256}
 
 
 def on_space() -> bool:
@@ -38,3 +41,12 @@ def server_port() -> int:
         return int(value)
     except ValueError:
         raise ValueError(f"GRADIO_SERVER_PORT={value!r} is not a port number: set it to e.g. 7860") from None
+
+
+def deployment_limits() -> Limits:
+    """Limits.from_env(), plus SPACE_DEFAULT_CAPS on a Space for the caps its owner left unset."""
+    limits = Limits.from_env()
+    if not on_space():
+        return limits
+    unset = {k: v for k, v in SPACE_DEFAULT_CAPS.items() if getattr(limits, k) is None}
+    return dataclasses.replace(limits, **unset)

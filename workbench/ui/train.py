@@ -20,7 +20,7 @@ from ..rewards import REGISTRY, build_reward
 from ..store import RunNotFound, list_runs, open_run
 from ..tasks import BUILTIN_TASKS, load_task
 from . import access, controls, insights, plots, uploads, views
-from .common import guarded, skips
+from .common import UploadError, guarded, skips
 
 ACTIVE = ("running", "queued")
 
@@ -59,11 +59,9 @@ def pick_run(watched: str | None) -> str | None:
 def run_view(run_id: str | None) -> dict[str, Any]:
     """Everything the watch panel draws for a run, from the store: status card, figures, groups, warnings."""
     if run_id is None:
-        empty = plots.placeholder
         return {"status": views.status_html(None, None, []), "reward": plots.reward_figure(None),
                 "rewards": plots.reward_functions_figure(None), "diag": plots.diagnostics_figure(None),
-                "groups": insights.groups_html([]), "warnings": "", "state": None, "sig": "none",
-                "_": empty}  # fmt: skip
+                "groups": insights.groups_html([]), "warnings": "", "state": None, "sig": "none"}  # fmt: skip
     run = open_run(run_id)
     st, spec, metrics = run.status(), run.spec, run.metrics()
     df = views.pd.DataFrame(metrics)
@@ -98,8 +96,28 @@ def suggested_rewards(task: str, seed: int = 0) -> list:
 def describe_upload(task, name: str) -> str:
     cols = ", ".join(task.columns) or "none besides prompt"
     sugg = ", ".join(str(r) for r in task.rewards) or "none (pick rewards below)"
-    return (f"✅ **{name}**: {len(task.train)} training prompts, {len(task.eval)} held out. Reference columns: "
+    return (f"✓ **{name}**: {len(task.train)} training prompts, {len(task.eval)} held out. Reference columns: "
             f"{cols}. Suggested rewards: {sugg}.")  # fmt: skip
+
+
+def progress_of(run_id: str) -> str:
+    st = open_run(run_id).status()
+    return f"step {st['steps_done']}/{st['max_steps']}"
+
+
+def accept_upload(path: str, name: str, train_size: Any, eval_size: Any, seed: Any, limits: Limits):
+    """Copy an upload under a random name and load it as a task with the form's sizes; returns (task setting,
+    Task). UploadError (and the copy removed) when it is not a usable dataset."""
+    dest = uploads.save_upload(path, name, limits)
+    try:
+        spec = RunSpec(
+            task=f"file:{dest}", train_size=int(train_size), eval_size=int(eval_size), seed=int(seed)
+        )
+        return spec.task, load_task(spec, limits)
+    except Exception as e:
+        dest.unlink(missing_ok=True)
+        # the visitor knows their file by its name, not by our random one
+        raise UploadError(str(e).replace(str(dest), name).replace(dest.name, name)) from None
 
 
 def launch_spec(spec: RunSpec, limits: Limits, token: str | None) -> tuple[str, str]:
@@ -108,7 +126,15 @@ def launch_spec(spec: RunSpec, limits: Limits, token: str | None) -> tuple[str, 
     limits.check(spec)
     for r in spec.rewards:
         build_reward(r)  # a wrong reward parameter is reported now, not by a failed worker a minute later
-    run_id = runner.start_run(spec, limits)
+    try:
+        run_id = runner.start_run(spec, limits)
+    except runner.RunnerBusy:  # the runner's message names CLI commands; a visitor needs the browser's words
+        active = runner.active_run()
+        where = f"run {active} is training ({progress_of(active)})" if active else "runs are training"
+        raise runner.RunnerBusy(
+            f"The queue is full: {where} and {limits.queue_size} more wait. Try again when one finishes, or stop "
+            "yours on this tab."
+        ) from None
     access.record_owner(run_id, token)
     st = open_run(run_id).status()
     if st["state"] == "queued":
@@ -142,14 +168,18 @@ def build_train_tab(limits: Limits, token: gr.BrowserState) -> dict[str, Any]:
                     if title == "Task & model":
                         c["upload"] = gr.File(label="…or upload your own prompts (CSV, JSONL, Parquet)",
                                               file_types=list(uploads.EXTENSIONS), type="filepath",
-                                              elem_id="wb-upload", height=90)  # fmt: skip
+                                              elem_id="wb-upload", height=140)  # fmt: skip
                         c["upload_msg"] = gr.Markdown("A file needs a `prompt` column; other columns (e.g. "
                                                       "`answer`) are passed to the rewards.")  # fmt: skip
                 if title == "Task & model":
                     _reward_picker(c, start)
-    # (the watch panel is laid out by build_watch_panel, in the right-hand column of the same row)
-    c["fields"] = fields
-    c["names"] = names
+        with gr.Column(scale=7, min_width=480):
+            build_watch_panel(c)
+    c["timer"] = gr.Timer(1.0)
+    c["watch"] = gr.State(None)  # the run id this browser tab shows (re-picked from the store on every tick)
+    c["seen"] = gr.State("")  # signature of what it last drew
+    c["fields"], c["names"] = fields, names
+    wire_train_tab(c, limits, token)
     return c
 
 
@@ -194,21 +224,24 @@ def build_watch_panel(c: dict[str, Any]) -> None:
 def wire_train_tab(c: dict[str, Any], limits: Limits, token: gr.BrowserState) -> None:
     fields, names = c["fields"], c["names"]
     field_list = [fields[n] for n in names]
-    reward_inputs = [c["reward_sel"], *c["reward_vals"]]
-    watch_out = [c["watch"], c["seen"], c["status"], c["plot_reward"], c["plot_rewards"], c["plot_diag"],
+    c["watch_out"] = watch_out = [c["watch"], c["seen"], c["status"], c["plot_reward"], c["plot_rewards"], c["plot_diag"],
                  c["groups"], c["warnings"], c["stop"]]  # fmt: skip
 
     @guarded(len(field_list) + 2 + len(c["reward_vals"]))
     def apply_preset(name):
         spec = controls.preset_spec(name, limits)
         sel, flat = controls.values_from_rewards(spec.rewards or suggested_rewards(spec.task, spec.seed))
-        plan = plan_text(spec.max_steps, spec.prompts_per_step, spec.num_generations, spec.max_completion_length)
+        plan = plan_text(
+            spec.max_steps, spec.prompts_per_step, spec.num_generations, spec.max_completion_length
+        )
         return (*controls.values_from_spec(spec), plan, sel, *flat)
 
     c["preset"].input(apply_preset, c["preset"], [*field_list, c["plan"], c["reward_sel"], *c["reward_vals"]],
                       api_name="preset")  # fmt: skip
 
-    plan_in = [fields[n] for n in ("max_steps", "prompts_per_step", "num_generations", "max_completion_length")]
+    plan_in = [
+        fields[n] for n in ("max_steps", "prompts_per_step", "num_generations", "max_completion_length")
+    ]
     for comp in plan_in:
         comp.change(plan_text, plan_in, c["plan"], show_progress="hidden", api_visibility="private")
 
@@ -233,32 +266,38 @@ def wire_train_tab(c: dict[str, Any], limits: Limits, token: gr.BrowserState) ->
     def on_upload(path, train_size, eval_size, seed):
         if not path:
             return skips(3 + len(c["reward_vals"]))
-        name = Path(path).name
-        dest = uploads.save_upload(path, name, limits)
-        spec = RunSpec(task=f"file:{dest}", train_size=int(train_size), eval_size=int(eval_size), seed=int(seed))
+        name = Path(path).name  # gradio keeps the visitor's file name as the last part; used for display only
         try:
-            task = load_task(spec, limits)
-        except Exception as e:
-            dest.unlink(missing_ok=True)
-            return gr.skip(), f"❌ **{name}** was not accepted: {views.esc(e)}", *skips(1 + len(c["reward_vals"]))
-        choices = [*controls.task_choices(), (f"uploaded: {name}", spec.task)]
-        sel, flat = controls.values_from_rewards(task.rewards) if task.rewards else ([], [gr.skip()] * len(
-            c["reward_vals"]))  # fmt: skip
-        return gr.update(choices=choices, value=spec.task), describe_upload(task, name), (sel or gr.skip()), *flat
+            task_value, task = accept_upload(path, name, train_size, eval_size, seed, limits)
+        except UploadError as e:  # shown next to the upload box, where the visitor is looking
+            return gr.skip(), f"✗ **{views.esc(name)}** was not accepted: {views.esc(e)}", *skips(
+                1 + len(c["reward_vals"]))  # fmt: skip
+        choices = [*controls.task_choices(), (f"uploaded: {name}", task_value)]
+        if task.rewards:
+            sel, flat = controls.values_from_rewards(task.rewards)
+        else:
+            sel, flat = gr.skip(), [gr.skip()] * len(c["reward_vals"])
+        return gr.update(choices=choices, value=task_value), describe_upload(task, name), sel, *flat
 
     c["upload"].upload(on_upload, [c["upload"], fields["train_size"], fields["eval_size"], fields["seed"]],
                        [fields["task"], c["upload_msg"], c["reward_sel"], *c["reward_vals"]],
                        api_visibility="private")  # fmt: skip
 
+    # Named API parameters (one per setting), so a script or gradio_client can launch with only the ones it sets.
+    flat_names = [f"{name}__{p}" for name, pnames in controls.reward_layout() for p in ("weight", *pnames)]
+    launch_kwargs = {"token": token, **fields, "rewards": c["reward_sel"],
+                     **dict(zip(flat_names, c["reward_vals"], strict=True))}  # fmt: skip
+
     @guarded(3)
-    def launch(tok, *values):
-        vals, sel, flat = values[: len(names)], values[len(names)], values[len(names) + 1 :]
-        spec = controls.spec_from_values(names, list(vals), controls.rewards_from_values(sel, list(flat)))
-        run_id, msg = launch_spec(spec, limits, tok)
+    def launch(token=None, rewards=None, **values):
+        flat = [values.pop(k) for k in flat_names]
+        spec = controls.spec_from_values(names, [values[n] for n in names],
+                                         controls.rewards_from_values(rewards, flat))  # fmt: skip
+        run_id, msg = launch_spec(spec, limits, token)
         gr.Info(msg)
         return run_id, "", gr.update(interactive=True)
 
-    c["launch"].click(launch, [token, *field_list, *reward_inputs], [c["watch"], c["seen"], c["stop"]],
+    c["launch"].click(launch, outputs=[c["watch"], c["seen"], c["stop"]], inputs_kwargs=launch_kwargs,
                       api_name="launch", concurrency_limit=1).then(
         poll, [c["watch"], c["seen"]], watch_out, show_progress="hidden", api_visibility="private")  # fmt: skip
 
@@ -297,4 +336,14 @@ def poll(watched: str | None, seen: str | None):
         card = views.status_html(run_id, st, run.metrics(), run.spec.to_dict())
         return (run_id, sig, card, *skips(5), stop)
     v = run_view(run_id)
-    return run_id, v["sig"], v["status"], v["reward"], v["rewards"], v["diag"], v["groups"], v["warnings"], stop
+    return (
+        run_id,
+        v["sig"],
+        v["status"],
+        v["reward"],
+        v["rewards"],
+        v["diag"],
+        v["groups"],
+        v["warnings"],
+        stop,
+    )

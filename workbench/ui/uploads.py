@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 from ..config import Limits, RunSpec, workbench_home
+from ..tasks.files import FORMATS
 from .common import UploadError
 from .settings import on_space
 
-EXTENSIONS = (".csv", ".jsonl", ".json", ".parquet")
+EXTENSIONS = tuple(FORMATS)  # exactly what tasks.load_file reads
 KEEP_UPLOADS = 200  # older uploads are removed: a public Space must not fill its disk
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PATH_PARAMS = ("model", "tokenizer")  # reward parameters that name something to load
@@ -76,7 +77,11 @@ def _looks_like_path(value: str) -> bool:
 
 def check_visitor_paths(spec: RunSpec) -> None:
     """On a Space, refuse settings that would read server files. Raises PermissionError saying what to use."""
-    if spec.task.startswith("file:") and not is_upload(spec.task[5:]) and (on_space() or not spec.task[5:].strip()):
+    if (
+        spec.task.startswith("file:")
+        and not is_upload(spec.task[5:])
+        and (on_space() or not spec.task[5:].strip())
+    ):
         raise PermissionError(
             "the task names a file on the server: upload your dataset with the Upload box instead (it sets the task "
             "for you)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import time
 from typing import Any
 
@@ -67,6 +68,13 @@ def prompt_display(prompt: Any) -> str:
     return "" if prompt is None else str(prompt)
 
 
+def ui_reason(reason: str | None) -> str:
+    """A run's reason in the browser's words: the store writes CLI hints (`workbench resume RUN`)."""
+    text = str(reason or "")
+    text = re.sub(r"(continue|resume) it with `workbench resume [^`]+`", "resume it on the Runs tab", text)
+    return re.sub(r"`workbench stop [^`]+`", "the Stop button", text)
+
+
 # --- progress of one run -------------------------------------------------------------------------------------
 
 
@@ -86,8 +94,7 @@ def progress(status: dict, metrics: list[dict], now: float | None = None) -> dic
             "eta": eta, "elapsed": elapsed}  # fmt: skip
 
 
-def status_html(run_id: str | None, status: dict | None, metrics: list[dict], spec: dict | None = None,
-                queued_ahead: list[str] | None = None) -> str:  # fmt: skip
+def status_html(run_id: str | None, status: dict | None, metrics: list[dict], spec: dict | None = None) -> str:  # fmt: skip
     """The status card above the plots: state, progress bar, step counter, speed, ETA, latest reward."""
     if not run_id or status is None:
         return (
@@ -115,15 +122,17 @@ def status_html(run_id: str | None, status: dict | None, metrics: list[dict], sp
             d = last["reward"] - first["reward"]
             change = f' <span class="{"wb-up" if d >= 0 else "wb-down"}">{d:+.3f} since step {first["step"]}</span>'
         stats.append(f"<div>reward <b>{last['reward']:.3f}</b>{change}</div>")
-    note = ""
-    reason = status.get("reason")
+    reason = ui_reason(status.get("reason"))
     if state == "queued":
-        ahead = ", ".join(esc(r) for r in (queued_ahead or []))
-        note = f"Waiting for a free slot{': ' + ahead + ' ahead' if ahead else ''}. It starts by itself."
-    elif state == "running" and p["done"] == 0:
-        note = "Loading the model and sampling the first group… the first point lands after one step."
-    elif reason and reason != "starting":
-        note = str(reason)
+        note = f"{reason or 'Waiting for a free slot'}. It starts by itself; this page follows it."
+    elif state == "running":
+        note = {"saving": "Saving the checkpoint and the adapter…"}.get(reason, "")
+        if p["done"] == 0:
+            note = "Loading the model and sampling the first groups… the first point lands after one step."
+    elif state == "finished":
+        note = (reason + ". " if reason else "") + "Compare it with the base model on the Compare tab."
+    else:
+        note = reason
     note_html = f'<div class="wb-reason">{esc(note)}</div>' if note else ""
     pct = 100 * p["frac"]
     return (
@@ -138,13 +147,25 @@ def status_html(run_id: str | None, status: dict | None, metrics: list[dict], sp
 
 # --- the runs table ------------------------------------------------------------------------------------------
 
-RUN_COLUMNS = ["run", "status", "task", "model", "steps", "reward (first → last)", "duration", "started", "reason"]
+RUN_COLUMNS = [
+    "run",
+    "status",
+    "task",
+    "model",
+    "steps",
+    "reward (first → last)",
+    "duration",
+    "started",
+    "reason",
+]
 
 
 def run_row(run_id: str, status: dict, spec: dict, metrics: list[dict], now: float | None = None) -> dict:
     """One row of the runs table."""
     rewards = [m.get("reward") for m in metrics if isinstance(m.get("reward"), (int, float))]
-    reward = f"{rewards[0]:.3f} → {rewards[-1]:.3f}" if len(rewards) > 1 else num(rewards[0]) if rewards else "–"
+    reward = (
+        f"{rewards[0]:.3f} → {rewards[-1]:.3f}" if len(rewards) > 1 else num(rewards[0]) if rewards else "–"
+    )
     p = progress(status, metrics, now)
     return {
         "run": run_id,
@@ -155,7 +176,7 @@ def run_row(run_id: str, status: dict, spec: dict, metrics: list[dict], now: flo
         "reward (first → last)": reward,
         "duration": duration(p["elapsed"]),
         "started": clock(status.get("started")),
-        "reason": "" if status.get("state") in ("running", "finished") else str(status.get("reason") or ""),
+        "reason": "" if status.get("state") in ("running", "finished") else ui_reason(status.get("reason")),
     }
 
 

@@ -1,0 +1,30 @@
+"""GRPO Workbench web app: train a small model with GRPO, watch it learn live, compare it with the base model.
+
+    python app.py                         # http://127.0.0.1:7860 (GRADIO_SERVER_PORT to change the port)
+
+On a Hugging Face Space (SPACE_ID set) it listens on 0.0.0.0 and defaults to the hub copy of SmolLM2-135M-Instruct.
+Caps for a shared deployment come from the environment: WORKBENCH_MAX_STEPS, WORKBENCH_MAX_COMPLETION_LENGTH,
+WORKBENCH_MAX_UPLOAD_MB, WORKBENCH_QUEUE_SIZE (on a Space, unset step and length caps default to 200 steps and
+256 tokens). Runs are kept under $WORKBENCH_HOME.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from workbench.ui import build_app, launch_options
+from workbench.ui.build import start_server_housekeeping
+from workbench.ui.settings import deployment_limits
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limits = deployment_limits()
+    start_server_housekeeping()  # runs whose worker died with a previous server read as interrupted, not running
+    demo = build_app(limits)
+    # The event queue bounds how many requests wait at once; training itself runs in worker processes.
+    demo.queue(max_size=64, default_concurrency_limit=4).launch(**launch_options(limits))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The app end to end through its HTTP API (gradio_client): launched in the test, a real run of the tiny random
+model trains in a real worker process, then the base-vs-tuned comparison runs and returns numbers.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from workbench.config import Limits
+
+pytestmark = pytest.mark.slow
+RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app_url():
+    """The whole app on a free local port, torn down after the test."""
+    from workbench.ui import build_app, launch_options
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        demo = build_app(Limits(max_steps=20))
+        opts = {**launch_options(Limits()), "server_port": free_port(), "server_name": "127.0.0.1"}
+        demo.queue().launch(prevent_thread_lock=True, quiet=True, **opts)
+    yield f"http://127.0.0.1:{opts['server_port']}/"
+    demo.close()
+
+
+def wait_for(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def test_launch_poll_compare_through_the_api(app_url):
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
+    # Only the settings that differ from the page's defaults (the quick preset); the rest come from the form.
+    client.predict(model="tiny-random", max_steps=3, save_every=2, eval_size=4, api_name="/launch")
+    table = client.predict(api_name="/runs")[0]
+    run_id = table["data"][0][0]
+    assert RUN_ID.fullmatch(run_id) and table["data"][0][1] in ("running", "queued", "finished")
+
+    # Above this server's limit: refused with a warning toast (not an exception), and no run is created.
+    client.predict(model="tiny-random", max_steps=21, api_name="/launch")
+    assert len(client.predict(api_name="/runs")[0]["data"]) == 1
+
+    st = wait_for(lambda: (s := client.predict(run_id, api_name="/run_status"))["state"] not in ("queued", "running")
+                  and s, 240, "the run to end")  # fmt: skip
+    assert st["state"] == "finished", st
+    assert st["steps_done"] == 3 and isinstance(st["last_metrics"]["reward"], float)
+
+    headline, _chart, summary, csv_path, pairs = client.predict(
+        run_id, "held-out prompts", 2, "", "", "greedy", 0, 8, api_name="/compare"
+    )
+    assert "base" in headline and "tuned" in headline
+    rows = {r[0]: r for r in summary["data"]}
+    assert "total" in rows and all(isinstance(x, (int, float)) for x in rows["total"][1:4])
+    assert Path(csv_path).read_text().count("\n") >= 3  # header + 2 prompts
+    assert pairs.count('class="wb-pair"') == 2

@@ -1,0 +1,314 @@
+"""Fast sampling for the rollout: a hand-written decode loop over merged weights, with a static KV cache.
+
+Why not `model.generate`: on a CPU a decode step at batch 8 is dispatch-bound, and HF generate over an unmerged
+peft model runs ~20 small ops per linear layer (base matmul, LoRA A, LoRA B, scale, add, casts) plus its logits
+processors. Here each layer is 4 matmuls over fused weights (q|k|v and gate|up concatenated, the LoRA delta merged in),
+the prompt is prefilled once and its KV cache expanded G times (all G completions of a group share it), and the cache
+is preallocated. The weights are a separate copy, refreshed after every optimizer step with one addmm per LoRA-wrapped
+matrix; training never reads them, so its log-probs always come from the trainable model itself.
+
+Supported: Llama-style decoders (Llama, Qwen2, Mistral without a sliding window in reach). Anything else falls back
+to `hf_sample`, which runs `model.generate` on the peft model (slower, same contract).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+_PROJ = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("self_attn", ("o_proj",)))
+_MLP = (("mlp", ("gate_proj", "up_proj")), ("mlp", ("down_proj",)))
+
+
+@dataclass
+class Samples:
+    """Completions of one rollout: `ids[i]` and `mask[i]` for sequence i (prompt i // n), right-padded."""
+
+    ids: torch.Tensor  # (B, T) token ids, pad after the end
+    mask: torch.Tensor  # (B, T) 1 up to and including the first EOS
+    truncated: torch.Tensor  # (B,) True when no EOS was produced within max_new_tokens
+
+
+def base_of(model):
+    """The transformers model under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _lora_terms(module) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """(A, B, scale) of each active LoRA adapter on `module`; empty for a plain Linear or disabled adapters."""
+    if not hasattr(module, "lora_A") or getattr(module, "disable_adapters", False) or module.merged:
+        return []
+    out = []
+    for name in module.active_adapters:
+        if name in module.lora_A:
+            out.append((module.lora_A[name].weight, module.lora_B[name].weight, float(module.scaling[name])))
+    return out
+
+
+def _linear(module) -> torch.nn.Linear:
+    return module.base_layer if hasattr(module, "base_layer") else module
+
+
+def supports(model) -> bool:
+    base = base_of(model)
+    cfg = base.config
+    if type(base).__name__ not in SUPPORTED or getattr(cfg, "hidden_act", "silu") != "silu":
+        return False
+    window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+    return window is None or window >= cfg.max_position_embeddings
+
+
+class FastDecoder:
+    """Merged, fused weights of a Llama-style model and a batched sampler over them."""
+
+    def __init__(self, model):
+        base = base_of(model)
+        cfg = base.config
+        self.model = model
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.eps = cfg.rms_norm_eps
+        self.rotary = base.model.rotary_emb
+        self.embed = base.model.embed_tokens.weight
+        self.norm = base.model.norm.weight
+        self.lm_head_module = base.lm_head
+        self.layers = []
+        # Each fused matrix: (buffer, [(row offset, module)]). Rows of a contiguous matrix are contiguous, so every
+        # part is refreshed in place with `out=`.
+        self._parts: list[tuple[torch.Tensor, int, torch.nn.Module]] = []
+        for layer in base.model.layers:
+            entry = {"ln1": layer.input_layernorm.weight, "ln2": layer.post_attention_layernorm.weight}
+            for key, (parent, names) in zip(("qkv", "o", "gu", "down"), (*_PROJ, *_MLP), strict=True):
+                mods = [getattr(getattr(layer, parent), n) for n in names]
+                lins = [_linear(m) for m in mods]
+                w0 = lins[0].weight
+                buf = torch.empty(sum(li.out_features for li in lins), w0.shape[1], dtype=w0.dtype, device=w0.device)
+                row = 0
+                for m, li in zip(mods, lins, strict=True):
+                    self._parts.append((buf, row, m))
+                    row += li.out_features
+                entry[key] = buf
+                biases = [li.bias for li in lins]
+                entry[key + "_b"] = torch.cat([b.detach() for b in biases]) if biases[0] is not None else None
+            self.layers.append(entry)
+        self._lm_head_buf = None
+        self.refresh(adapter=True, everything=True)
+
+    # --- weights -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def refresh(self, adapter: bool = True, everything: bool = False) -> None:
+        """Copy the model's current weights in: base + LoRA delta (adapter=True) or the base alone.
+
+        `everything` also recopies matrices without LoRA (needed after full fine-tuning steps or a load).
+        """
+        for buf, row, mod in self._parts:
+            lin = _linear(mod)
+            dst = buf[row : row + lin.out_features]
+            terms = _lora_terms(mod) if adapter else []
+            if terms:
+                A, B, s = terms[0]
+                torch.addmm(lin.weight, B.to(dst.dtype), A.to(dst.dtype), alpha=s, out=dst)
+                for A, B, s in terms[1:]:
+                    dst.addmm_(B.to(dst.dtype), A.to(dst.dtype), alpha=s)
+            elif everything or hasattr(mod, "lora_A") or lin.weight.requires_grad:
+                dst.copy_(lin.weight)
+        head = self.lm_head_module
+        terms = _lora_terms(head) if adapter else []
+        if terms:  # lm_head in the LoRA targets (not the case for 'all-linear'): keep a merged copy
+            lin = _linear(head)
+            if self._lm_head_buf is None:
+                self._lm_head_buf = torch.empty_like(lin.weight)
+            torch.addmm(lin.weight, *(t.to(lin.weight.dtype) for t in terms[0][1::-1]), alpha=terms[0][2],
+                        out=self._lm_head_buf)  # fmt: skip
+        else:
+            self._lm_head_buf = None
+
+    @property
+    def lm_head(self) -> torch.Tensor:
+        return self._lm_head_buf if self._lm_head_buf is not None else _linear(self.lm_head_module).weight
+
+    def _rope_table(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = torch.arange(length, device=self.embed.device)[None]
+        cos, sin = self.rotary(self.embed[:1, None], pos)  # (1, L, d), in the weights' dtype
+        return cos[0], sin[0]
+
+    # --- the forward -------------------------------------------------------------------------------------------
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rot * sin
+
+    def _mlp_and_o(self, x, attn, lay):
+        x = x + F.linear(attn, lay["o"])
+        h = F.rms_norm(x, x.shape[-1:], lay["ln2"], self.eps)
+        gu = F.linear(h, lay["gu"])
+        g, u = gu.chunk(2, dim=-1)
+        return x + F.linear(F.silu(g) * u, lay["down"])
+
+    def _prefill(self, ids, pos, key_ok, cos, sin, cache_k, cache_v, n):
+        """Run the left-padded prompts (P, L); write their K/V, repeated n times, into the caches; last hidden."""
+        P, L = ids.shape
+        H, K, d = self.n_heads, self.n_kv, self.head_dim
+        x = F.embedding(ids, self.embed)  # (P, L, h)
+        causal = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()
+        mask = (causal[None] & key_ok[:, None, :]) | torch.eye(L, dtype=torch.bool, device=ids.device)[None]
+        mask = mask[:, None]  # (P, 1, L, L); pad rows see themselves so no row is empty (NaN)
+        c, s = cos[pos][:, None], sin[pos][:, None]  # (P, 1, L, d)
+        for i, lay in enumerate(self.layers):
+            h = F.rms_norm(x, x.shape[-1:], lay["ln1"], self.eps)
+            qkv = F.linear(h, lay["qkv"], lay["qkv_b"])  # (P, L, (H+2K)d)
+            q, k, v = qkv.view(P, L, H + 2 * K, d).transpose(1, 2).split((H, K, K), dim=1)
+            q, k = self._rope(q, c, s), self._rope(k, c, s)
+            cache_k[i][:, :, :L] = k.repeat_interleave(n, dim=0)
+            cache_v[i][:, :, :L] = v.repeat_interleave(n, dim=0)
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K)
+            x = self._mlp_and_o(x, attn.transpose(1, 2).reshape(P, L, H * d), lay)
+        return F.rms_norm(x[:, -1], x.shape[-1:], self.norm, self.eps)  # (P, h)
+
+    def _decode(self, tok, cos_t, sin_t, slot, key_ok, cache_k, cache_v):
+        """One token for every sequence: tok (B,), rope rows (B, 1, d); returns the last hidden (B, h)."""
+        B = tok.shape[0]
+        H, K, d = self.n_heads, self.n_kv, self.head_dim
+        x = F.embedding(tok, self.embed)  # (B, h)
+        mask = key_ok[:, None, None, : slot + 1]  # (B, 1, 1, S)
+        for i, lay in enumerate(self.layers):
+            h = F.rms_norm(x, x.shape[-1:], lay["ln1"], self.eps)
+            qkv = F.linear(h, lay["qkv"], lay["qkv_b"]).view(B, H + 2 * K, d)
+            qk = self._rope(qkv[:, : H + K], cos_t, sin_t)  # q and k rotated in one go
+            cache_k[i][:, :, slot] = qk[:, H:]
+            cache_v[i][:, :, slot] = qkv[:, H + K :]
+            # GQA for one query token: the n_rep query heads of a KV head act as n_rep "positions" of that head.
+            q = qk[:, :H].reshape(B, K, H // K, d)
+            attn = F.scaled_dot_product_attention(
+                q, cache_k[i][:, :, : slot + 1], cache_v[i][:, :, : slot + 1], attn_mask=mask
+            )  # (B, K, H/K, d)
+            x = self._mlp_and_o(x, attn.reshape(B, H * d), lay)
+        return F.rms_norm(x, x.shape[-1:], self.norm, self.eps)
+
+    # --- sampling ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        max_new_tokens: int,
+        eos_ids: list[int],
+        pad_id: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+        min_new_tokens: int = 0,
+    ) -> Samples:
+        """n completions of each prompt (token id lists); sequence i continues prompt i // n."""
+        dev = self.embed.device
+        P, B = len(prompts), len(prompts) * n
+        L = max(len(p) for p in prompts)
+        lens = torch.tensor([len(p) for p in prompts], device=dev)
+        ids = torch.full((P, L), pad_id, dtype=torch.long, device=dev)
+        for i, p in enumerate(prompts):
+            ids[i, L - len(p) :] = torch.tensor(p, dtype=torch.long)
+        pad = (L - lens)[:, None]  # (P, 1) left padding
+        pos = (torch.arange(L, device=dev)[None] - pad).clamp(min=0)  # (P, L) real positions
+        S = L + max_new_tokens
+        cos, sin = self._rope_table(int(lens.max()) + max_new_tokens)
+        shape = (B, self.n_kv, S, self.head_dim)
+        cache_k = [torch.empty(shape, dtype=self.embed.dtype, device=dev) for _ in self.layers]
+        cache_v = [torch.empty(shape, dtype=self.embed.dtype, device=dev) for _ in self.layers]
+        key_ok = torch.zeros(B, S, dtype=torch.bool, device=dev)
+        key_ok[:, :L] = (torch.arange(L, device=dev)[None] >= pad).repeat_interleave(n, dim=0)
+        eos = torch.tensor(eos_ids, device=dev)
+        hidden = self._prefill(ids, pos, key_ok[::n, :L], cos, sin, cache_k, cache_v, n).repeat_interleave(n, 0)
+        out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        next_pos = lens.repeat_interleave(n)  # (B,) position of the token about to be fed
+        for t in range(max_new_tokens):
+            logits = F.linear(hidden, self.lm_head).float()  # (B, V)
+            if t < min_new_tokens:
+                logits[:, eos] = -float("inf")
+            tok = _pick(logits, temperature, top_p, greedy, generator)
+            tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+            out[:, t] = tok
+            done = done | torch.isin(tok, eos)
+            if t == max_new_tokens - 1 or bool(done.all()):
+                break
+            key_ok[:, L + t] = True
+            hidden = self._decode(
+                tok, cos[next_pos][:, None], sin[next_pos][:, None], L + t, key_ok, cache_k, cache_v
+            )
+            next_pos = next_pos + 1
+        return _finish(out, eos)
+
+
+def _pick(logits, temperature, top_p, greedy, generator) -> torch.Tensor:
+    """The next token (B,): argmax, or a sample at `temperature` from the top-p nucleus (as HF's warpers do)."""
+    if greedy:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=False)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cum <= 1 - top_p
+        drop[:, -1] = False  # keep at least the most likely token
+        logits = logits.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def _finish(out: torch.Tensor, eos: torch.Tensor) -> Samples:
+    """Cut after the first EOS (kept, as TRL keeps it) and drop all-pad columns at the end."""
+    is_eos = torch.isin(out, eos)
+    has = is_eos.any(dim=1)
+    first = torch.where(has, is_eos.int().argmax(dim=1), torch.full_like(has, out.shape[1], dtype=torch.long))
+    idx = torch.arange(out.shape[1], device=out.device)[None]
+    mask = (idx <= first[:, None]).long()
+    T = int(mask.sum(dim=1).max())
+    return Samples(ids=out[:, :T].clone(), mask=mask[:, :T].clone(), truncated=~has)
+
+
+@torch.no_grad()
+def hf_sample(
+    model,
+    prompts: list[list[int]],
+    n: int,
+    max_new_tokens: int,
+    eos_ids: list[int],
+    pad_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    min_new_tokens: int = 0,
+) -> Samples:
+    """The same contract on `model.generate`, for architectures FastDecoder does not cover."""
+    dev = next(model.parameters()).device
+    if generator is not None:  # generate has no generator argument: seed the global RNG from ours
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)))
+    L = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p) :], att[i, L - len(p) :] = torch.tensor(p), 1
+    ids, att = ids.repeat_interleave(n, 0).to(dev), att.repeat_interleave(n, 0).to(dev)
+    kwargs = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    was_training = model.training
+    model.eval()
+    full = model.generate(
+        input_ids=ids,
+        attention_mask=att,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        eos_token_id=eos_ids,
+        pad_token_id=pad_id,
+        top_k=None,
+        **kwargs,
+    )
+    model.train(was_training)
+    out = full[:, L:]
+    if out.shape[1] == 0:
+        out = torch.full((ids.shape[0], 1), pad_id, dtype=torch.long, device=dev)
+    return _finish(out, torch.tensor(eos_ids, device=dev))

@@ -1,0 +1,107 @@
+"""The app: header, the four tabs, and what happens when a page loads. `build_app()` returns the gr.Blocks;
+`launch_options()` the arguments for `.launch()` (theme, CSS, host, port, upload cap) for this deployment.
+
+    from workbench.ui import build_app, launch_options
+    build_app().queue().launch(**launch_options())
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from .. import runner
+from ..config import Limits
+from . import access, settings
+from .common import CSS, guarded, theme
+from .compare import build_compare_tab
+from .learn import build_learn_tab
+from .runs import build_runs_tab
+from .train import build_train_tab, pick_run, poll
+
+TITLE = "GRPO Workbench"
+
+
+def header_html(limits: Limits) -> str:
+    chips = [f"default model: {settings.default_model()}", "one run at a time, others queue"]
+    if limits.max_steps is not None:
+        chips.append(f"max {limits.max_steps} steps")
+    if limits.max_completion_length is not None:
+        chips.append(f"max {limits.max_completion_length} tokens per completion")
+    chips.append(f"uploads ≤ {limits.max_upload_mb:g} MB")
+    if settings.on_space():
+        chips.append("shared Space: you can stop only your own runs")
+    chip_html = "".join(f'<span class="wb-chip">{c}</span>' for c in chips)
+    return (
+        f'<div class="wb-header"><h1>{TITLE}</h1><span class="wb-sub">Train a small language model with GRPO, watch '
+        f'it learn, compare it with the base model.</span></div><div class="wb-chips">{chip_html}</div>'
+    )
+
+
+def build_app(limits: Limits | None = None) -> gr.Blocks:
+    """The whole app. Limits default to the environment's (Limits.from_env)."""
+    limits = limits or settings.deployment_limits()
+    with gr.Blocks(title=TITLE, fill_width=True) as demo:
+        gr.HTML(header_html(limits))
+        # A random per-browser token in local storage: on a Space it proves who started a run (see access.py).
+        token = gr.BrowserState("", storage_key="grpo-workbench-owner")
+        with gr.Tabs():
+            with gr.Tab("Train", id="train"):
+                train = build_train_tab(limits, token)
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                compare = build_compare_tab(train)
+            with gr.Tab("Runs", id="runs") as runs_tab:
+                runs = build_runs_tab(token)
+            with gr.Tab("Learn", id="learn") as learn_tab:
+                learn = build_learn_tab(train)
+
+        # Each tab reads the store afresh when it is opened (no session copy to go stale).
+        compare_tab.select(compare["tab_refresh"], [compare["run"], train["watch"]], compare["run"],
+                           api_visibility="private")  # fmt: skip
+        runs_tab.select(runs["tab_refresh"], [runs["pick"], runs["one"]], [runs["table"], runs["pick"], runs["one"]],
+                        api_visibility="private")  # fmt: skip
+        learn_tab.select(learn["tab_refresh"], [train["watch"], learn["group"]],
+                         [learn["caption"], learn["table"], learn["chart"], learn["group"]],
+                         api_visibility="private")  # fmt: skip
+        gr.api(run_status, api_name="run_status")
+
+        @guarded(3, quiet=True)
+        def on_load(tok):
+            run_id = pick_run(None)  # re-attach: the running run, else the newest one
+            return tok or access.new_token(), run_id, ""
+
+        demo.load(on_load, token, [token, train["watch"], train["seen"]], api_visibility="private").then(
+            poll,
+            [train["watch"], train["seen"]],
+            train["watch_out"],
+            show_progress="hidden",
+            api_visibility="private",
+        )  # draw at once rather than on the first tick
+    return demo
+
+
+def run_status(run_id: str) -> dict:
+    """A run's status and latest metrics as JSON (for scripts and the end-to-end test); read-only."""
+    from ..store import open_run
+
+    run = open_run(run_id)
+    return {"id": run.id, **run.status(), "last_metrics": run.last_metrics()}
+
+
+def launch_options(limits: Limits | None = None) -> dict[str, Any]:
+    limits = limits or settings.deployment_limits()
+    return {
+        "server_name": settings.server_name(),
+        "server_port": settings.server_port(),
+        "theme": theme(),
+        "css": CSS,
+        "max_file_size": f"{limits.max_upload_mb:g}mb",
+        "show_error": False,  # messages come from our own gr.Warning calls, never a raw exception
+        "ssr_mode": False,
+    }
+
+
+def start_server_housekeeping() -> list[str]:
+    """At app start: runs left 'running' by a previous server's workers are marked interrupted; queued start."""
+    return runner.reconcile()

@@ -1,0 +1,218 @@
+"""Compare tab: the base model and a run's tuned model answer the same prompts; scores side by side.
+
+Held-out prompts (never trained on) or your own prompt; greedy or sampled decoding. The summary (per-reward means
+with confidence intervals, wins/ties/losses) comes as a headline, a chart and a table, and the whole comparison as
+CSV. Generation runs in the server process but inside a queued event with a concurrency limit of 1: other visitors
+see their place in the queue, and the training worker is not touched.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from ..store import list_runs, open_run
+from ..tasks import load_task
+from . import plots, views
+from .common import guarded
+
+HELD_OUT, OWN = "held-out prompts", "my own prompt"
+SUMMARY_COLUMNS = ["reward", "base_mean", "tuned_mean", "diff", "ci_low", "ci_high", "wins", "ties", "losses"]
+SUMMARY_COLUMNS = ["reward", "base_mean", "tuned_mean", "diff", "ci_low", "ci_high", "wins", "ties", "losses"]
+
+
+class EvalError(ValueError):
+    """The comparison cannot run as asked; the message says what to change."""
+
+
+def run_choices() -> list[tuple[str, str]]:
+    """Runs that have something to compare (a final adapter or a checkpoint), newest first."""
+    out = []
+    for run in reversed(list_runs()):
+        if run.final_adapter() is None and run.latest_checkpoint() is None:
+            continue
+        try:
+            out.append((views.run_choice_label(run.id, run.status(), run.spec.to_dict()), run.id))
+        except Exception:  # a half-deleted or unreadable run is left out of the list, not an error
+            continue
+    return out
+
+
+def adapter_for(run_id: str) -> Path:
+    run = open_run(run_id)
+    adapter = run.final_adapter() or run.latest_checkpoint()
+    if adapter is None:
+        raise EvalError(
+            f"run {run_id} has no saved weights yet: it saves a checkpoint every save_every steps and the adapter "
+            "when it ends; wait for one, or stop the run"
+        )
+    return adapter
+
+
+def comparison_rows(run_id: str, source: str, n: int, prompt: str, answer: str) -> list[dict] | None:
+    """The prompts to compare on: the first n held-out prompts of the run's task, or the visitor's own prompt."""
+    if source == OWN:
+        if not (prompt or "").strip():
+            raise EvalError("the prompt is empty: type a prompt, or choose held-out prompts")
+        row = {"prompt": prompt.strip()}
+        if (answer or "").strip():
+            row["answer"] = answer.strip()  # rewards that check correctness read this column
+        return [row]
+    spec = open_run(run_id).spec
+    n = int(n or spec.eval_size)
+    return None if n >= spec.eval_size else load_task(spec).eval[:n]
+
+
+def run_comparison(run_id: str, source: str, n: int, prompt: str, answer: str, mode: str, seed: int,
+                   max_new_tokens: int | None, progress: Callable[[float, str], None] | None = None):  # fmt: skip
+    """Plain function behind the Compare button: returns an evaluate.Comparison."""
+    from ..evaluate import compare  # imports torch: only when a comparison is asked for
+
+    if not run_id:
+        raise EvalError("no run chosen: pick a run that has a checkpoint or a final adapter")
+    rows = comparison_rows(run_id, source, n, prompt, answer)
+    tokens = int(max_new_tokens) if max_new_tokens else None
+    return compare(run_id, adapter_for(run_id), rows=rows, mode=mode, seed=int(seed or 0), max_new_tokens=tokens,
+                   progress=progress)  # fmt: skip
+
+
+def _summary_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    s = summary.copy()
+    if "reward" not in s.columns:
+        s = s.reset_index().rename(columns={"index": "reward"})
+    return s
+
+
+def headline(summary: pd.DataFrame, n_prompts: int) -> str:
+    """The comparison in one sentence, from the 'total' row (or the first row when there is no total)."""
+    if summary is None or summary.empty:
+        return ""
+    s = _summary_frame(summary)
+    row = s[s["reward"].astype(str) == "total"]
+    r = (row if len(row) else s).iloc[0]
+    wins, ties, losses = (int(r.get(k, 0) or 0) for k in ("wins", "ties", "losses"))
+    diff = float(r["diff"])
+    ci = ""
+    if all(isinstance(r.get(k), (int, float)) and math.isfinite(r.get(k)) for k in ("ci_low", "ci_high")):
+        ci = f", 95% CI {r['ci_low']:+.3f} to {r['ci_high']:+.3f}"
+        verdict = ("the tuned model is better" if r["ci_low"] > 0 else "the tuned model is worse" if r["ci_high"] < 0
+                   else "the difference is within the noise")  # fmt: skip
+    else:
+        verdict = "too few prompts for a confidence interval"
+    return (
+        f"**{r['reward']}**: base {float(r['base_mean']):.3f} → tuned {float(r['tuned_mean']):.3f} "
+        f"({diff:+.3f}{ci}) on {n_prompts} prompt{'s' * (n_prompts != 1)}: {verdict}. "
+        f"Tuned wins {wins}, ties {ties}, loses {losses}."
+    )
+
+
+def pairs_html(table: pd.DataFrame, limit: int = 50, max_chars: int = 1500) -> str:
+    """Each prompt, then base and tuned answers side by side with their scores; the higher total is outlined."""
+    if table is None or table.empty:
+        return '<div class="wb-empty">Answers appear here, base on the left, tuned on the right.</div>'
+    rewards = [c[len("base/") :] for c in table.columns if c.startswith("base/")]
+    total = "total" if "total" in rewards else None
+    parts = []
+    for _, row in table.head(limit).iterrows():
+        cells = []
+        for side in ("base", "tuned"):
+            other = "tuned" if side == "base" else "base"
+            win = total and _gt(row.get(f"{side}/{total}"), row.get(f"{other}/{total}"))
+            chips = "".join(f'<span class="wb-score">{views.esc(r)} {views.num(row.get(f"{side}/{r}"))}</span>'
+                            for r in rewards)  # fmt: skip
+            text = str(row.get(side, ""))
+            text = text if len(text) <= max_chars else text[:max_chars] + " …"
+            cells.append(f'<div class="wb-answer{" wb-win" if win else ""}"><h4>{side}</h4>'
+                         f'<pre>{views.esc(text)}</pre><div class="wb-scores">{chips}</div></div>')  # fmt: skip
+        parts.append(f'<div class="wb-qprompt">{views.esc(views.prompt_display(row.get("prompt")))}</div>'
+                     f'<div class="wb-pair">{"".join(cells)}</div>')  # fmt: skip
+    more = (
+        f'<div class="wb-empty">… {len(table) - limit} more in the CSV.</div>' if len(table) > limit else ""
+    )
+    return "".join(parts) + more
+
+
+def _gt(a: Any, b: Any) -> bool:
+    ok = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (a, b))
+    return bool(ok and a > b)
+
+
+def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
+    s = _summary_frame(summary)
+    return s.round({c: 3 for c in ("base_mean", "tuned_mean", "diff", "ci_low", "ci_high") if c in s.columns})
+
+
+def build_compare_tab(train: dict) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    gr.Markdown("Both models answer the same prompts with the same decoding; every reward of the run scores both. "
+                "Held-out prompts were never trained on.")  # fmt: skip
+    with gr.Row():
+        c["run"] = gr.Dropdown(
+            label="run",
+            choices=[],
+            elem_id="wb-compare-run",
+            scale=4,
+            info="The run you are watching is chosen for you; any run with saved weights works.",
+        )
+        c["refresh"] = gr.Button("↻ Refresh", scale=0, min_width=110, size="sm")
+    with gr.Row():
+        c["source"] = gr.Radio([HELD_OUT, OWN], value=HELD_OUT, label="prompts", elem_id="wb-compare-source")
+        c["n"] = gr.Slider(1, 100, value=8, step=1, label="how many held-out prompts",
+                           info="Capped at the run's eval_size; fewer is faster on a CPU.")  # fmt: skip
+        c["mode"] = gr.Radio(
+            ["greedy", "sampled"],
+            value="greedy",
+            label="decoding",
+            info="greedy: the most likely answer; sampled: at the run's temperature, seeded.",
+        )
+        c["max_new_tokens"] = gr.Number(value=0, precision=0, minimum=0, label="max new tokens",
+                                        info="0 = the run's max_completion_length.")  # fmt: skip
+        c["seed"] = gr.Number(value=0, precision=0, label="seed", minimum=0)
+    with gr.Row(visible=False) as own_row:
+        c["prompt"] = gr.Textbox(label="your prompt", lines=3, scale=3, elem_id="wb-compare-prompt")
+        c["answer"] = gr.Textbox(label="reference answer (optional; correctness rewards read it)", scale=2)
+    c["go"] = gr.Button("Compare base and tuned", variant="primary", elem_id="wb-compare-go")
+    c["headline"] = gr.Markdown(elem_id="wb-compare-headline")
+    with gr.Row(equal_height=False):
+        c["chart"] = gr.Plot(
+            plots.summary_figure(None), show_label=False, elem_id="wb-compare-chart", scale=3
+        )
+        with gr.Column(scale=2):
+            c["table"] = gr.Dataframe(pd.DataFrame(columns=SUMMARY_COLUMNS), label="summary per reward",
+                                      interactive=False, elem_id="wb-compare-summary")  # fmt: skip
+            c["csv"] = gr.File(label="download the comparison (CSV)", interactive=False, height=70,
+                               elem_id="wb-compare-csv")  # fmt: skip
+    c["pairs"] = gr.HTML(pairs_html(None), elem_id="wb-compare-pairs")
+
+    c["source"].change(lambda s: gr.update(visible=s == OWN), c["source"], own_row, api_visibility="private")
+
+    @guarded(1, quiet=True)
+    def refresh(current, watched):
+        choices = run_choices()
+        ids = [v for _, v in choices]
+        value = current if current in ids else watched if watched in ids else (ids[0] if ids else None)
+        return gr.update(choices=choices, value=value)
+
+    c["refresh"].click(refresh, [c["run"], train["watch"]], c["run"], api_name="compare_runs")
+    c["tab_refresh"] = refresh
+
+    @guarded(5)
+    def go(run_id, source, n, prompt, answer, mode, seed, max_new_tokens, progress=gr.Progress()):  # noqa: B008
+        progress(0.0, desc="Loading the models…")
+        result = run_comparison(run_id, source, n, prompt, answer, mode, seed, max_new_tokens,
+                                progress=lambda f, msg: progress(f, desc=msg))  # fmt: skip
+        out = Path(tempfile.mkdtemp(prefix="wb-compare-")) / f"compare-{run_id}.csv"
+        result.to_csv(out)
+        return (headline(result.summary, len(result.table)), plots.summary_figure(_summary_frame(result.summary)),
+                summary_table(result.summary), str(out), pairs_html(result.table))  # fmt: skip
+
+    c["go"].click(go, [c["run"], c["source"], c["n"], c["prompt"], c["answer"], c["mode"], c["seed"],
+                       c["max_new_tokens"]], [c["headline"], c["chart"], c["table"], c["csv"], c["pairs"]],
+                  api_name="compare", concurrency_limit=1)  # fmt: skip
+    return c
