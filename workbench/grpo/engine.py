@@ -1,0 +1,259 @@
+"""GRPOEngine: one GRPO step = rollout → rewards → group advantages → μ optimizer passes; plus checkpoints.
+
+    engine = GRPOEngine.from_spec(spec, task)
+    for rows in itertools.islice(prompt_batches(task.train, spec.prompts_per_step, spec.seed), spec.max_steps):
+        result = engine.step(rows)          # StepResult: episodes + TRL-named metrics + time/<phase>
+
+How it differs from TRL's GRPOTrainer (same objective, same metrics; the parity tests hold it to TRL's loss):
+- the rollout samples from a merged, fused copy of the weights (`sampler.FastDecoder`), refreshed after each update;
+- the training forward computes each prompt once per group and logits only at completion positions (`forward`);
+- one step = one rollout of prompts_per_step × G completions, then num_iterations (μ) full-batch updates on it,
+  which is TRL with steps_per_generation = 1 and no gradient accumulation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import RunSpec
+from .forward import completion_logps
+from .loss import group_advantages, nanstd, policy_loss, weighted_rewards
+from .sampler import FastDecoder, Samples, hf_sample, supports
+from .types import Episode, NonFiniteError, RewardFunctionError, StepResult
+
+_STATE = "engine_state.pt"
+_SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+
+
+class GRPOEngine:
+    """Trains `model` (wrapped in LoRA when spec.use_lora) with GRPO on batches of task rows."""
+
+    def __init__(self, spec: RunSpec, model, tokenizer, reward_fns: list[tuple[str, Any, float]],
+                 system_prompt: str = ""):  # fmt: skip
+        from transformers import get_scheduler
+
+        self.spec, self.tok, self.system_prompt = spec, tokenizer, system_prompt
+        self.names = [n for n, _, _ in reward_fns]
+        self.fns = [f for _, f, _ in reward_fns]
+        self.weights = torch.tensor([float(w) for _, _, w in reward_fns])
+        self.device = next(model.parameters()).device
+        self.model = self._trainable(model)
+        self.ref_model = None
+        if spec.beta > 0 and not spec.use_lora:  # full fine-tuning has no adapter to switch off: keep a frozen copy
+            import copy
+
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
+        mu = spec.num_iterations  # the schedule counts optimizer steps, μ per GRPO step (as TRL does)
+        self.scheduler = get_scheduler(_SCHEDULERS[spec.lr_scheduler], self.optimizer,
+                                       num_warmup_steps=spec.warmup_steps * mu,
+                                       num_training_steps=spec.max_steps * mu)  # fmt: skip
+        self.generator = torch.Generator(device=self.device).manual_seed(spec.seed)
+        self.decoder = FastDecoder(self.model) if supports(self.model) else None
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        self.eos_ids = sorted({*eos, tokenizer.eos_token_id} - {None})
+        self.pad_id = tokenizer.pad_token_id
+        self.step_count = 0
+
+    @classmethod
+    def from_spec(cls, spec: RunSpec, task: Any) -> GRPOEngine:
+        from ..models import load_model
+        from ..rewards import build_rewards
+
+        model, tok = load_model(spec.model, spec.dtype, spec.device)
+        fns = build_rewards(spec.rewards or task.rewards)
+        return cls(spec, model, tok, fns, spec.system_prompt or task.system_prompt)
+
+    def _trainable(self, model):
+        spec = self.spec
+        if not spec.use_lora:
+            return model.train().requires_grad_(True)
+        from peft import LoraConfig, get_peft_model
+
+        names = spec.lora_target_modules.strip()
+        targets = names if names == "all-linear" else [n.strip() for n in names.split(",") if n.strip()]
+        cfg = LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
+                         target_modules=targets, task_type="CAUSAL_LM")  # fmt: skip
+        torch.manual_seed(spec.seed)  # LoRA A's initialisation
+        return get_peft_model(model, cfg).train()  # adapters in fp32 over bf16 weights (peft's default)
+
+    # --- the stages ------------------------------------------------------------------------------------------------
+    def encode(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, list[list[dict]]]:
+        """Left-padded prompt ids and mask (P, L), cut from the left to max_prompt_length; and the chat messages."""
+        from ..tasks import chat_messages
+
+        msgs = [chat_messages(r, self.system_prompt) for r in rows]
+        ids = [self.tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False)
+               for m in msgs]  # fmt: skip
+        ids = [list(i)[-self.spec.max_prompt_length :] for i in ids]
+        L = max(len(i) for i in ids)
+        out = torch.full((len(ids), L), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(ids), L, dtype=torch.long)
+        for r, i in enumerate(ids):
+            out[r, L - len(i) :], mask[r, L - len(i) :] = torch.tensor(i), 1
+        return out.to(self.device), mask.to(self.device), msgs
+
+    def rollout(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, min_new_tokens: int = 0) -> Samples:
+        """G sampled completions per prompt; completion i continues prompt i // G."""
+        s = self.spec
+        prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask, strict=True)]
+        kw = dict(n=s.num_generations, max_new_tokens=s.max_completion_length, eos_ids=self.eos_ids,
+                  pad_id=self.pad_id, temperature=s.temperature, top_p=s.top_p, generator=self.generator,
+                  min_new_tokens=min_new_tokens)  # fmt: skip
+        if self.decoder is not None:
+            return self.decoder.sample(prompts, **kw)
+        return hf_sample(self.model, prompts, **kw)
+
+    def score(self, rows: list[dict], msgs: list, texts: list[str], ids: list[list[int]]) -> torch.Tensor:
+        """Per-function rewards (N, F), NaN where a function returned None. Raises naming the failing function."""
+        G = self.spec.num_generations
+        cols = {k: [r.get(k) for r in rows for _ in range(G)] for k in dict.fromkeys(k for r in rows for k in r)}
+        cols.pop("prompt", None)
+        prompts = [m for m in msgs for _ in range(G)]
+        completions = [[{"role": "assistant", "content": t}] for t in texts]  # conversational, as TRL passes them
+        out = torch.full((len(texts), len(self.fns)), math.nan)
+        for j, (name, fn) in enumerate(zip(self.names, self.fns, strict=True)):
+            try:
+                vals = list(fn(prompts=prompts, completions=completions, completion_ids=ids, **cols))
+            except Exception as e:
+                raise RewardFunctionError(name, e) from e
+            if len(vals) != len(texts):
+                raise RewardFunctionError(name, ValueError(f"returned {len(vals)} values for {len(texts)} completions"))
+            for i, v in enumerate(vals):
+                if v is not None:
+                    if not math.isfinite(float(v)):
+                        raise NonFiniteError(f"reward function {name} returned {v} for completion {i}")
+                    out[i, j] = float(v)
+        return out
+
+    def _logps(self, model, batch: dict, entropy: bool = False):
+        return completion_logps(model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
+                                self.spec.num_generations, self.spec.temperature, entropy)  # fmt: skip
+
+    @torch.no_grad()
+    def _ref_logps(self, batch: dict) -> torch.Tensor:
+        if self.ref_model is not None:
+            return self._logps(self.ref_model, batch)[0]
+        with self.model.disable_adapter():  # the reference is the base model: the adapter switched off
+            return self._logps(self.model, batch)[0]
+
+    def train_on(self, batch: dict) -> dict[str, float]:
+        """μ optimizer passes over one scored batch; returns the metrics averaged over the passes."""
+        s = self.spec
+        old = ref = None
+        if s.num_iterations > 1:
+            with torch.no_grad():
+                old = self._logps(self.model, batch)[0]
+        if s.beta > 0:
+            ref = self._ref_logps(batch)
+        sums: dict[str, float] = {}
+        for _ in range(s.num_iterations):
+            lr = self.scheduler.get_last_lr()[0]
+            logps, ent = self._logps(self.model, batch, entropy=True)
+            loss, m = policy_loss(logps, old, ref, batch["advantages"], batch["mask"], loss_type=s.loss_type,
+                                  beta=s.beta, epsilon=s.epsilon, epsilon_high=s.epsilon_high,
+                                  max_completion_length=s.max_completion_length)  # fmt: skip
+            if not torch.isfinite(loss):
+                raise NonFiniteError(f"loss is {loss.item()} at step {self.step_count + 1}")
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm if s.max_grad_norm > 0 else math.inf)
+            if not torch.isfinite(norm):
+                raise NonFiniteError(f"gradient norm is {norm.item()} at step {self.step_count + 1}")
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            mask = batch["mask"].to(ent.dtype)
+            m |= {"loss": loss.detach(), "grad_norm": norm, "learning_rate": torch.tensor(lr),
+                  "entropy": (ent * mask).sum() / mask.sum().clamp(min=1.0)}  # fmt: skip
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / s.num_iterations
+        if self.decoder is not None:
+            self.decoder.refresh(adapter=True, everything=not s.use_lora)
+        return sums
+
+    # --- one step ----------------------------------------------------------------------------------------------
+    def step(self, rows: list[dict], min_new_tokens: int = 0) -> StepResult:
+        """Rollout, rewards, advantages and μ updates on `rows` (prompts_per_step task rows)."""
+        from ..rewards import prompt_text
+
+        s, G = self.spec, self.spec.num_generations
+        t0 = time.perf_counter()
+        prompt_ids, prompt_mask, msgs = self.encode(rows)
+        samples = self.rollout(prompt_ids, prompt_mask, min_new_tokens)
+        t1 = time.perf_counter()
+        lengths = samples.mask.sum(1)  # (B,)
+        ids = [row[:n].tolist() for row, n in zip(samples.ids, lengths.tolist(), strict=True)]
+        texts = self.tok.batch_decode(ids, skip_special_tokens=True)
+        per_func = self.score(rows, msgs, texts, ids)  # (B, F)
+        total = weighted_rewards(per_func, self.weights)  # (B,)
+        adv, zero_std = group_advantages(total, G, s.scale_rewards)
+        t2 = time.perf_counter()
+        mask = samples.mask
+        if s.mask_truncated_completions:
+            mask = mask * (~samples.truncated)[:, None].long()
+        batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": samples.ids,
+                 "mask": mask, "advantages": adv.to(self.device)}  # fmt: skip
+        train = self.train_on(batch)
+        t3 = time.perf_counter()
+        self.step_count += 1
+        m: dict[str, float] = {"reward": _f(torch.nanmean(total)), "reward_std": _f(nanstd(total))}
+        for j, name in enumerate(self.names):
+            m[f"rewards/{name}/mean"] = _f(torch.nanmean(per_func[:, j]))
+            m[f"rewards/{name}/std"] = _f(nanstd(per_func[:, j]))
+        lf = lengths.float()
+        m |= {"frac_reward_zero_std": _f(zero_std.float().mean()), "completions/mean_length": _f(lf.mean()),
+              "completions/min_length": _f(lf.min()), "completions/max_length": _f(lf.max()),
+              "completions/clipped_ratio": _f(samples.truncated.float().mean()), **train,
+              "step_time": t3 - t0, "time/generation": t1 - t0, "time/rewards": t2 - t1,
+              "time/training": t3 - t2}  # fmt: skip
+        episodes = [
+            Episode(step=self.step_count, group=i // G, prompt=prompt_text(msgs[i // G]), completion=texts[i],
+                    rewards={n: _opt(per_func[i, j]) for j, n in enumerate(self.names)},
+                    reward=_f(torch.nan_to_num(total[i])), advantage=_f(adv[i]), length=int(lengths[i]),
+                    truncated=bool(samples.truncated[i]))  # fmt: skip
+            for i in range(len(texts))
+        ]
+        return StepResult(step=self.step_count, episodes=episodes, metrics=m)
+
+    # --- saving --------------------------------------------------------------------------------------------------
+    def save_adapter(self, path: Path) -> None:
+        """The LoRA adapter (or the full model) and the tokenizer, loadable with peft / transformers."""
+        self.model.save_pretrained(str(path))
+        self.tok.save_pretrained(str(path))
+
+    def save_checkpoint(self, path: Path) -> None:
+        """The adapter plus what a resume needs: optimizer, schedule, sampling RNG and the step count."""
+        self.save_adapter(path)
+        state = {"trainable": {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad},
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "generator": self.generator.get_state(), "step": self.step_count}  # fmt: skip
+        torch.save(state, Path(path) / _STATE)
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(Path(path) / _STATE, map_location="cpu", weights_only=False)
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for n, t in state["trainable"].items():
+                params[n].copy_(t)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.step_count = int(state["step"])
+        if self.decoder is not None:
+            self.decoder.refresh(adapter=True, everything=True)
+
+
+def _f(x: torch.Tensor | float) -> float:
+    return float(x)
+
+
+def _opt(x: torch.Tensor) -> float | None:
+    v = float(x)
+    return None if math.isnan(v) else v

@@ -1,0 +1,109 @@
+"""Per-token log-probs of completions under the policy, the prompt computed once per group.
+
+Why by hand: the G completions of a group share their prompt, and HF's forward recomputes that prompt G times
+(forward and backward). Here, for Llama-style decoders, each layer runs its token-wise parts (norms, projections,
+MLP) on one flat batch of [the P prompts once] + [the B = P × G completions], and attention lets each completion
+attend to its prompt's keys and values repeated G times. Autograd sums the G gradients that flow back into the
+shared prompt, so log-probs and gradients equal those of the full forward. The projections are the model's own
+modules (peft LoRA wrappers included), so LoRA, dropout and full fine-tuning behave as in transformers. Logits are
+computed only at completion positions. Other architectures use the HF forward with `logits_to_keep`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .sampler import base_of, supports
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _token_logps(
+    hidden: torch.Tensor, ids: torch.Tensor, head, temperature: float, entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(ids) (B, T) from hidden states (B, T, h) at temperature, and the entropy (B, T) without gradient."""
+    logits = head(hidden).float() / temperature  # (B, T, V)
+    logp = logits.log_softmax(dim=-1)
+    out = logp.gather(-1, ids[..., None])[..., 0]  # (B, T)
+    ent = None
+    if entropy:
+        with torch.no_grad():
+            ent = -(logp.exp() * logp).sum(-1)
+    return out, ent
+
+
+def completion_logps(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    group_size: int,
+    temperature: float = 1.0,
+    entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log-probs (B, T), entropies (B, T) or None) of each completion token given its prompt and earlier tokens.
+
+    prompt_ids, prompt_mask (P, L): left-padded prompts; completion_ids (B, T) with B = P × group_size, completion i
+    continuing prompt i // group_size; tokens after a completion's end may be anything (they only see the past).
+    """
+    if supports(model):
+        return _shared_prompt_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy)
+    return _hf_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy)
+
+
+def _hf_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy):
+    T = completion_ids.shape[1]
+    ids = torch.cat([prompt_ids.repeat_interleave(group_size, 0), completion_ids], dim=1)  # (B, L+T)
+    att = torch.cat([prompt_mask.repeat_interleave(group_size, 0), torch.ones_like(completion_ids)], dim=1)
+    out = base_of(model).model(input_ids=ids, attention_mask=att)  # decoder only: the head runs on T positions
+    hidden = out.last_hidden_state[:, -T - 1 : -1]  # (B, T, h): position t predicts completion token t
+    return _token_logps(hidden, completion_ids, base_of(model).lm_head, temperature, entropy)
+
+
+def _shared_prompt_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy):
+    base = base_of(model)
+    inner, cfg = base.model, base.config
+    P, L = prompt_ids.shape
+    B, T = completion_ids.shape
+    G, dev = group_size, prompt_ids.device
+    H, K = cfg.num_attention_heads, cfg.num_key_value_heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    prompt_ok = prompt_mask.bool()  # (P, L)
+    lens = prompt_ok.sum(1)  # (P,)
+    pos_p = (prompt_ok.long().cumsum(1) - 1).clamp(min=0)  # (P, L) real positions, pads at 0
+    pos_c = lens.repeat_interleave(G)[:, None] + torch.arange(T, device=dev)[None]  # (B, T)
+    x = inner.embed_tokens(torch.cat([prompt_ids.reshape(-1), completion_ids.reshape(-1)]))  # (P·L + B·T, h)
+    cos, sin = inner.rotary_emb(x[None], torch.cat([pos_p.reshape(-1), pos_c.reshape(-1)])[None])
+    cos, sin = cos[0][:, None], sin[0][:, None]  # (N, 1, d): one row per flat token, broadcast over heads
+    # Masks, True = may attend. Pad query rows see themselves so no softmax row is empty (NaN).
+    eye = torch.eye(L, dtype=torch.bool, device=dev)
+    mask_p = (torch.ones(L, L, dtype=torch.bool, device=dev).tril()[None] & prompt_ok[:, None]) | eye  # (P, L, L)
+    causal_c = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
+    mask_c = torch.cat([prompt_ok.repeat_interleave(G, 0)[:, None].expand(B, T, L), causal_c[None].expand(B, T, T)],
+                       dim=2)  # (B, T, L+T)  # fmt: skip
+    mask_p, mask_c = mask_p[:, None], mask_c[:, None]
+    split = P * L
+    for layer in inner.layers:
+        attn = layer.self_attn
+        h = layer.input_layernorm(x)
+        q = attn.q_proj(h).view(-1, H, d)
+        k = attn.k_proj(h).view(-1, K, d)
+        v = attn.v_proj(h).view(-1, K, d)
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        qp, kp, vp = (t[:split].view(P, L, -1, d).transpose(1, 2) for t in (q, k, v))  # (P, heads, L, d)
+        qc, kc, vc = (t[split:].view(B, T, -1, d).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, d)
+        out_p = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask_p, enable_gqa=H != K)
+        kc = torch.cat([kp.repeat_interleave(G, 0), kc], dim=2)  # (B, K, L+T, d): the shared prompt, G times
+        vc = torch.cat([vp.repeat_interleave(G, 0), vc], dim=2)
+        out_c = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask_c, enable_gqa=H != K)
+        o = torch.cat([out_p.transpose(1, 2).reshape(split, H * d), out_c.transpose(1, 2).reshape(B * T, H * d)])
+        x = x + attn.o_proj(o)
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    x = inner.norm(x)
+    last_p = x[:split].view(P, L, -1)[:, -1].repeat_interleave(G, 0)  # (B, h): predicts completion token 0
+    hidden = torch.cat([last_p[:, None], x[split:].view(B, T, -1)[:, :-1]], dim=1)  # (B, T, h)
+    return _token_logps(hidden, completion_ids, base.lm_head, temperature, entropy)
