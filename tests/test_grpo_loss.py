@@ -34,7 +34,9 @@ def test_unscorable_completions_are_left_out_and_get_no_advantage():
     total = weighted_rewards(per_func, torch.tensor([1.0, 2.0]))
     assert total[:3].tolist() == [2.0, 3.0, 4.0] and math.isnan(total[3])  # None counts 0 in a sum
     adv, _ = group_advantages(total, 4, "none")
-    assert adv.tolist() == pytest.approx([-1.0, 0.0, 1.0, 0.0])  # mean of the three scored, 0 for the unscored
+    assert adv.tolist() == pytest.approx(
+        [-1.0, 0.0, 1.0, 0.0]
+    )  # mean of the three scored, 0 for the unscored
     assert nanstd(total).item() == pytest.approx(1.0)
 
 
@@ -60,7 +62,9 @@ def test_each_loss_type_by_hand():
     assert _loss("dr_grpo")[0].item() == pytest.approx(sum(row_sums) / (2 * 4))
     m = _loss("dapo")[1]
     assert m["clip_ratio/low_mean"].item() == pytest.approx(1 / 5)  # row 1 token 0: r < 0.8 with A < 0
-    assert m["clip_ratio/high_mean"].item() == 0.0 and m["clip_ratio/region_mean"].item() == pytest.approx(0.2)
+    assert m["clip_ratio/high_mean"].item() == 0.0 and m["clip_ratio/region_mean"].item() == pytest.approx(
+        0.2
+    )
 
 
 def test_kl_penalty_by_hand():
@@ -87,7 +91,9 @@ def trl_trainer(tmp_path_factory):
     spec = RunSpec(model="tiny-random", task="concise", train_size=8, eval_size=2, max_steps=2, num_generations=4,
                    max_completion_length=6, dtype="float32", device="cpu", engine="trl", temperature=0.8,
                    rewards=[RewardSpec("length", 1.0, {"target": 20, "unit": "chars"})])  # fmt: skip
-    trainer = _build_trainer(spec, load_task(spec), lambda r: None, lambda: False, tmp_path_factory.mktemp("trl"))
+    trainer = _build_trainer(
+        spec, load_task(spec), lambda r: None, lambda: False, tmp_path_factory.mktemp("trl")
+    )
     torch.manual_seed(1)
     with torch.no_grad():  # LoRA B starts at zero; give it values so the adapter matters
         for n, p in trainer.model.named_parameters():

@@ -44,7 +44,9 @@ class GRPOEngine:
         self.device = next(model.parameters()).device
         self.model = self._trainable(model)
         self.ref_model = None
-        if spec.beta > 0 and not spec.use_lora:  # full fine-tuning has no adapter to switch off: keep a frozen copy
+        if (
+            spec.beta > 0 and not spec.use_lora
+        ):  # full fine-tuning has no adapter to switch off: keep a frozen copy
             import copy
 
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
@@ -100,7 +102,9 @@ class GRPOEngine:
             out[r, L - len(i) :], mask[r, L - len(i) :] = torch.tensor(i), 1
         return out.to(self.device), mask.to(self.device), msgs
 
-    def rollout(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, min_new_tokens: int = 0) -> Samples:
+    def rollout(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, min_new_tokens: int = 0
+    ) -> Samples:
         """G sampled completions per prompt; completion i continues prompt i // G."""
         s = self.spec
         prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask, strict=True)]
@@ -114,10 +118,14 @@ class GRPOEngine:
     def score(self, rows: list[dict], msgs: list, texts: list[str], ids: list[list[int]]) -> torch.Tensor:
         """Per-function rewards (N, F), NaN where a function returned None. Raises naming the failing function."""
         G = self.spec.num_generations
-        cols = {k: [r.get(k) for r in rows for _ in range(G)] for k in dict.fromkeys(k for r in rows for k in r)}
+        cols = {
+            k: [r.get(k) for r in rows for _ in range(G)] for k in dict.fromkeys(k for r in rows for k in r)
+        }
         cols.pop("prompt", None)
         prompts = [m for m in msgs for _ in range(G)]
-        completions = [[{"role": "assistant", "content": t}] for t in texts]  # conversational, as TRL passes them
+        completions = [
+            [{"role": "assistant", "content": t}] for t in texts
+        ]  # conversational, as TRL passes them
         out = torch.full((len(texts), len(self.fns)), math.nan)
         for j, (name, fn) in enumerate(zip(self.names, self.fns, strict=True)):
             try:
@@ -125,7 +133,9 @@ class GRPOEngine:
             except Exception as e:
                 raise RewardFunctionError(name, e) from e
             if len(vals) != len(texts):
-                raise RewardFunctionError(name, ValueError(f"returned {len(vals)} values for {len(texts)} completions"))
+                raise RewardFunctionError(
+                    name, ValueError(f"returned {len(vals)} values for {len(texts)} completions")
+                )
             for i, v in enumerate(vals):
                 if v is not None:
                     if not math.isfinite(float(v)):
@@ -163,7 +173,9 @@ class GRPOEngine:
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"loss is {loss.item()} at step {self.step_count + 1}")
             loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm if s.max_grad_norm > 0 else math.inf)
+            norm = torch.nn.utils.clip_grad_norm_(
+                self.params, s.max_grad_norm if s.max_grad_norm > 0 else math.inf
+            )
             if not torch.isfinite(norm):
                 raise NonFiniteError(f"gradient norm is {norm.item()} at step {self.step_count + 1}")
             self.optimizer.step()
@@ -214,10 +226,17 @@ class GRPOEngine:
               "step_time": t3 - t0, "time/generation": t1 - t0, "time/rewards": t2 - t1,
               "time/training": t3 - t2}  # fmt: skip
         episodes = [
-            Episode(step=self.step_count, group=i // G, prompt=prompt_text(msgs[i // G]), completion=texts[i],
-                    rewards={n: _opt(per_func[i, j]) for j, n in enumerate(self.names)},
-                    reward=_f(torch.nan_to_num(total[i])), advantage=_f(adv[i]), length=int(lengths[i]),
-                    truncated=bool(samples.truncated[i]))  # fmt: skip
+            Episode(
+                step=self.step_count,
+                group=i // G,
+                prompt=prompt_text(msgs[i // G]),
+                completion=texts[i],
+                rewards={n: _opt(per_func[i, j]) for j, n in enumerate(self.names)},
+                reward=_f(torch.nan_to_num(total[i])),
+                advantage=_f(adv[i]),
+                length=int(lengths[i]),
+                truncated=bool(samples.truncated[i]),
+            )  # fmt: skip
             for i in range(len(texts))
         ]
         return StepResult(step=self.step_count, episodes=episodes, metrics=m)

@@ -51,7 +51,9 @@ def completion_logps(
     continuing prompt i // group_size; tokens after a completion's end may be anything (they only see the past).
     """
     if supports(model):
-        return _shared_prompt_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy)
+        return _shared_prompt_logps(
+            model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy
+        )
     return _hf_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy)
 
 
@@ -59,7 +61,9 @@ def _hf_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, temper
     T = completion_ids.shape[1]
     ids = torch.cat([prompt_ids.repeat_interleave(group_size, 0), completion_ids], dim=1)  # (B, L+T)
     att = torch.cat([prompt_mask.repeat_interleave(group_size, 0), torch.ones_like(completion_ids)], dim=1)
-    out = base_of(model).model(input_ids=ids, attention_mask=att)  # decoder only: the head runs on T positions
+    out = base_of(model).model(
+        input_ids=ids, attention_mask=att
+    )  # decoder only: the head runs on T positions
     hidden = out.last_hidden_state[:, -T - 1 : -1]  # (B, T, h): position t predicts completion token t
     return _token_logps(hidden, completion_ids, base_of(model).lm_head, temperature, entropy)
 
@@ -81,7 +85,9 @@ def _shared_prompt_logps(model, prompt_ids, prompt_mask, completion_ids, group_s
     cos, sin = cos[0][:, None], sin[0][:, None]  # (N, 1, d): one row per flat token, broadcast over heads
     # Masks, True = may attend. Pad query rows see themselves so no softmax row is empty (NaN).
     eye = torch.eye(L, dtype=torch.bool, device=dev)
-    mask_p = (torch.ones(L, L, dtype=torch.bool, device=dev).tril()[None] & prompt_ok[:, None]) | eye  # (P, L, L)
+    mask_p = (
+        torch.ones(L, L, dtype=torch.bool, device=dev).tril()[None] & prompt_ok[:, None]
+    ) | eye  # (P, L, L)
     causal_c = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
     mask_c = torch.cat([prompt_ok.repeat_interleave(G, 0)[:, None].expand(B, T, L), causal_c[None].expand(B, T, T)],
                        dim=2)  # (B, T, L+T)  # fmt: skip
@@ -100,7 +106,9 @@ def _shared_prompt_logps(model, prompt_ids, prompt_mask, completion_ids, group_s
         kc = torch.cat([kp.repeat_interleave(G, 0), kc], dim=2)  # (B, K, L+T, d): the shared prompt, G times
         vc = torch.cat([vp.repeat_interleave(G, 0), vc], dim=2)
         out_c = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask_c, enable_gqa=H != K)
-        o = torch.cat([out_p.transpose(1, 2).reshape(split, H * d), out_c.transpose(1, 2).reshape(B * T, H * d)])
+        o = torch.cat(
+            [out_p.transpose(1, 2).reshape(split, H * d), out_c.transpose(1, 2).reshape(B * T, H * d)]
+        )
         x = x + attn.o_proj(o)
         x = x + layer.mlp(layer.post_attention_layernorm(x))
     x = inner.norm(x)

@@ -44,7 +44,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str) -> tupl
     if scale == "batch":
         std = nanstd(rewards).expand_as(rewards)
     elif scale in ("group", "none"):
-        std = nanstd(grouped, dim=1).repeat_interleave(group_size)  # "none" uses it for the zero-std flag only
+        std = nanstd(grouped, dim=1).repeat_interleave(
+            group_size
+        )  # "none" uses it for the zero-std flag only
     else:
         raise ValueError(f"scale_rewards={scale!r}: use group, batch or none")
     adv = rewards - mean

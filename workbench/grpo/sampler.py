@@ -86,7 +86,9 @@ class FastDecoder:
                 mods = [getattr(getattr(layer, parent), n) for n in names]
                 lins = [_linear(m) for m in mods]
                 w0 = lins[0].weight
-                buf = torch.empty(sum(li.out_features for li in lins), w0.shape[1], dtype=w0.dtype, device=w0.device)
+                buf = torch.empty(
+                    sum(li.out_features for li in lins), w0.shape[1], dtype=w0.dtype, device=w0.device
+                )
                 row = 0
                 for m, li in zip(mods, lins, strict=True):
                     self._parts.append((buf, row, m))
@@ -222,7 +224,9 @@ class FastDecoder:
         key_ok = torch.zeros(B, S, dtype=torch.bool, device=dev)
         key_ok[:, :L] = (torch.arange(L, device=dev)[None] >= pad).repeat_interleave(n, dim=0)
         eos = torch.tensor(eos_ids, device=dev)
-        hidden = self._prefill(ids, pos, key_ok[::n, :L], cos, sin, cache_k, cache_v, n).repeat_interleave(n, 0)
+        hidden = self._prefill(ids, pos, key_ok[::n, :L], cos, sin, cache_k, cache_v, n).repeat_interleave(
+            n, 0
+        )
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         next_pos = lens.repeat_interleave(n)  # (B,) position of the token about to be fed
@@ -294,7 +298,9 @@ def hf_sample(
     for i, p in enumerate(prompts):
         ids[i, L - len(p) :], att[i, L - len(p) :] = torch.tensor(p), 1
     ids, att = ids.repeat_interleave(n, 0).to(dev), att.repeat_interleave(n, 0).to(dev)
-    kwargs = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    kwargs = (
+        {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    )
     was_training = model.training
     model.eval()
     full = model.generate(
