@@ -13,6 +13,7 @@ import torch
 from workbench.config import RewardSpec, RunSpec
 from workbench.grpo import GRPOEngine, NonFiniteError, RewardFunctionError, prompt_batches
 from workbench.grpo.forward import _hf_logps, completion_logps
+from workbench.grpo.fused import FusedProjections
 from workbench.models import load_model
 from workbench.tasks import load_task
 
@@ -42,22 +43,33 @@ def low_ids(prompts, completions, completion_ids, **kw):
     return [sum(t < 24576 for t in ids) / max(len(ids), 1) for ids in completion_ids]
 
 
-def test_shared_prompt_forward_equals_the_hf_forward_with_gradients(tiny):
+@pytest.mark.parametrize("fused", [False, True])
+def test_shared_prompt_forward_equals_the_hf_forward_with_gradients(fused):
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(load_model("tiny-random", dtype="float32", device="cpu")[0],
                            LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))  # fmt: skip
+    proj = FusedProjections(model) if fused else None
+    assert FusedProjections.usable(model)
     g = torch.Generator().manual_seed(0)
     prompt_ids = torch.randint(5, 3000, (2, 7), generator=g)
     prompt_mask = torch.ones(2, 7, dtype=torch.long)
     prompt_mask[0, :3] = 0  # left padding
     completion_ids = torch.randint(5, 3000, (6, 5), generator=g)
-    ours, ent = completion_logps(model, prompt_ids, prompt_mask, completion_ids, 3, 0.7, entropy=True)
+    ours, ent = completion_logps(
+        model, prompt_ids, prompt_mask, completion_ids, 3, 0.7, entropy=True, proj=proj
+    )
     ref, ent_ref = _hf_logps(model, prompt_ids, prompt_mask, completion_ids, 3, 0.7, entropy=True)
     assert (ours - ref).abs().max() < 1e-5 and (ent - ent_ref).abs().max() < 1e-4
     params = [p for p in model.parameters() if p.requires_grad]
     g1, g2 = torch.autograd.grad(ours.sum(), params), torch.autograd.grad(ref.sum(), params)
     assert max((a - b).abs().max().item() for a, b in zip(g1, g2, strict=True)) < 1e-4
+    with model.disable_adapter():  # the reference model: the same code path with the adapter off
+        off = completion_logps(model, prompt_ids, prompt_mask, completion_ids, 3, 0.7, proj=proj)[0]
+        assert (
+            off - _hf_logps(model, prompt_ids, prompt_mask, completion_ids, 3, 0.7, False)[0]
+        ).abs().max() < 1e-5
+    assert (off - ours).abs().max() > 1e-3  # and the adapter does change the answer
 
 
 def test_same_seed_same_first_step_completions():

@@ -22,6 +22,7 @@ import torch
 
 from ..config import RunSpec
 from .forward import completion_logps
+from .fused import FusedProjections
 from .loss import group_advantages, nanstd, policy_loss, weighted_rewards
 from .sampler import FastDecoder, Samples, hf_sample, supports
 from .types import Episode, NonFiniteError, RewardFunctionError, StepResult
@@ -58,6 +59,11 @@ class GRPOEngine:
                                        num_training_steps=spec.max_steps * mu)  # fmt: skip
         self.generator = torch.Generator(device=self.device).manual_seed(spec.seed)
         self.decoder = FastDecoder(self.model) if supports(self.model) else None
+        self.proj = (
+            FusedProjections(self.model)
+            if supports(self.model) and FusedProjections.usable(self.model)
+            else None
+        )
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
         self.eos_ids = sorted({*eos, tokenizer.eos_token_id} - {None})
@@ -144,8 +150,9 @@ class GRPOEngine:
         return out
 
     def _logps(self, model, batch: dict, entropy: bool = False):
+        proj = self.proj if model is self.model else None
         return completion_logps(model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                                self.spec.num_generations, self.spec.temperature, entropy)  # fmt: skip
+                                self.spec.num_generations, self.spec.temperature, entropy, proj)  # fmt: skip
 
     @torch.no_grad()
     def _ref_logps(self, batch: dict) -> torch.Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .fused import FusedProjections
 from .sampler import base_of, supports
 
 
@@ -44,6 +45,7 @@ def completion_logps(
     group_size: int,
     temperature: float = 1.0,
     entropy: bool = False,
+    proj: FusedProjections | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log-probs (B, T), entropies (B, T) or None) of each completion token given its prompt and earlier tokens.
 
@@ -52,7 +54,7 @@ def completion_logps(
     """
     if supports(model):
         return _shared_prompt_logps(
-            model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy
+            model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy, proj
         )
     return _hf_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy)
 
@@ -68,7 +70,23 @@ def _hf_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, temper
     return _token_logps(hidden, completion_ids, base_of(model).lm_head, temperature, entropy)
 
 
-def _shared_prompt_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy):
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention (N, H, Tq, d) over keys (N, K, S, d), mask (N, 1, Tq, S), softmax in fp32 (as HF's eager path).
+
+    Why not SDPA: for these short sequences its CPU flash kernel's backward costs ~2 ms a call, ten times this.
+    """
+    N, H, Tq, d = q.shape
+    K, S = k.shape[1], k.shape[2]
+    qg = q.reshape(N, K, (H // K) * Tq, d)  # the H // K query heads of each KV head, stacked (GQA)
+    scores = (qg @ k.transpose(-1, -2)).float() * d**-0.5  # (N, K, r·Tq, S)
+    scores = scores.view(N, K, H // K, Tq, S).masked_fill(~mask[:, :, None], float("-inf"))
+    p = scores.softmax(dim=-1).to(v.dtype).view(N, K, (H // K) * Tq, S)
+    return (p @ v).view(N, H, Tq, d)
+
+
+def _shared_prompt_logps(
+    model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy, proj
+):
     base = base_of(model)
     inner, cfg = base.model, base.config
     P, L = prompt_ids.shape
@@ -93,24 +111,28 @@ def _shared_prompt_logps(model, prompt_ids, prompt_mask, completion_ids, group_s
                        dim=2)  # (B, T, L+T)  # fmt: skip
     mask_p, mask_c = mask_p[:, None], mask_c[:, None]
     split = P * L
-    for layer in inner.layers:
+    for i, layer in enumerate(inner.layers):
         attn = layer.self_attn
         h = layer.input_layernorm(x)
-        q = attn.q_proj(h).view(-1, H, d)
-        k = attn.k_proj(h).view(-1, K, d)
-        v = attn.v_proj(h).view(-1, K, d)
+        q, k, v = proj(i, 0, h) if proj else (attn.q_proj(h), attn.k_proj(h), attn.v_proj(h))
+        q, k, v = q.view(-1, H, d), k.view(-1, K, d), v.view(-1, K, d)
         q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
         qp, kp, vp = (t[:split].view(P, L, -1, d).transpose(1, 2) for t in (q, k, v))  # (P, heads, L, d)
         qc, kc, vc = (t[split:].view(B, T, -1, d).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, d)
-        out_p = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask_p, enable_gqa=H != K)
+        out_p = _attend(qp, kp, vp, mask_p)
         kc = torch.cat([kp.repeat_interleave(G, 0), kc], dim=2)  # (B, K, L+T, d): the shared prompt, G times
         vc = torch.cat([vp.repeat_interleave(G, 0), vc], dim=2)
-        out_c = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask_c, enable_gqa=H != K)
+        out_c = _attend(qc, kc, vc, mask_c)
         o = torch.cat(
             [out_p.transpose(1, 2).reshape(split, H * d), out_c.transpose(1, 2).reshape(B * T, H * d)]
         )
-        x = x + attn.o_proj(o)
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        x = x + (proj(i, 1, o)[0] if proj else attn.o_proj(o))
+        h = layer.post_attention_layernorm(x)
+        if proj:
+            gate, up = proj(i, 2, h)
+            x = x + proj(i, 3, F.silu(gate) * up)[0]
+        else:
+            x = x + layer.mlp(h)
     x = inner.norm(x)
     last_p = x[:split].view(P, L, -1)[:, -1].repeat_interleave(G, 0)  # (B, h): predicts completion token 0
     hidden = torch.cat([last_p[:, None], x[split:].view(B, T, -1)[:, :-1]], dim=1)  # (B, T, h)

@@ -1,0 +1,93 @@
+"""Frozen projections of a LoRA-wrapped Llama-style model, fused and prepacked, for the training forward.
+
+Why by hand: with LoRA the base weights never change, yet peft runs each of the 7 projections of a layer as its
+own matmul, casts every activation to fp32 for the adapter, and MKL re-lays each weight out on every call. Here
+q|k|v and gate|up are one matmul each over a concatenated frozen weight, kept in oneDNN's blocked layout (and its
+transpose, for the input gradient) so it is read as stored; the LoRA deltas run in the activations' dtype (the fp32
+adapter weights are cast, as autocast would). The result is the same function of the same parameters: the tests
+compare log-probs and gradients with the model's own forward.
+
+Used only when every base weight is frozen (LoRA), no LoRA dropout and no LoRA variant (DoRA...): otherwise the
+forward calls the modules themselves.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .sampler import _lora_terms, _packed_linear, base_of
+
+GROUPS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("self_attn", ("o_proj",)),
+          ("mlp", ("gate_proj", "up_proj")), ("mlp", ("down_proj",)))  # fmt: skip
+
+
+class _Frozen(torch.autograd.Function):
+    """y = x W^T with W frozen: forward and input gradient both from prepacked copies (W and W^T)."""
+
+    @staticmethod
+    def forward(ctx, x, w, packed, packed_t):
+        ctx.w, ctx.packed_t = w, packed_t
+        return F.linear(x, w) if packed is None else _packed_linear(x, packed)
+
+    @staticmethod
+    def backward(ctx, dy):
+        dx = dy @ ctx.w if ctx.packed_t is None else _packed_linear(dy, ctx.packed_t)
+        return dx, None, None, None
+
+
+def _pack(w: torch.Tensor) -> torch.Tensor | None:
+    if w.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(w, 64)
+    except (RuntimeError, AttributeError):
+        return None
+
+
+class FusedProjections:
+    """The frozen, fused weights of every layer; `proj(layer, group, x)` returns the group's outputs with LoRA."""
+
+    def __init__(self, model):
+        self.layers = []
+        for layer in base_of(model).model.layers:
+            entry = []
+            for parent, names in GROUPS:
+                mods = [getattr(getattr(layer, parent), n) for n in names]
+                lins = [m.base_layer if hasattr(m, "base_layer") else m for m in mods]
+                w = torch.cat([li.weight.detach() for li in lins]).contiguous()  # (sum out, in)
+                bias = torch.cat([li.bias.detach() for li in lins]) if lins[0].bias is not None else None
+                p = _pack(w)
+                pt = _pack(w.t().contiguous()) if p is not None else None
+                if pt is None:
+                    p = None  # no oneDNN (CUDA): plain matmuls over the fused copy
+                entry.append({"mods": mods, "w": None if p is not None else w, "p": p, "pt": pt, "bias": bias,
+                              "sizes": [li.out_features for li in lins]})  # fmt: skip
+            self.layers.append(entry)
+
+    @staticmethod
+    def usable(model) -> bool:
+        """True for LoRA over a frozen base with no dropout and no variant: what this fusion reproduces exactly."""
+        if not hasattr(model, "peft_config"):
+            return False
+        for layer in base_of(model).model.layers:
+            for parent, names in GROUPS:
+                for n in names:
+                    m = getattr(getattr(layer, parent), n)
+                    lin = m.base_layer if hasattr(m, "base_layer") else m
+                    if lin.weight.requires_grad or getattr(m, "lora_variant", None):
+                        return False
+                    if any(getattr(d, "p", 0.0) > 0 for d in getattr(m, "lora_dropout", {}).values()):
+                        return False
+        return True
+
+    def __call__(self, layer: int, group: int, x: torch.Tensor) -> list[torch.Tensor]:
+        g = self.layers[layer][group]
+        y = _Frozen.apply(x, g["w"], g["p"], g["pt"])
+        if g["bias"] is not None:
+            y = y + g["bias"]
+        parts = list(y.split(g["sizes"], dim=-1))
+        for i, m in enumerate(g["mods"]):
+            for A, B, s in _lora_terms(m):  # none while the adapter is disabled (the reference model)
+                parts[i] = parts[i] + F.linear(F.linear(x, A.to(x.dtype)), B.to(x.dtype)) * s
+        return parts
