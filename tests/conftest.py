@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,11 @@ def tiny():
     from workbench.models import load_model
 
     return load_model("tiny-random", dtype="float32", device="cpu")
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A local TCP port nobody listens on (for the app tests' servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -5,7 +5,6 @@ model trains in a real worker process, then the base-vs-tuned comparison runs an
 from __future__ import annotations
 
 import re
-import socket
 import time
 import warnings
 from pathlib import Path
@@ -18,21 +17,15 @@ pytestmark = pytest.mark.slow
 RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def app_url():
+def app_url(free_port: int):
     """The whole app on a free local port, torn down after the test."""
     from workbench.ui import build_app, launch_options
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         demo = build_app(Limits(max_steps=20))
-        opts = {**launch_options(Limits()), "server_port": free_port(), "server_name": "127.0.0.1"}
+        opts = {**launch_options(Limits()), "server_port": free_port, "server_name": "127.0.0.1"}
         demo.queue().launch(prevent_thread_lock=True, quiet=True, **opts)
     yield f"http://127.0.0.1:{opts['server_port']}/"
     demo.close()
@@ -58,8 +51,12 @@ def test_launch_poll_compare_through_the_api(app_url):
     run_id = table["data"][0][0]
     assert RUN_ID.fullmatch(run_id) and table["data"][0][1] in ("running", "queued", "finished")
 
-    # Above this server's limit: refused with a warning toast (not an exception), and no run is created.
-    client.predict(model="tiny-random", max_steps=21, api_name="/launch")
+    # Above this server's limit: refused, and no run is created. The max_steps slider is capped at the limit, so
+    # gradio itself refuses the value (an error naming the maximum) before the launch callback runs.
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="maximum value 20"):
+        client.predict(model="tiny-random", max_steps=21, api_name="/launch")
     assert len(client.predict(api_name="/runs")[0]["data"]) == 1
 
     st = wait_for(lambda: (s := client.predict(run_id, api_name="/run_status"))["state"] not in ("queued", "running")

@@ -29,14 +29,13 @@ POINTS_JS = """() => {
 
 
 @pytest.fixture
-def app_url():
-    from tests.test_app_e2e import free_port  # one helper for both app tests
+def app_url(free_port: int):
     from workbench.ui import build_app, launch_options
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         demo = build_app(Limits())
-        opts = {**launch_options(Limits()), "server_port": free_port(), "server_name": "127.0.0.1"}
+        opts = {**launch_options(Limits()), "server_port": free_port, "server_name": "127.0.0.1"}
         demo.queue().launch(prevent_thread_lock=True, quiet=True, **opts)
     yield f"http://127.0.0.1:{opts['server_port']}/"
     demo.close()

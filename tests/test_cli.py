@@ -40,6 +40,11 @@ def _train_parser():
     return sub.choices["train"]
 
 
+def test_every_command_of_the_parser_has_a_handler():
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == set(cli.COMMANDS)
+
+
 def test_every_spec_field_is_a_flag_with_its_help_and_range():
     opts = {s: a for a in _train_parser()._actions for s in a.option_strings}
     for f in spec_fields():
@@ -103,6 +108,23 @@ def test_errors_are_one_line_exit_2_and_json_gets_an_error_document(capsys, argv
     assert cli.main([*argv, "--json"]) == 2
     out, err = capsys.readouterr()
     assert fragment in json.loads(out)["error"]
+
+
+def test_a_comparison_error_is_shown_as_written_and_anything_else_with_its_type(capsys, monkeypatch):
+    compare_error = type("CompareError", (ValueError,), {})  # evaluate's, without importing torch
+
+    def fail(exc):
+        def cmd(args):
+            raise exc
+
+        return cmd
+
+    monkeypatch.setitem(cli.COMMANDS, "runs", fail(compare_error("no prompts to compare: give one")))
+    assert cli.main(["runs"]) == 2
+    assert capsys.readouterr().err == "error: no prompts to compare: give one\n"
+    monkeypatch.setitem(cli.COMMANDS, "runs", fail(KeyError("x")))
+    assert cli.main(["runs"]) == 2
+    assert capsys.readouterr().err == "error: KeyError: 'x'\n"
 
 
 def test_runs_and_show_print_one_json_document(capsys):

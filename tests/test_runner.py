@@ -140,7 +140,8 @@ def _adapter_loads(path: Path) -> None:
 
 @pytest.mark.slow
 def test_runs_to_the_end_and_the_ending_worker_starts_the_queued_run():
-    a = runner.start_run(tiny_spec(max_steps=4))
+    # beta > 0: a KL term, so "kl" is logged (as in TRL, it is not logged when beta is 0)
+    a = runner.start_run(tiny_spec(max_steps=4, beta=0.04))
     b = runner.start_run(tiny_spec(max_steps=2, seed=1))
     assert _state(b) == "queued"
     st_a = runner.wait(a, timeout=300)

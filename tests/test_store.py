@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from workbench import store
+from workbench import osutil, store
 from workbench.config import RunSpec
 from workbench.store import RunNotFound, create_run, delete_run, list_runs, open_run
 
@@ -150,7 +150,7 @@ def test_a_running_run_whose_worker_died_or_whose_pid_was_reused_reads_as_interr
     st = run.status()
     assert st["state"] == "interrupted" and "workbench resume" in st["reason"]
     assert run.raw_status()["state"] == "running"  # reading does not write; runner.reconcile() does
-    me = store.process_start_time(os.getpid())
+    me = osutil.process_start_time(os.getpid())
     run.set_status("running", pid=os.getpid(), pid_start=me)
     assert run.status()["state"] == "running"  # this process is alive and is the recorded one
     run.set_status("running", pid=os.getpid(), pid_start=me - 1)  # same pid, another process: reused
@@ -159,14 +159,14 @@ def test_a_running_run_whose_worker_died_or_whose_pid_was_reused_reads_as_interr
 
 def test_zombie_worker_counts_as_dead():
     p = subprocess.Popen([sys.executable, "-c", "pass"])
-    start = store.process_start_time(p.pid)
+    start = osutil.process_start_time(p.pid)
     import time
 
     for _ in range(100):  # not reaped yet: a zombie, still in the process table
-        if not store.pid_alive(p.pid, start):
+        if not osutil.pid_alive(p.pid, start):
             break
         time.sleep(0.02)
-    assert not store.pid_alive(p.pid, start)
+    assert not osutil.pid_alive(p.pid, start)
     p.wait()
 
 
@@ -210,7 +210,7 @@ def test_a_writer_killed_mid_transaction_leaves_a_readable_store():
 
 def test_delete_run_refuses_a_live_worker():
     run = create_run(RunSpec())
-    run.set_status("running", pid=os.getpid(), pid_start=store.process_start_time(os.getpid()))
+    run.set_status("running", pid=os.getpid(), pid_start=osutil.process_start_time(os.getpid()))
     with pytest.raises(store.StoreError, match="stop it first"):
         delete_run(run.id)
     run.set_status("stopped")

@@ -18,7 +18,8 @@ import pytest
 
 from workbench import runner
 from workbench.config import PRESETS, ConfigError, Limits, RewardSpec, RunSpec, spec_fields
-from workbench.store import create_run, open_run, process_start_time
+from workbench.osutil import process_start_time
+from workbench.store import create_run, open_run
 from workbench.ui import (
     access,
     compare,
@@ -87,6 +88,13 @@ def test_plots_draw_placeholders_before_the_first_step_and_curves_after():
     names = {t.name for t in diag.data}
     assert {"kl", "entropy", "loss", "frac_reward_zero_std", "grad_norm", "generation", "training"} <= names
     assert all(f.to_json() for f in (fig, diag))  # serialisable for gr.Plot
+    # A metric that is not logged (kl with beta 0) gets its note in its own panel, the third of the top row: in
+    # paper coordinates, since plotly.js places "x3 domain" of a panel without traces in the first panel.
+    no_kl = plots.diagnostics_figure(df.drop(columns=["kl"]), cap=48)
+    (note,) = [a for a in no_kl.layout.annotations if a.text == "not logged"]
+    kl_panel = no_kl.get_subplot(1, 3)
+    assert note.xref == "paper" and kl_panel.xaxis.domain[0] < note.x < kl_panel.xaxis.domain[1]
+    assert kl_panel.yaxis.domain[0] < note.y < kl_panel.yaxis.domain[1]
 
 
 def test_overlay_and_summary_figures():
@@ -253,6 +261,9 @@ def test_guarded_callbacks_warn_and_skip_instead_of_raising():
     with pytest.warns(UserWarning, match="lower max_steps"):
         assert boom() == (SKIP, SKIP)
     assert "Something went wrong (KeyError" in user_message(KeyError("x"))
+    # evaluate.CompareError (not imported here: it pulls in torch) is written for the user too: shown as is
+    compare_error = type("CompareError", (ValueError,), {})
+    assert user_message(compare_error("pick a run with saved weights")) == "pick a run with saved weights"
 
 
 def test_poll_redraws_only_when_a_new_step_lands():

@@ -7,9 +7,9 @@
     workbench models [--prepare]                                      list models; convert the bundled one
     workbench worker RUN                                              internal: the training process
 
-The run flags are generated from RunSpec (help, range, choices); `--flag/--no-flag` for switches. Every command
-takes --json: stdout then carries exactly one JSON document and everything else goes to stderr. Errors are one
-line on stderr and exit code 2 (with --json, stdout carries {"error": ...}).
+The parser, with the run flags generated from RunSpec, is built in cli_args.py; this module holds the commands.
+Every command takes --json: stdout then carries exactly one JSON document and everything else goes to stderr.
+Errors are one line on stderr and exit code 2 (with --json, stdout carries {"error": ...}).
 """
 
 from __future__ import annotations
@@ -26,29 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import PRESETS, ConfigError, RunSpec, spec_fields
+from .cli_args import UsageError, build_parser, spec_from_args
+from .config import USER_ERRORS, ConfigError
 
-# Errors whose message is written for the user already (the rest get their type name in front).
-_KNOWN_ERRORS = {
-    "ConfigError",
-    "ModelError",
-    "RunNotFound",
-    "RunnerBusy",
-    "StoreError",
-    "TaskError",
-    "RewardError",
-}
+__all__ = ["COMMANDS", "build_parser", "main", "spec_from_args"]
+
 # Results a command returns: (exit code, the JSON document, the text printed without --json).
 Result = tuple[int, Any, str]
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not argparse's usage block
-        raise _UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _fmt_secs(s: float) -> str:
@@ -58,56 +42,6 @@ def _fmt_secs(s: float) -> str:
 
 def _f(x: Any, spec: str = ".3f") -> str:
     return format(x, spec) if isinstance(x, (int, float)) and math.isfinite(x) else "-"
-
-
-# --- run spec flags -----------------------------------------------------------------------------------------
-def add_spec_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("run settings (override the preset and the config file)")
-    for f in spec_fields():
-        md, rng = f.metadata, f.metadata.get("range")
-        text = md["help"].replace("%", "%%") + (f" [{rng[0]}..{rng[1]}]" if rng else "")
-        kw = {"dest": f.name, "default": argparse.SUPPRESS}  # unset flags leave the preset/config value alone
-        if f.name == "rewards":
-            g.add_argument(
-                "--reward", action="append", metavar="'NAME:WEIGHT,K=V'", help=text + " Repeatable.", **kw
-            )
-            continue
-        names = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
-        text += f" (default {f.default})" if f.default not in ("", None) else ""
-        if f.type == "bool":
-            g.add_argument(*names, action=argparse.BooleanOptionalAction, help=text, **kw)
-        else:
-            cast = {"int": int, "float": float}.get(f.type, str)
-            g.add_argument(
-                *names, type=cast, choices=md.get("choices"), metavar=f.name.upper(), help=text, **kw
-            )
-
-
-def spec_from_args(args: argparse.Namespace) -> RunSpec:
-    """Preset (or the defaults), then the config file on top, then the flags on top."""
-    if args.preset and args.preset not in PRESETS:
-        raise ConfigError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
-    d = (PRESETS[args.preset] if args.preset else RunSpec()).to_dict()
-    if args.config:
-        try:
-            text = Path(args.config).read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {args.config}: {e.strerror}") from None
-        d.update(_json_object(text, args.config))
-    d.update({f.name: getattr(args, f.name) for f in spec_fields() if hasattr(args, f.name)})
-    return RunSpec.from_dict(d)
-
-
-def _json_object(text: str, name: str) -> dict:
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(
-            f"config file {name} is not valid JSON ({e.msg} at line {e.lineno}): fix it"
-        ) from None
-    if not isinstance(d, dict):
-        raise ConfigError(f'config file {name} must hold a JSON object of settings, e.g. {{"max_steps": 10}}')
-    return d
 
 
 # --- following a run ----------------------------------------------------------------------------------------
@@ -264,7 +198,7 @@ def cmd_show(args: argparse.Namespace) -> Result:
 
 
 def _adapter_of(run) -> Path:
-    src = run.final_adapter() or run.latest_checkpoint()
+    src = run.latest_weights()
     if src is None:
         raise ConfigError(f"run {run.id} has no adapter or checkpoint yet: train or resume it first")
     return src
@@ -358,54 +292,19 @@ def cmd_worker(args: argparse.Namespace) -> Result:
     return code, {"run_id": args.run, "status": st["state"], "reason": st.get("reason")}, ""
 
 
-# --- parser and entry point ---------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="workbench", description="GRPO Workbench: try GRPO on a small model.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    def cmd(name: str, func, help: str, run: bool = False) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help, description=help)
-        if run:
-            c.add_argument("run", metavar="RUN", help="run id (see `workbench runs`)")
-        c.add_argument("--json", action="store_true", help="print exactly one JSON document on stdout")
-        c.set_defaults(func=func)
-        return c
-
-    t = cmd("train", cmd_train, "start a GRPO run and follow its progress (Ctrl-C stops it gracefully)")
-    t.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset run spec")
-    t.add_argument(
-        "--config", metavar="FILE", help="a JSON run spec (e.g. a run's spec.json); flags override"
-    )
-    t.add_argument("--detach", action="store_true", help="start the run and return at once")
-    add_spec_flags(t)
-    cmd("runs", cmd_runs, "list runs (runs left running by a dead worker are marked interrupted)")
-    cmd("show", cmd_show, "status, metrics and the latest completions of a run", run=True)
-    r = cmd("resume", cmd_resume, "continue an interrupted or stopped run from its last checkpoint", run=True)
-    r.add_argument("--detach", action="store_true", help="resume and return at once")
-    cmd("stop", cmd_stop, "stop a run after its current step (saves the adapter)", run=True)
-    cmd("kill", cmd_stop, "kill a run's worker now (resume it later from its checkpoint)", run=True)
-    c = cmd(
-        "compare", cmd_compare, "base vs tuned model on the run's held-out prompts, with scores", run=True
-    )
-    c.add_argument(
-        "--mode", choices=("greedy", "sampled"), default="greedy", help="decoding (default greedy)"
-    )
-    c.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    c.add_argument(
-        "--max-new-tokens", type=int, default=None, help="default: the run's max_completion_length"
-    )
-    c.add_argument("--csv", metavar="FILE", help="also write the per-prompt table to FILE")
-    e = cmd(
-        "export", cmd_export, "write the adapter (or the merged model), or a TRL training script", run=True
-    )
-    to = e.add_mutually_exclusive_group(required=True)
-    to.add_argument("--to", metavar="DIR", help="folder for the adapter (a new or empty folder)")
-    to.add_argument("--trl", metavar="DIR", help="folder for a TRL script of this run's spec")
-    e.add_argument("--merged", action="store_true", help="with --to: merge the adapter into the base model")
-    m = cmd("models", cmd_models, "list models; --prepare converts the bundled one")
-    m.add_argument("--prepare", action="store_true", help="convert the bundled model now (once)")
-    cmd("worker", cmd_worker, "internal: the training process of a run", run=True)
-    return p
+# --- entry point --------------------------------------------------------------------------------------------
+COMMANDS = {
+    "train": cmd_train,
+    "runs": cmd_runs,
+    "show": cmd_show,
+    "resume": cmd_resume,
+    "stop": cmd_stop,
+    "kill": cmd_stop,
+    "compare": cmd_compare,
+    "export": cmd_export,
+    "models": cmd_models,
+    "worker": cmd_worker,
+}
 
 
 def _jsonable(x: Any) -> Any:
@@ -432,18 +331,18 @@ def main(argv: list[str] | None = None) -> int:
     as_json = "--json" in argv
     try:
         args = build_parser().parse_args(argv)
-    except _UsageError as e:
+    except UsageError as e:
         return _fail(str(e), as_json)
     try:
         # with --json, anything a library prints goes to stderr: stdout holds only the one document
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-            code, doc, text = args.func(args)
+            code, doc, text = COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return _fail("interrupted", as_json)
     except Exception as e:  # one line, never a traceback (WORKBENCH_DEBUG=1 shows it)
         if os.environ.get("WORKBENCH_DEBUG"):
             raise
-        known = type(e).__name__ in _KNOWN_ERRORS
+        known = type(e).__name__ in USER_ERRORS
         msg = (str(e).strip() or type(e).__name__).splitlines()[0]
         return _fail(msg if known else f"{type(e).__name__}: {msg}", as_json)
     if args.json:

@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# Exceptions whose message is already written for the user (what to change): the CLI and the UI show them as they
+# are and put the type name in front of any other. Names, not classes: checking one must not import torch.
+USER_ERRORS = frozenset({"ConfigError", "ModelError", "RunNotFound", "RunnerBusy", "StoreError", "TaskError",
+                         "RewardError", "CompareError"})  # fmt: skip
 
 
 def workbench_home() -> Path:
@@ -219,8 +223,7 @@ class RunSpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return d
+        return dataclasses.asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -301,7 +304,7 @@ class Limits:
             )
 
 
-# Presets are instances of the spec. Tuned on 2 CPU cores with the bundled model: see README for the figures.
+# Presets are instances of the spec, sized for a 2-core CPU and the bundled model.
 PRESETS: dict[str, RunSpec] = {
     "quick": RunSpec(
         task="concise", max_steps=30, num_generations=4, prompts_per_step=2, max_completion_length=48

@@ -82,9 +82,8 @@ def _cache_dir(name: str) -> Path:
 
 def _bundled_gguf(name: str) -> Path:
     entry = BUNDLED[name]
-    spec = importlib.util.find_spec(
-        entry["package"]
-    )  # located, not imported: its __init__ needs the `llm` app
+    # located, not imported: its __init__ needs the `llm` app
+    spec = importlib.util.find_spec(entry["package"])
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
             f"the bundled model package {entry['package']} is not installed: run `make run` (or "

@@ -24,17 +24,8 @@ import time
 from pathlib import Path
 
 from .config import Limits, RunSpec
-from .store import (
-    Run,
-    create_run,
-    dead_worker_reason,
-    file_lock,
-    list_runs,
-    open_run,
-    pid_alive,
-    process_start_time,
-    runs_dir,
-)
+from .osutil import file_lock, pid_alive, process_start_time
+from .store import Run, create_run, dead_worker_reason, list_runs, open_run, runs_dir
 
 # Popen objects of the workers this process started: polled so that dead children do not linger as zombies.
 _CHILDREN: dict[str, subprocess.Popen] = {}

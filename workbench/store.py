@@ -11,7 +11,8 @@
 Every write is atomic: JSON files are written to a temp file and renamed over the old one, steps and their
 episodes go in one SQLite transaction, checkpoints and the adapter are written into a temp folder that is renamed
 into place. A reader (the UI, the CLI, a second tab) never sees a half-written record or checkpoint, and a run
-killed at any point leaves a readable store.
+killed at any point leaves a readable store. (The atomic writes, the lock and the "is its worker alive" check are
+in osutil.py.)
 
 Run ids are `YYYYmmdd-HHMMSS-xxxxxx` (UTC time + 6 random hex digits): they sort by creation time and are checked
 against a strict pattern before they touch a path.
@@ -20,7 +21,6 @@ against a strict pattern before they touch a path.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -38,13 +38,13 @@ from typing import Any
 
 from . import __version__
 from .config import RunSpec, workbench_home
+from .osutil import file_lock, pid_alive, replace_dir, write_json_atomic
 
 STATES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
 TERMINAL = ("finished", "stopped", "failed", "interrupted")
 RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
-KEEP_CHECKPOINTS = (
-    2  # the latest and the one before it (a resume needs one; the other guards against a bad disk)
-)
+# the latest and the one before it (a resume needs one; the other guards against a bad disk)
+KEEP_CHECKPOINTS = 2
 _STOP_FILE = "stop-requested"
 
 _SCHEMA = """
@@ -84,64 +84,6 @@ def library_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file in the same folder, fsync, rename over `path`: readers see old or new, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of a process (clock ticks since boot, Linux /proc); None where /proc is not there."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])  # field 22 overall
-
-
-def pid_alive(pid: int | None, start: int | None = None) -> bool:
-    """True when `pid` runs and is the same process that was recorded (not a zombie, not a reused pid)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else: the start time below tells whether it is ours
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return not Path("/proc/self/stat").exists()  # no /proc on this OS: kill(0) is all we know
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):  # exited, not yet reaped by its parent
-        return False
-    return start is None or int(fields[19]) == start
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (flock) across processes; released when the holder dies, even by SIGKILL."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _clean(x: Any) -> Any:
@@ -310,7 +252,7 @@ class Run:
 
     def commit_checkpoint(self, tmp: Path, step: int) -> Path:
         final = self.dir / "checkpoints" / f"step-{step:06d}"
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
         done = self.checkpoints()
         for old in done[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
@@ -334,12 +276,16 @@ class Run:
         return Path(tempfile.mkdtemp(prefix=".tmp-adapter-", dir=self.dir))
 
     def commit_adapter(self, tmp: Path) -> Path:
-        _replace_dir(tmp, self.dir / "adapter")
+        replace_dir(tmp, self.dir / "adapter")
         return self.dir / "adapter"
 
     def final_adapter(self) -> Path | None:
         p = self.dir / "adapter"
         return p if p.is_dir() else None
+
+    def latest_weights(self) -> Path | None:
+        """What to compare or export: the final adapter, else the latest checkpoint (None before the first save)."""
+        return self.final_adapter() or self.latest_checkpoint()
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able overview: id, folder, status, a few spec fields, the last step's metrics."""
@@ -371,17 +317,6 @@ def _num(v: Any) -> Any:
 def _as_text(v: Any) -> str:
     """Prompts may be chat message lists: store them as JSON text so nothing is lost."""
     return v if isinstance(v, str) else json.dumps(v)
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Rename `tmp` to `final`; an existing `final` is moved aside first and removed after (never half there)."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{secrets.token_hex(3)}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def dead_worker_reason(run: Run) -> str:

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import ConfigError, Limits, RunSpec
-from .store import Run, open_run, process_start_time
+from .osutil import process_start_time
+from .store import Run, open_run
 
 FAULT_ENV = "WORKBENCH_FAULT"
 FAULT_KINDS = ("nan_reward", "raise_reward", "oom")

@@ -16,9 +16,8 @@ from ..rewards import to_number
 from .base import Task, TaskError, check_prompt, plain, split_rows
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-HUB_ROWS = (
-    5000  # rows read from a hub dataset (streamed): enough for any run here, without downloading it all
-)
+# rows read from a hub dataset (streamed): enough for any run here, without downloading it all
+HUB_ROWS = 5000
 # Hub datasets name their columns many ways; these are read as "prompt" and "answer" when those are absent.
 PROMPT_ALIASES = ("question", "problem", "instruction", "query", "input")
 ANSWER_ALIASES = ("solution", "final_answer", "target")
@@ -96,9 +95,8 @@ def read_table(path: Path, max_mb: float):
 def _utf8(path: Path) -> str:
     data = path.read_bytes()
     try:
-        return data.decode(
-            "utf-8-sig"
-        )  # -sig: a byte-order mark (Excel writes one) is dropped, not read as text
+        # -sig: a byte-order mark (Excel writes one) is dropped, not read as text
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise TaskError(

@@ -14,7 +14,7 @@ import secrets
 from pathlib import Path
 
 from ..config import workbench_home
-from ..store import file_lock, write_json_atomic
+from ..osutil import file_lock, write_json_atomic
 from .settings import on_space
 
 

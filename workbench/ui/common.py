@@ -14,21 +14,12 @@ from typing import Any
 
 import gradio as gr
 
+from ..config import USER_ERRORS
+
 log = logging.getLogger("workbench.ui")
 
-# Errors whose message is already written for the user (the workbench's own, plus a few standard ones we raise).
-_USER_ERRORS = {
-    "ConfigError",
-    "ModelError",
-    "RunNotFound",
-    "RunnerBusy",
-    "StoreError",
-    "TaskError",
-    "RewardError",
-    "EvalError",
-    "PermissionError",
-    "UploadError",
-}
+# Errors whose message is already written for the user: the workbench's own, plus those the UI raises itself.
+_USER_ERRORS = USER_ERRORS | {"EvalError", "PermissionError", "UploadError"}
 
 
 class UploadError(ValueError):

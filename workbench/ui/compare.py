@@ -23,7 +23,7 @@ from . import plots, views
 from .common import guarded
 
 HELD_OUT, OWN = "held-out prompts", "my own prompt"
-SUMMARY_COLUMNS = ["reward", "base_mean", "tuned_mean", "diff", "ci_low", "ci_high", "wins", "ties", "losses"]
+# evaluate.SUMMARY_COLUMNS with the reward name in front (not imported: evaluate pulls in torch)
 SUMMARY_COLUMNS = ["reward", "base_mean", "tuned_mean", "diff", "ci_low", "ci_high", "wins", "ties", "losses"]
 
 
@@ -35,7 +35,7 @@ def run_choices() -> list[tuple[str, str]]:
     """Runs that have something to compare (a final adapter or a checkpoint), newest first."""
     out = []
     for run in reversed(list_runs()):
-        if run.final_adapter() is None and run.latest_checkpoint() is None:
+        if run.latest_weights() is None:
             continue
         try:
             out.append((views.run_choice_label(run.id, run.status(), run.spec.to_dict()), run.id))
@@ -46,7 +46,7 @@ def run_choices() -> list[tuple[str, str]]:
 
 def adapter_for(run_id: str) -> Path:
     run = open_run(run_id)
-    adapter = run.final_adapter() or run.latest_checkpoint()
+    adapter = run.latest_weights()
     if adapter is None:
         raise EvalError(
             f"run {run_id} has no saved weights yet: it saves a checkpoint every save_every steps and the adapter "
@@ -153,9 +153,12 @@ def build_compare_tab(train: dict) -> dict[str, Any]:
     gr.Markdown("Both models answer the same prompts with the same decoding; every reward of the run scores both. "
                 "Held-out prompts were never trained on.")  # fmt: skip
     with gr.Row():
+        # choices are filled per page when the tab opens; allow_custom_value lets an API call name any run id
+        # (open_run checks it against the strict run id pattern)
         c["run"] = gr.Dropdown(
             label="run",
             choices=[],
+            allow_custom_value=True,
             elem_id="wb-compare-run",
             scale=4,
             info="The run you are watching is chosen for you; any run with saved weights works.",
@@ -193,7 +196,7 @@ def build_compare_tab(train: dict) -> dict[str, Any]:
     c["source"].change(lambda s: gr.update(visible=s == OWN), c["source"], own_row, api_visibility="private")
 
     @guarded(1, quiet=True)
-    def refresh(current, watched):
+    def refresh(current=None, watched=None):  # defaults: a script may call the API with no arguments
         choices = run_choices()
         ids = [v for _, v in choices]
         value = current if current in ids else watched if watched in ids else (ids[0] if ids else None)

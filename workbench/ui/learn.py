@@ -109,9 +109,9 @@ def build_learn_tab(train: dict) -> dict[str, Any]:
         with gr.Column(scale=6):
             gr.Markdown("### The advantage, worked out on a real group")
             with gr.Row():
-                c["group"] = gr.Dropdown(
-                    label="group", choices=[1], value=1, scale=2, elem_id="wb-learn-group"
-                )
+                # choices follow the step shown; allow_custom_value lets an API call ask for any group number
+                c["group"] = gr.Dropdown(label="group", choices=[1], value=1, allow_custom_value=True, scale=2,
+                                         elem_id="wb-learn-group")  # fmt: skip
                 c["refresh"] = gr.Button("↻ Latest step", scale=1, min_width=120, size="sm")
             c["caption"] = gr.Markdown(elem_id="wb-learn-caption")
             c["chart"] = gr.Plot(plots.advantage_figure([], []), show_label=False, elem_id="wb-learn-chart")

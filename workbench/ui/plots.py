@@ -55,9 +55,8 @@ def _has(df: pd.DataFrame, col: str) -> bool:
 
 
 def _mode(n: int) -> str:
-    return (
-        "lines+markers" if n <= 40 else "lines"
-    )  # markers keep 1-2 points visible; dense runs read better bare
+    # markers keep 1-2 points visible; dense runs read better bare
+    return "lines+markers" if n <= 40 else "lines"
 
 
 def reward_names(df: pd.DataFrame) -> list[str]:
@@ -152,8 +151,12 @@ def diagnostics_figure(df: pd.DataFrame, cap: int | None = None, height: int = 4
                 fig.add_trace(go.Bar(x=x, y=df[k], name=label, marker_color=PALETTE[j + 2]), row=r, col=c)
             continue
         if not _has(df, col):
-            fig.add_annotation(text="not logged", showarrow=False, xref="x domain", yref="y domain", x=0.5,
-                               y=0.5, font={"color": "#9ca3af"}, row=r, col=c)  # fmt: skip
+            # In paper coordinates at the panel's centre: plotly.js resolves "x3 domain" of a subplot without traces
+            # against the first subplot, which put the note in the wrong panel.
+            sub = fig.get_subplot(r, c)
+            fig.add_annotation(text="not logged", showarrow=False, xref="paper", yref="paper",
+                               x=sum(sub.xaxis.domain) / 2, y=sum(sub.yaxis.domain) / 2,
+                               font={"color": "#9ca3af"})  # fmt: skip
             continue
         if col == "completions/mean_length" and _has(df, "completions/max_length"):
             fig.add_trace(go.Scatter(x=x, y=df["completions/max_length"], mode="lines", line={"width": 0},
@@ -224,7 +227,9 @@ def summary_figure(summary: pd.DataFrame, height: int = 340) -> go.Figure:
     fig.add_vline(x=0, line={"color": "#9ca3af", "width": 1}, row=1, col=2)
     fig.update_layout(barmode="group", hovermode="closest")
     fig.update_annotations(font_size=12)
-    return _layout(fig, title, height, hovermode="closest")
+    _layout(fig, title, height, hovermode="closest")
+    fig.update_layout(margin={"t": 74}, legend={"y": 1.12})  # the legend above the panel titles
+    return fig
 
 
 def advantage_figure(rewards: list[float], advantages: list[float], height: int = 300) -> go.Figure:
@@ -233,15 +238,20 @@ def advantage_figure(rewards: list[float], advantages: list[float], height: int 
     if not rewards:
         return placeholder(title, "No group yet", height)
     labels = [f"#{i + 1}" for i in range(len(rewards))]
-    mean = sum(rewards) / len(rewards)
+    finite = [r for r in rewards if math.isfinite(r)] or [0.0]  # a failed reward (NaN) is not in the mean
+    mean = sum(finite) / len(finite)
     colors = [GOOD if a > 1e-9 else BAD if a < -1e-9 else BASE for a in advantages]
     fig = go.Figure(
         go.Bar(x=labels, y=rewards, marker_color=colors, text=[f"A = {a:+.2f}" for a in advantages],
-               textposition="outside", name="reward", hovertemplate="%{x}: reward %{y:.3f}<extra></extra>")
+               textposition="outside", cliponaxis=False, name="reward",
+               hovertemplate="%{x}: reward %{y:.3f}<extra></extra>")
     )  # fmt: skip
-    fig.add_hline(
-        y=mean, line={"color": INK, "dash": "dash", "width": 1.5}, annotation_text=f"mean {mean:.3f}"
-    )
+    # Room above (and below, for negative rewards) for the "A = ..." labels outside the bars.
+    lo, hi = min(0.0, *finite), max(0.0, *finite)
+    pad = 0.18 * ((hi - lo) or 1.0)
+    fig.update_yaxes(range=[lo - pad if lo < 0 else lo, hi + pad if hi > 0 or lo == 0 else hi])
+    fig.add_hline(y=mean, line={"color": INK, "dash": "dash", "width": 1.5}, annotation_text=f"mean {mean:.3f}",
+                  annotation_position="top left")  # fmt: skip
     fig.update_xaxes(title_text="completion")
     fig.update_yaxes(title_text="reward")
     return _layout(fig, title, height, hovermode="closest", showlegend=False)

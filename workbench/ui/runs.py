@@ -30,9 +30,7 @@ def runs_overview() -> tuple[pd.DataFrame, list[tuple[str, str]]]:
             st, spec = run.status(), run.spec.to_dict()
             rows.append(views.run_row(run.id, st, spec, run.metrics()))
             choices.append((views.run_choice_label(run.id, st, spec), run.id))
-        except (
-            Exception
-        ):  # an unreadable run (being deleted, hand-edited) is skipped, not fatal for the table
+        except Exception:  # an unreadable run (being deleted, hand-edited) is skipped
             continue
     return views.runs_table(rows), choices[::-1]
 
@@ -58,7 +56,7 @@ def diff_configs(run_ids: list[str]) -> pd.DataFrame:
 def export_adapter(run_id: str) -> str:
     """Zip a run's final adapter (or its latest checkpoint) into a temp folder; returns the zip's path."""
     run = open_run(run_id)
-    src = run.final_adapter() or run.latest_checkpoint()
+    src = run.latest_weights()
     if src is None:
         raise FileNotFoundError(
             f"run {run_id} has no adapter yet: it saves one every save_every steps and at the end"
@@ -98,18 +96,18 @@ def build_runs_tab(token: gr.BrowserState) -> dict[str, Any]:
     c["table"] = gr.Dataframe(interactive=False, wrap=True, elem_id="wb-runs-table", max_height=360)
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            c["pick"] = gr.Dropdown(
-                label="runs to compare", multiselect=True, choices=[], elem_id="wb-runs-pick"
-            )
-            c["metric"] = gr.Dropdown(
-                label="metric", choices=METRICS, value="reward", elem_id="wb-runs-metric"
-            )
+            # Choices are filled per page (refresh); allow_custom_value lets an API call name any run id or metric
+            # (open_run checks run ids against the strict run id pattern).
+            c["pick"] = gr.Dropdown(label="runs to compare", multiselect=True, choices=[], allow_custom_value=True,
+                                    elem_id="wb-runs-pick")  # fmt: skip
+            c["metric"] = gr.Dropdown(label="metric", choices=METRICS, value="reward", allow_custom_value=True,
+                                      elem_id="wb-runs-metric")  # fmt: skip
             c["overlay"] = gr.Plot(
                 plots.overlay_figure({}, "reward"), show_label=False, elem_id="wb-runs-overlay"
             )
             c["diff"] = gr.Dataframe(label="settings that differ", interactive=False, elem_id="wb-runs-diff")
         with gr.Column(scale=2):
-            c["one"] = gr.Dropdown(label="run", choices=[], elem_id="wb-runs-one")
+            c["one"] = gr.Dropdown(label="run", choices=[], allow_custom_value=True, elem_id="wb-runs-one")
             with gr.Row():
                 c["zip"] = gr.Button("Adapter (.zip)", size="sm")
                 c["cfg"] = gr.Button("Config (.json)", size="sm")
@@ -123,7 +121,7 @@ def build_runs_tab(token: gr.BrowserState) -> dict[str, Any]:
     c["armed"] = gr.State("")  # the run id a first Delete click armed; the second click deletes
 
     @guarded(3, quiet=True)
-    def refresh(picked, one):
+    def refresh(picked=None, one=None):  # defaults: a script may call the API with no arguments
         table, choices = runs_overview()
         ids = [v for _, v in choices]
         return (table, gr.update(choices=choices, value=[p for p in picked or [] if p in ids]),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import pandas as pd
 
 from .. import runner
 from ..config import PRESETS, Limits, RunSpec
@@ -64,7 +65,7 @@ def run_view(run_id: str | None) -> dict[str, Any]:
                 "groups": insights.groups_html([]), "warnings": "", "state": None, "sig": "none"}  # fmt: skip
     run = open_run(run_id)
     st, spec, metrics = run.status(), run.spec, run.metrics()
-    df = views.pd.DataFrame(metrics)
+    df = pd.DataFrame(metrics)
     episodes = run.episodes() if metrics else []
     step = metrics[-1]["step"] if metrics else None
     cap = spec.max_completion_length

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config import Limits, RunSpec, workbench_home
 from ..tasks.files import FORMATS
 from .common import UploadError
-from .settings import on_space
+from .settings import TINY_MODEL, default_model, on_space
 
 EXTENSIONS = tuple(FORMATS)  # exactly what tasks.load_file reads
 KEEP_UPLOADS = 200  # older uploads are removed: a public Space must not fill its disk
@@ -89,8 +89,6 @@ def check_visitor_paths(spec: RunSpec) -> None:
     if not on_space():
         return
     model = spec.model.strip()
-    from .settings import TINY_MODEL, default_model
-
     if model not in (default_model(), TINY_MODEL) and (_looks_like_path(model) or not HUB_ID.match(model)):
         raise PermissionError(
             f"model {model!r} is not a hub id: on this Space use a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -18,15 +18,6 @@ import pandas as pd
 
 from ..config import RunSpec
 
-STATE_LABELS = {
-    "queued": "queued",
-    "running": "running",
-    "finished": "finished",
-    "stopped": "stopped",
-    "failed": "failed",
-    "interrupted": "interrupted",
-}
-
 
 def esc(x: Any) -> str:
     return html.escape("" if x is None else str(x), quote=True)
@@ -137,7 +128,7 @@ def status_html(run_id: str | None, status: dict | None, metrics: list[dict], sp
     pct = 100 * p["frac"]
     return (
         f'<div class="wb-status wb-{esc(state)}"><div class="wb-status-top">'
-        f'<span class="wb-badge wb-badge-{esc(state)}">{esc(STATE_LABELS.get(state, state))}</span>'
+        f'<span class="wb-badge wb-badge-{esc(state)}">{esc(state)}</span>'
         f'<span class="wb-runid">run {esc(run_id)}</span><span class="wb-what">{what}</span></div>'
         f'<div class="wb-progress" role="progressbar" aria-valuenow="{pct:.0f}" aria-valuemin="0" '
         f'aria-valuemax="100"><div style="width:{pct:.1f}%"></div></div>'

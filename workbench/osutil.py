@@ -1,0 +1,95 @@
+"""What the run store and the runner need from the operating system, so that several processes can share a folder.
+
+    write_json_atomic(path, data)    # readers see the old file or the new one, never half of one
+    replace_dir(tmp, final)          # a finished folder renamed into place (a checkpoint, an adapter)
+    with file_lock(path): ...        # one process at a time (flock; freed when the holder dies, even by SIGKILL)
+    pid_alive(pid, start)            # is the process we recorded still running, and still the same one?
+    process_start_time(pid)          # what `start` above is: recorded next to a pid to detect pid reuse
+
+Linux-first (/proc), with a fallback where /proc is missing. Imports nothing from the workbench.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file in the same folder, fsync, rename over `path`: readers see old or new, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`; an existing `final` is moved aside first and removed after (never half there)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{secrets.token_hex(3)}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) across processes; released when the holder dies, even by SIGKILL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/<pid>/stat (state first); None when there is no such file."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of a process (clock ticks since boot, Linux /proc); None where /proc is not there."""
+    fields = _proc_stat(pid)
+    return None if fields is None else int(fields[19])  # field 22 overall
+
+
+def pid_alive(pid: int | None, start: int | None = None) -> bool:
+    """True when `pid` runs and is the same process that was recorded (not a zombie, not a reused pid)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else: the start time below tells whether it is ours
+    fields = _proc_stat(pid)
+    if fields is None:
+        return not Path("/proc/self/stat").exists()  # no /proc on this OS: kill(0) is all we know
+    if fields[0] in ("Z", "X"):  # exited, not yet reaped by its parent
+        return False
+    return start is None or int(fields[19]) == start
