@@ -52,7 +52,10 @@ class GRPOEngine:
 
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
+        # fused: one kernel for all ~200 LoRA tensors instead of a dozen small ops each (CPU and CUDA support it)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=spec.learning_rate, weight_decay=spec.weight_decay, fused=True
+        )
         mu = spec.num_iterations  # the schedule counts optimizer steps, μ per GRPO step (as TRL does)
         self.scheduler = get_scheduler(_SCHEDULERS[spec.lr_scheduler], self.optimizer,
                                        num_warmup_steps=spec.warmup_steps * mu,

@@ -64,6 +64,21 @@ class FusedProjections:
                 entry.append({"mods": mods, "w": None if p is not None else w, "p": p, "pt": pt, "bias": bias,
                               "sizes": [li.out_features for li in lins]})  # fmt: skip
             self.layers.append(entry)
+        head = base_of(model).lm_head
+        w = head.weight.detach()
+        self.head_w, self.head_p = w, None
+        if not hasattr(head, "lora_A") and not head.weight.requires_grad:  # frozen (tied) head: pack it too
+            self.head_p, self.head_pt = _pack(w), _pack(w.t().contiguous())
+            if self.head_pt is None:
+                self.head_p = None
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits (…, V) of hidden states (…, h) through the frozen output layer."""
+        if self.head_p is None:
+            return F.linear(h, self.head_w)
+        return _Frozen.apply(h.reshape(-1, h.shape[-1]), None, self.head_p, self.head_pt).view(
+            *h.shape[:-1], -1
+        )
 
     @staticmethod
     def usable(model) -> bool:
@@ -87,7 +102,17 @@ class FusedProjections:
         if g["bias"] is not None:
             y = y + g["bias"]
         parts = list(y.split(g["sizes"], dim=-1))
-        for i, m in enumerate(g["mods"]):
-            for A, B, s in _lora_terms(m):  # none while the adapter is disabled (the reference model)
+        terms = [
+            _lora_terms(m) for m in g["mods"]
+        ]  # none while the adapter is disabled (the reference model)
+        if all(len(t) == 1 for t in terms):  # one adapter on each: the A's of the group as one matmul
+            xa = F.linear(x, torch.cat([t[0][0] for t in terms]).to(x.dtype))  # (N, r·parts)
+            for i, (xa_i, t) in enumerate(
+                zip(xa.split([t[0][0].shape[0] for t in terms], -1), terms, strict=True)
+            ):
+                parts[i] = parts[i] + F.linear(xa_i, t[0][1].to(x.dtype)) * t[0][2]
+            return parts
+        for i, ts in enumerate(terms):
+            for A, B, s in ts:
                 parts[i] = parts[i] + F.linear(F.linear(x, A.to(x.dtype)), B.to(x.dtype)) * s
         return parts
