@@ -11,10 +11,9 @@ field needs no CLI code. The commands themselves live in `workbench.cli`, which 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from .config import PRESETS, ConfigError, RunSpec, spec_fields
+from .config import PRESETS, ConfigError, RunSpec, json_object, spec_fields
 
 
 class UsageError(Exception):
@@ -59,21 +58,9 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
             text = Path(args.config).read_text()
         except OSError as e:
             raise ConfigError(f"cannot read config file {args.config}: {e.strerror}") from None
-        d.update(_json_object(text, args.config))
+        d.update(json_object(text, f"config file {args.config}"))
     d.update({f.name: getattr(args, f.name) for f in spec_fields() if hasattr(args, f.name)})
     return RunSpec.from_dict(d)
-
-
-def _json_object(text: str, name: str) -> dict:
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(
-            f"config file {name} is not valid JSON ({e.msg} at line {e.lineno}): fix it"
-        ) from None
-    if not isinstance(d, dict):
-        raise ConfigError(f'config file {name} must hold a JSON object of settings, e.g. {{"max_steps": 10}}')
-    return d
 
 
 # --- the parser ---------------------------------------------------------------------------------------------

@@ -240,15 +240,18 @@ class RunSpec:
 
     @classmethod
     def from_json(cls, text: str) -> RunSpec:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(
-                f"config is not valid JSON ({e.msg} at line {e.lineno}): fix the file"
-            ) from None
-        if not isinstance(d, dict):
-            raise ConfigError('config JSON must be an object of settings, e.g. {"max_steps": 10}')
-        return cls.from_dict(d)
+        return cls.from_dict(json_object(text, "config"))
+
+
+def json_object(text: str, name: str) -> dict[str, Any]:
+    """Parse a JSON object of settings; a ConfigError that names `name` and says what is wrong otherwise."""
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{name} is not valid JSON ({e.msg} at line {e.lineno}): fix it") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f'{name} must hold a JSON object of settings, e.g. {{"max_steps": 10}}')
+    return d
 
 
 def _reward_from(r: Any) -> RewardSpec:
