@@ -13,6 +13,7 @@ How it differs from TRL's GRPOTrainer (same objective, same metrics; the parity 
 
 from __future__ import annotations
 
+import ctypes
 import math
 import time
 from pathlib import Path
@@ -31,6 +32,22 @@ _STATE = "engine_state.pt"
 _SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS after every step.
+
+    Why: a training step allocates and frees ~0.5 GB of activations; with glibc's default trim and mmap
+    thresholds much of it goes back to the OS and comes back as fresh pages, which the kernel must fault in and
+    zero on the next step (measured: the forward pass varied 0.19–0.6 s from step to step; with this, 0.19–0.27 s).
+    A no-op where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GB of free heap
+        libc.mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD: blocks up to 32 MB (glibc's cap) come from the heap
+    except (OSError, AttributeError):
+        pass
+
+
 class GRPOEngine:
     """Trains `model` (wrapped in LoRA when spec.use_lora) with GRPO on batches of task rows."""
 
@@ -38,6 +55,7 @@ class GRPOEngine:
                  system_prompt: str = ""):  # fmt: skip
         from transformers import get_scheduler
 
+        keep_freed_memory()
         self.spec, self.tok, self.system_prompt = spec, tokenizer, system_prompt
         self.names = [n for n, _, _ in reward_fns]
         self.fns = [f for _, f, _ in reward_fns]

@@ -102,17 +102,17 @@ class FusedProjections:
         if g["bias"] is not None:
             y = y + g["bias"]
         parts = list(y.split(g["sizes"], dim=-1))
-        terms = [
-            _lora_terms(m) for m in g["mods"]
-        ]  # none while the adapter is disabled (the reference model)
+        terms = [_lora_terms(m) for m in g["mods"]]  # none while the adapter is disabled (the reference)
         if all(len(t) == 1 for t in terms):  # one adapter on each: the A's of the group as one matmul
             xa = F.linear(x, torch.cat([t[0][0] for t in terms]).to(x.dtype))  # (N, r·parts)
             for i, (xa_i, t) in enumerate(
                 zip(xa.split([t[0][0].shape[0] for t in terms], -1), terms, strict=True)
             ):
-                parts[i] = parts[i] + F.linear(xa_i, t[0][1].to(x.dtype)) * t[0][2]
+                _, B, scale = t[0]
+                # part + xa_i (s·B)ᵀ in one addmm: the scale lands on the small B, not on the activation
+                parts[i] = torch.addmm(parts[i], xa_i, (B * scale).to(x.dtype).t())
             return parts
         for i, ts in enumerate(terms):
-            for A, B, s in ts:
-                parts[i] = parts[i] + F.linear(F.linear(x, A.to(x.dtype)), B.to(x.dtype)) * s
+            for A, B, scale in ts:
+                parts[i] = torch.addmm(parts[i], F.linear(x, A.to(x.dtype)), (B * scale).to(x.dtype).t())
         return parts
