@@ -218,6 +218,21 @@ class RunSpec:
             if not r.name:
                 raise ConfigError("a reward has no name: write it as 'name:weight', e.g. 'length:1.0'")
 
+    # --- what the libraries take (one mapping for the built-in engine, TRL and the export)
+    def lora_kwargs(self) -> dict[str, Any] | None:
+        """peft LoraConfig keyword arguments, or None for full fine-tuning."""
+        if not self.use_lora:
+            return None
+        names = self.lora_target_modules.strip()
+        targets = names if names == "all-linear" else [n.strip() for n in names.split(",") if n.strip()]
+        return {"r": self.lora_r, "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout,
+                "target_modules": targets, "task_type": "CAUSAL_LM"}  # fmt: skip
+
+    @property
+    def scheduler_name(self) -> str:
+        """transformers' name for lr_scheduler: ours hold the rate after warm-up, transformers' "constant" skips it."""
+        return {"constant": "constant_with_warmup"}.get(self.lr_scheduler, self.lr_scheduler)
+
     # --- conversions
     def replace(self, **changes: Any) -> RunSpec:
         return dataclasses.replace(self, **changes)

@@ -38,8 +38,6 @@ from .models import load_model, pick_device, pick_dtype
 from .rewards import build_rewards, completion_text, prompt_text
 from .tasks import chat_messages
 
-# Our schedule names → transformers' (ours hold the rate after warm-up; transformers' "constant" skips warm-up).
-_SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 _SUMMARY_KEYS = ("train_runtime", "train_loss")  # keys of the end-of-training log, not a step
 
 
@@ -56,7 +54,7 @@ def grpo_config_kwargs(spec: RunSpec, reward_weights: list[float]) -> dict[str, 
         "temperature": spec.temperature,
         "top_p": spec.top_p,
         "learning_rate": spec.learning_rate,
-        "lr_scheduler_type": _SCHEDULERS[spec.lr_scheduler],
+        "lr_scheduler_type": spec.scheduler_name,
         "warmup_steps": spec.warmup_steps * mu,  # TRL counts optimizer steps: μ per workbench step
         "max_steps": spec.max_steps * mu,
         "max_grad_norm": spec.max_grad_norm,
@@ -74,20 +72,8 @@ def grpo_config_kwargs(spec: RunSpec, reward_weights: list[float]) -> dict[str, 
 
 
 def lora_kwargs(spec: RunSpec) -> dict[str, Any] | None:
-    """peft LoraConfig keyword arguments, or None for full fine-tuning."""
-    if not spec.use_lora:
-        return None
-    names = spec.lora_target_modules.strip()
-    targets: str | list[str] = (
-        names if names == "all-linear" else [n.strip() for n in names.split(",") if n.strip()]
-    )
-    return {
-        "r": spec.lora_r,
-        "lora_alpha": spec.lora_alpha,
-        "lora_dropout": spec.lora_dropout,
-        "target_modules": targets,
-        "task_type": "CAUSAL_LM",
-    }
+    """peft LoraConfig keyword arguments, or None for full fine-tuning (the spec's own mapping)."""
+    return spec.lora_kwargs()
 
 
 def trl_rows(rows: list[dict], system_prompt: str) -> list[dict]:

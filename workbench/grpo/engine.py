@@ -29,7 +29,6 @@ from .sampler import FastDecoder, Samples, hf_sample, supports
 from .types import Episode, NonFiniteError, RewardFunctionError, StepResult
 
 _STATE = "engine_state.pt"
-_SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
 
 def keep_freed_memory() -> None:
@@ -75,7 +74,7 @@ class GRPOEngine:
             self.params, lr=spec.learning_rate, weight_decay=spec.weight_decay, fused=True
         )
         mu = spec.num_iterations  # the schedule counts optimizer steps, μ per GRPO step (as TRL does)
-        self.scheduler = get_scheduler(_SCHEDULERS[spec.lr_scheduler], self.optimizer,
+        self.scheduler = get_scheduler(spec.scheduler_name, self.optimizer,
                                        num_warmup_steps=spec.warmup_steps * mu,
                                        num_training_steps=spec.max_steps * mu)  # fmt: skip
         self.generator = torch.Generator(device=self.device).manual_seed(spec.seed)
@@ -106,10 +105,7 @@ class GRPOEngine:
             return model.train().requires_grad_(True)
         from peft import LoraConfig, get_peft_model
 
-        names = spec.lora_target_modules.strip()
-        targets = names if names == "all-linear" else [n.strip() for n in names.split(",") if n.strip()]
-        cfg = LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
-                         target_modules=targets, task_type="CAUSAL_LM")  # fmt: skip
+        cfg = LoraConfig(**spec.lora_kwargs())
         torch.manual_seed(spec.seed)  # LoRA A's initialisation
         return get_peft_model(model, cfg).train()  # adapters in fp32 over bf16 weights (peft's default)
 
