@@ -121,7 +121,7 @@ def run_builtin(total: int) -> dict:
         out["flops"].append(train_flops(engine.model, P, L, len(res.episodes), NEW_TOKENS))
     base = engine.model.get_base_model()
     lora = next(p for n, p in engine.model.named_parameters() if "lora_" in n)
-    out["precision"] = f"weights {base.dtype}, LoRA {lora.dtype}, fast decoder {engine.decoder is not None}"
+    out["precision"] = f"weights {base.dtype}, LoRA {lora.dtype}, sampler {type(engine.sampler).__name__}"
     out["rss_mb"], out["threads"] = _rss_mb(), torch.get_num_threads()
     return out
 

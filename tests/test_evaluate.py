@@ -200,12 +200,12 @@ def test_a_reward_without_its_reference_column_does_not_apply(adapter):
 
 @pytest.mark.slow
 def test_architectures_without_the_fast_sampler_fall_back_to_generate(adapter, monkeypatch):
-    import workbench.evaluate as ev
+    import workbench.grpo.sampler as sampler
 
     folder, _ = adapter
     run = _run()
     fast = compare(run.id, folder)
-    monkeypatch.setattr(ev, "supports", lambda model: False)
+    monkeypatch.setattr(sampler, "supports", lambda model: False)
     slow = compare(run.id, folder)
     assert slow.table[["base", "tuned"]].equals(fast.table[["base", "tuned"]])
     assert slow.table["tuned_tokens"].tolist() == fast.table["tuned_tokens"].tolist()

@@ -99,16 +99,17 @@ def test_a_tiny_model_learns_to_prefer_a_token_pattern():
     assert first < 0.6 and last > first + 0.2, rewards  # from chance (~0.5) to clearly preferred
 
 
-def test_checkpoint_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("use_lora", [True, False])
+def test_checkpoint_resume_continues_exactly(tmp_path, use_lora):
     fns = [("low_ids", low_ids, 1.0)]
-    straight = tiny_engine(fns, max_steps=3)
+    straight = tiny_engine(fns, max_steps=3, use_lora=use_lora)
     batches = list(itertools.islice(prompt_batches(ROWS, 2, 0), 3))
     for rows in batches[:2]:
         straight.step(rows)
     straight.save_checkpoint(tmp_path)
-    assert (tmp_path / "adapter_config.json").exists()
+    assert (tmp_path / ("adapter_config.json" if use_lora else "config.json")).exists()
     expected = straight.step(batches[2])
-    resumed = tiny_engine(fns, max_steps=3)
+    resumed = tiny_engine(fns, max_steps=3, use_lora=use_lora)
     resumed.load_checkpoint(tmp_path)
     got = resumed.step(batches[2])
     assert resumed.step_count == 3 and [e.completion for e in got.episodes] == [

@@ -197,13 +197,6 @@ def cmd_show(args: argparse.Namespace) -> Result:
     return 0, doc, "\n".join(lines)
 
 
-def _adapter_of(run) -> Path:
-    src = run.latest_weights()
-    if src is None:
-        raise ConfigError(f"run {run.id} has no adapter or checkpoint yet: train or resume it first")
-    return src
-
-
 def cmd_compare(args: argparse.Namespace) -> Result:
     from .evaluate import compare
     from .store import open_run
@@ -211,7 +204,7 @@ def cmd_compare(args: argparse.Namespace) -> Result:
     run = open_run(args.run)
     cmp = compare(
         run.id,
-        _adapter_of(run),
+        run.require_weights(),
         mode=args.mode,
         seed=args.seed,
         max_new_tokens=args.max_new_tokens,
@@ -235,7 +228,7 @@ def cmd_export(args: argparse.Namespace) -> Result:
     dest = Path(args.to).expanduser()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ConfigError(f"{dest} exists and is not empty: choose a new folder")
-    src = _adapter_of(run)
+    src = run.require_weights()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .grpo.sampler import FastDecoder, Samples, hf_sample, supports
+from .grpo.sampler import Samples, make_sampler
 from .models import load_model, pick_device, pick_dtype
 from .rewards import build_rewards, prompt_text, weighted_sum
 from .store import open_run
@@ -172,13 +172,13 @@ def _generate(model, tok, prompts, *, label, mode, temperature, top_p, seed, max
     """(answer text, tokens, truncated) per prompt, in batches; the generator restarts from `seed` for each model."""
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed) if mode == "sampled" else None
-    fast = FastDecoder(model) if supports(model) else None  # copies the weights now: build it per model
+    sampler = make_sampler(model)  # the fast one copies the weights now: build it per model
     kw = dict(n=1, max_new_tokens=max_new_tokens, eos_ids=_eos_ids(tok, model), pad_id=tok.pad_token_id,
               temperature=temperature, top_p=top_p, greedy=mode == "greedy", generator=gen)  # fmt: skip
     out = []
     for i in range(0, len(prompts), batch_size):
         batch = prompts[i : i + batch_size]
-        s: Samples = fast.sample(prompts=batch, **kw) if fast else hf_sample(model, prompts=batch, **kw)
+        s: Samples = sampler.sample(prompts=batch, **kw)
         for ids, mask, trunc in zip(s.ids, s.mask, s.truncated, strict=True):
             kept = ids[mask.bool()]
             out.append((tok.decode(kept.tolist(), skip_special_tokens=True), int(mask.sum()), bool(trunc)))

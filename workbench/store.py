@@ -287,6 +287,16 @@ class Run:
         """What to compare or export: the final adapter, else the latest checkpoint (None before the first save)."""
         return self.final_adapter() or self.latest_checkpoint()
 
+    def require_weights(self) -> Path:
+        """latest_weights(), or a StoreError that says when a run has some."""
+        src = self.latest_weights()
+        if src is None:
+            raise StoreError(
+                f"run {self.id} has no adapter or checkpoint yet: it saves a checkpoint every save_every steps "
+                "and the adapter when it ends; wait for one, stop the run, or resume it"
+            )
+        return src
+
     def summary(self) -> dict[str, Any]:
         """A JSON-able overview: id, folder, status, a few spec fields, the last step's metrics."""
         spec = self.spec

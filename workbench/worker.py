@@ -143,15 +143,7 @@ def _first_line(e: BaseException) -> str:
 def build_engine(spec: RunSpec, task: Any, fault: Fault):
     from .grpo import GRPOEngine
 
-    if not fault.wraps_rewards:
-        return GRPOEngine.from_spec(spec, task)
-    # what from_spec does, with the reward functions wrapped by the injected fault
-    from .models import load_model
-    from .rewards import build_rewards
-
-    model, tok = load_model(spec.model, spec.dtype, spec.device)
-    fns = fault.wrap(build_rewards(spec.rewards or task.rewards))
-    return GRPOEngine(spec, model, tok, fns, spec.system_prompt or task.system_prompt)
+    return GRPOEngine.from_spec(spec, task, wrap_rewards=fault.wrap if fault.wraps_rewards else None)
 
 
 def _progress(result: Any, max_steps: int) -> None:

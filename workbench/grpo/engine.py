@@ -25,7 +25,7 @@ from ..config import RunSpec
 from .forward import completion_logps
 from .fused import FusedProjections
 from .loss import group_advantages, nanstd, policy_loss, weighted_rewards
-from .sampler import FastDecoder, Samples, hf_sample, supports
+from .sampler import Samples, make_sampler, supports
 from .types import Episode, NonFiniteError, RewardFunctionError, StepResult
 
 _STATE = "engine_state.pt"
@@ -78,7 +78,7 @@ class GRPOEngine:
                                        num_warmup_steps=spec.warmup_steps * mu,
                                        num_training_steps=spec.max_steps * mu)  # fmt: skip
         self.generator = torch.Generator(device=self.device).manual_seed(spec.seed)
-        self.decoder = FastDecoder(self.model) if supports(self.model) else None
+        self.sampler = make_sampler(self.model)
         self.proj = (
             FusedProjections(self.model)
             if supports(self.model) and FusedProjections.usable(self.model)
@@ -91,12 +91,15 @@ class GRPOEngine:
         self.step_count = 0
 
     @classmethod
-    def from_spec(cls, spec: RunSpec, task: Any) -> GRPOEngine:
+    def from_spec(cls, spec: RunSpec, task: Any, wrap_rewards=None) -> GRPOEngine:
+        """Load the spec's model and build its rewards (`wrap_rewards(fns) -> fns`: the worker's fault injection)."""
         from ..models import load_model
         from ..rewards import build_rewards
 
         model, tok = load_model(spec.model, spec.dtype, spec.device)
         fns = build_rewards(spec.rewards or task.rewards)
+        if wrap_rewards is not None:
+            fns = wrap_rewards(fns)
         return cls(spec, model, tok, fns, spec.system_prompt or task.system_prompt)
 
     def _trainable(self, model):
@@ -134,9 +137,7 @@ class GRPOEngine:
         kw = dict(n=s.num_generations, max_new_tokens=s.max_completion_length, eos_ids=self.eos_ids,
                   pad_id=self.pad_id, temperature=s.temperature, top_p=s.top_p, generator=self.generator,
                   min_new_tokens=min_new_tokens)  # fmt: skip
-        if self.decoder is not None:
-            return self.decoder.sample(prompts, **kw)
-        return hf_sample(self.model, prompts, **kw)
+        return self.sampler.sample(prompts, **kw)
 
     def score(self, rows: list[dict], msgs: list, texts: list[str], ids: list[list[int]]) -> torch.Tensor:
         """Per-function rewards (N, F), NaN where a function returned None. Raises naming the failing function."""
@@ -210,8 +211,7 @@ class GRPOEngine:
                   "entropy": (ent * mask).sum() / mask.sum().clamp(min=1.0)}  # fmt: skip
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / s.num_iterations
-        if self.decoder is not None:
-            self.decoder.refresh(adapter=True, everything=not s.use_lora)
+        self.sampler.refresh(adapter=True, everything=not s.use_lora)
         return sums
 
     # --- one step ----------------------------------------------------------------------------------------------
@@ -239,31 +239,48 @@ class GRPOEngine:
         train = self.train_on(batch)
         t3 = time.perf_counter()
         self.step_count += 1
-        m: dict[str, float] = {"reward": _f(torch.nanmean(total)), "reward_std": _f(nanstd(total))}
+        m: dict[str, float] = {"reward": float(torch.nanmean(total)), "reward_std": float(nanstd(total))}
         for j, name in enumerate(self.names):
-            m[f"rewards/{name}/mean"] = _f(torch.nanmean(per_func[:, j]))
-            m[f"rewards/{name}/std"] = _f(nanstd(per_func[:, j]))
+            m[f"rewards/{name}/mean"] = float(torch.nanmean(per_func[:, j]))
+            m[f"rewards/{name}/std"] = float(nanstd(per_func[:, j]))
         lf = lengths.float()
-        m |= {"frac_reward_zero_std": _f(zero_std.float().mean()), "completions/mean_length": _f(lf.mean()),
-              "completions/min_length": _f(lf.min()), "completions/max_length": _f(lf.max()),
-              "completions/clipped_ratio": _f(samples.truncated.float().mean()), **train,
+        m |= {"frac_reward_zero_std": float(zero_std.float().mean()), "completions/mean_length": float(lf.mean()),
+              "completions/min_length": float(lf.min()), "completions/max_length": float(lf.max()),
+              "completions/clipped_ratio": float(samples.truncated.float().mean()), **train,
               "step_time": t3 - t0, "time/generation": t1 - t0, "time/rewards": t2 - t1,
               "time/training": t3 - t2}  # fmt: skip
+        scores = [[None if math.isnan(v) else v for v in row] for row in per_func.tolist()]
+        totals, advs, lens = torch.nan_to_num(total).tolist(), adv.tolist(), lengths.tolist()
+        cut = samples.truncated.tolist()
         episodes = [
             Episode(
                 step=self.step_count,
                 group=i // G,
                 prompt=prompt_text(msgs[i // G]),
                 completion=texts[i],
-                rewards={n: _opt(per_func[i, j]) for j, n in enumerate(self.names)},
-                reward=_f(torch.nan_to_num(total[i])),
-                advantage=_f(adv[i]),
-                length=int(lengths[i]),
-                truncated=bool(samples.truncated[i]),
+                rewards=dict(zip(self.names, scores[i], strict=True)),
+                reward=totals[i],
+                advantage=advs[i],
+                length=lens[i],
+                truncated=cut[i],
             )  # fmt: skip
             for i in range(len(texts))
         ]
         return StepResult(step=self.step_count, episodes=episodes, metrics=m)
+
+    def _load_weights(self, path: Path) -> None:
+        """Load what save_adapter wrote: the LoRA adapter (peft), or the full model's safetensors."""
+        if self.spec.use_lora:
+            from peft import load_peft_weights, set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.model, load_peft_weights(str(path), device=str(self.device)))
+            return
+        from safetensors.torch import load_file
+
+        weights = {k: v for f in sorted(path.glob("*.safetensors")) for k, v in load_file(f).items()}
+        unexpected = self.model.load_state_dict(weights, strict=False).unexpected_keys
+        if unexpected or not weights:
+            raise ValueError(f"checkpoint {path} does not hold this model's weights ({unexpected[:3]})")
 
     # --- saving --------------------------------------------------------------------------------------------------
     def save_adapter(self, path: Path) -> None:
@@ -272,31 +289,17 @@ class GRPOEngine:
         self.tok.save_pretrained(str(path))
 
     def save_checkpoint(self, path: Path) -> None:
-        """The adapter plus what a resume needs: optimizer, schedule, sampling RNG and the step count."""
+        """The adapter (the weights a resume loads back) plus optimizer, schedule, sampling RNG and step count."""
         self.save_adapter(path)
-        state = {"trainable": {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad},
-                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "generator": self.generator.get_state(), "step": self.step_count}  # fmt: skip
         torch.save(state, Path(path) / _STATE)
 
     def load_checkpoint(self, path: Path) -> None:
         state = torch.load(Path(path) / _STATE, map_location="cpu", weights_only=False)
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for n, t in state["trainable"].items():
-                params[n].copy_(t)
+        self._load_weights(Path(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         self.step_count = int(state["step"])
-        if self.decoder is not None:
-            self.decoder.refresh(adapter=True, everything=True)
-
-
-def _f(x: torch.Tensor | float) -> float:
-    return float(x)
-
-
-def _opt(x: torch.Tensor) -> float | None:
-    v = float(x)
-    return None if math.isnan(v) else v
+        self.sampler.refresh(adapter=True, everything=True)

@@ -27,7 +27,7 @@ CHUNK_BYTES = 1 << 24  # fp32 logits per chunk: 16 MB
 
 
 def _token_logps(
-    hidden: torch.Tensor, ids: torch.Tensor, head, temperature: float, entropy: bool
+    hidden: torch.Tensor, ids: torch.Tensor, head, vocab: int, temperature: float, entropy: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(ids) (B, T) from hidden states (B, T, h) at temperature, and the entropy (B, T) without gradient.
 
@@ -38,7 +38,7 @@ def _token_logps(
     """
     B, T, h = hidden.shape
     flat, flat_ids = hidden.reshape(B * T, h), ids.reshape(B * T)
-    rows = max(1, CHUNK_BYTES // (4 * _vocab(head, hidden)))
+    rows = max(1, CHUNK_BYTES // (4 * vocab))
     outs, ents = [], []
     for i in range(0, B * T, rows):
         logp = (head(flat[i : i + rows]).float() / temperature).log_softmax(dim=-1)  # (rows, V)
@@ -50,11 +50,8 @@ def _token_logps(
     return out, (torch.cat(ents).view(B, T) if entropy else None)
 
 
-def _vocab(head, hidden: torch.Tensor) -> int:
-    w = getattr(head, "weight", None)
-    if w is None:  # FusedProjections.head, a bound method
-        w = head.__self__.head_w
-    return w.shape[0]
+def _vocab(base) -> int:
+    return base.get_output_embeddings().weight.shape[0]
 
 
 def completion_logps(
@@ -83,11 +80,12 @@ def _hf_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, temper
     T = completion_ids.shape[1]
     ids = torch.cat([prompt_ids.repeat_interleave(group_size, 0), completion_ids], dim=1)  # (B, L+T)
     att = torch.cat([prompt_mask.repeat_interleave(group_size, 0), torch.ones_like(completion_ids)], dim=1)
-    out = base_of(model).model(
+    base = base_of(model)
+    out = base.model(
         input_ids=ids, attention_mask=att
-    )  # decoder only: the head runs on T positions
+    )  # the decoder only: the head runs on T positions below
     hidden = out.last_hidden_state[:, -T - 1 : -1]  # (B, T, h): position t predicts completion token t
-    return _token_logps(hidden, completion_ids, base_of(model).lm_head, temperature, entropy)
+    return _token_logps(hidden, completion_ids, base.lm_head, _vocab(base), temperature, entropy)
 
 
 def _norm(norm, x: torch.Tensor) -> torch.Tensor:
@@ -162,4 +160,5 @@ def _shared_prompt_logps(
     x = _norm(inner.norm, x)
     last_p = x[:split].view(P, L, -1)[:, -1].repeat_interleave(G, 0)  # (B, h): predicts completion token 0
     hidden = torch.cat([last_p[:, None], x[split:].view(B, T, -1)[:, :-1]], dim=1)  # (B, T, h)
-    return _token_logps(hidden, completion_ids, proj.head if proj else base.lm_head, temperature, entropy)
+    head = proj.head if proj else base.lm_head
+    return _token_logps(hidden, completion_ids, head, _vocab(base), temperature, entropy)

@@ -309,47 +309,66 @@ def _finish(out: torch.Tensor, eos: torch.Tensor) -> Samples:
     return Samples(ids=out[:, :T].clone(), mask=mask[:, :T].clone(), truncated=~has)
 
 
-@torch.no_grad()
-def hf_sample(
-    model,
-    prompts: list[list[int]],
-    n: int,
-    max_new_tokens: int,
-    eos_ids: list[int],
-    pad_id: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    greedy: bool = False,
-    generator: torch.Generator | None = None,
-    min_new_tokens: int = 0,
-) -> Samples:
-    """The same contract on `model.generate`, for architectures FastDecoder does not cover."""
-    dev = next(model.parameters()).device
-    if generator is not None:  # generate has no generator argument: seed the global RNG from ours
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)))
-    L = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
-    att = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, L - len(p) :], att[i, L - len(p) :] = torch.tensor(p), 1
-    ids, att = ids.repeat_interleave(n, 0).to(dev), att.repeat_interleave(n, 0).to(dev)
-    kwargs = (
-        {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p}
-    )
-    was_training = model.training
-    model.eval()
-    full = model.generate(
-        input_ids=ids,
-        attention_mask=att,
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
-        eos_token_id=eos_ids,
-        pad_token_id=pad_id,
-        top_k=None,
-        **kwargs,
-    )
-    model.train(was_training)
-    out = full[:, L:]
-    if out.shape[1] == 0:
-        out = torch.full((ids.shape[0], 1), pad_id, dtype=torch.long, device=dev)
-    return _finish(out, torch.tensor(eos_ids, device=dev))
+def make_sampler(model) -> FastDecoder | HFSampler:
+    """The fast decoder where the architecture allows it, else `model.generate`; both refresh() after an update."""
+    return FastDecoder(model) if supports(model) else HFSampler(model)
+
+
+class HFSampler:
+    """FastDecoder's contract on `model.generate`, for architectures FastDecoder does not cover."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def refresh(self, adapter: bool = True, everything: bool = False) -> None:
+        """Nothing to copy: generate reads the live weights."""
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        max_new_tokens: int,
+        eos_ids: list[int],
+        pad_id: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+        min_new_tokens: int = 0,
+    ) -> Samples:
+        """n completions of each prompt, as FastDecoder.sample."""
+        model = self.model
+        dev = next(model.parameters()).device
+        if generator is not None:  # generate has no generator argument: seed the global RNG from ours
+            torch.manual_seed(
+                int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+            )
+        L = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, L - len(p) :], att[i, L - len(p) :] = torch.tensor(p), 1
+        ids, att = ids.repeat_interleave(n, 0).to(dev), att.repeat_interleave(n, 0).to(dev)
+        kwargs = (
+            {"do_sample": False}
+            if greedy
+            else {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        )
+        was_training = model.training
+        model.eval()
+        full = model.generate(
+            input_ids=ids,
+            attention_mask=att,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            eos_token_id=eos_ids,
+            pad_token_id=pad_id,
+            top_k=None,
+            **kwargs,
+        )
+        model.train(was_training)
+        out = full[:, L:]
+        if out.shape[1] == 0:
+            out = torch.full((ids.shape[0], 1), pad_id, dtype=torch.long, device=dev)
+        return _finish(out, torch.tensor(eos_ids, device=dev))

@@ -45,14 +45,7 @@ def run_choices() -> list[tuple[str, str]]:
 
 
 def adapter_for(run_id: str) -> Path:
-    run = open_run(run_id)
-    adapter = run.latest_weights()
-    if adapter is None:
-        raise EvalError(
-            f"run {run_id} has no saved weights yet: it saves a checkpoint every save_every steps and the adapter "
-            "when it ends; wait for one, or stop the run"
-        )
-    return adapter
+    return open_run(run_id).require_weights()
 
 
 def comparison_rows(run_id: str, source: str, n: int, prompt: str, answer: str) -> list[dict] | None:

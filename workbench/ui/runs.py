@@ -56,11 +56,7 @@ def diff_configs(run_ids: list[str]) -> pd.DataFrame:
 def export_adapter(run_id: str) -> str:
     """Zip a run's final adapter (or its latest checkpoint) into a temp folder; returns the zip's path."""
     run = open_run(run_id)
-    src = run.latest_weights()
-    if src is None:
-        raise FileNotFoundError(
-            f"run {run_id} has no adapter yet: it saves one every save_every steps and at the end"
-        )
+    src = run.require_weights()
     base = (
         Path(tempfile.mkdtemp(prefix="wb-export-"))
         / f"{run_id}-{'adapter' if src.name == 'adapter' else src.name}"
