@@ -38,13 +38,14 @@ ARITHMETIC_CONFIG = {
 
 def load_concise(spec: RunSpec) -> Task:
     text = resources.files("workbench").joinpath("data/concise_prompts.jsonl").read_text(encoding="utf-8")
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = [r for line in text.splitlines() if line.strip() and "prompt" in (r := json.loads(line))]
     train, eval_ = split_rows(rows, spec, "the concise prompt set")
     return Task(
         name="concise",
         description=(
             f"Concise answers: {len(rows)} bundled questions and instructions of {len({r['category'] for r in rows})} "
-            f"kinds; the length reward pulls answers towards {CONCISE_TARGET_WORDS} words."
+            f"kinds ({sum('answer' in r for r in rows)} factual ones carry reference answers); the length reward "
+            f"pulls answers towards {CONCISE_TARGET_WORDS} words."
         ),
         train=train,
         eval=eval_,
