@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
+from workbench.grpo.advantages import group_advantages, nanstd, weighted_rewards
 from workbench.grpo.forward import completion_logps
-from workbench.grpo.loss import group_advantages, nanstd, policy_loss, weighted_rewards
+from workbench.grpo.loss import policy_loss
 
 nan = math.nan
 
@@ -38,6 +39,20 @@ def test_unscorable_completions_are_left_out_and_get_no_advantage():
         [-1.0, 0.0, 1.0, 0.0]
     )  # mean of the three scored, 0 for the unscored
     assert nanstd(total).item() == pytest.approx(1.0)
+
+
+def test_scores_as_reward_functions_return_them():
+    # fn i on completion j, None = does not apply (TRL's contract), as the TRL engine and Compare hold them.
+    # item 0: 2*1 + 0.5*0.5; item 1: the second reward does not apply -> 2*0; item 2: nothing applies -> NaN
+    tot = weighted_rewards(list(zip([1.0, 0.0, None], [0.5, None, None], strict=True)), [2.0, 0.5])
+    assert tot[:2].tolist() == [2.25, 0.0] and math.isnan(tot[2])
+    # one group of 4: rewards 1, 0, 1, 0 → mean 0.5, unbiased std sqrt(1/3); ±0.5 / (std + 1e-4)
+    adv, _ = group_advantages([1.0, 0.0, 1.0, 0.0], 4, "group")
+    a = 0.5 / (math.sqrt(1 / 3) + 1e-4)
+    assert adv.tolist() == pytest.approx([a, -a, a, -a], rel=1e-6)
+    # a completion no reward applies to is left out of its group's mean and gets advantage 0
+    adv, _ = group_advantages(weighted_rewards([[None], [1.0], [3.0]], [1.0]), 3, "none")
+    assert adv.tolist() == pytest.approx([0.0, -1.0, 1.0])
 
 
 def _loss(loss_type, **kw):

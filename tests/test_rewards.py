@@ -22,7 +22,6 @@ from workbench.rewards import (
     is_correct,
     rg_key,
     rg_score,
-    weighted_sum,
 )
 
 
@@ -109,12 +108,6 @@ def test_completion_text_handles_text_and_conversations():
     assert completion_text(chat("hi")) == "hi"
     assert completion_text(None) == ""
     assert completion_text([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]) == "a"
-
-
-def test_weighted_sum_counts_none_as_zero_like_trl():
-    # item 0: 2*1 + 0.5*0.5; item 1: the second reward does not apply -> 2*0; item 2: nothing applies -> NaN
-    tot = weighted_sum([[1.0, 0.0, None], [0.5, None, None]], [2.0, 0.5])
-    assert tot[:2] == [2.25, 0.0] and math.isnan(tot[2])
 
 
 # --- length and shorter -------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""TRL engine: the spec → GRPOConfig mapping, TRL's advantages, training on TRL with streamed steps, and export.
+"""TRL engine: the spec → GRPOConfig mapping, training on TRL with streamed steps, and export.
 
 Training tests use the tiny random model on the CPU (about a second a step); the test that runs the exported script
 in a subprocess (~10 s, mostly imports) is marked slow.
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from workbench.config import RewardSpec, RunSpec
-from workbench.trl_engine import export_trl, grpo_config_kwargs, lora_kwargs, train_with_trl, trl_advantages
+from workbench.trl_engine import export_trl, grpo_config_kwargs, lora_kwargs, train_with_trl
 
 # Character length varies a lot between random-token completions, so advantages are non-zero and LoRA moves.
 REWARDS = [RewardSpec("length", 1.0, {"target": 20, "unit": "chars"})]
@@ -112,23 +112,6 @@ def test_lora_settings():
     kw = lora_kwargs(RunSpec(lora_r=8, lora_alpha=16, lora_target_modules="q_proj, v_proj"))
     assert kw["r"] == 8 and kw["lora_alpha"] == 16 and kw["target_modules"] == ["q_proj", "v_proj"]
     assert lora_kwargs(RunSpec())["target_modules"] == "all-linear"
-
-
-# --- advantages --------------------------------------------------------------------------------------------------
-
-
-def test_trl_advantages_by_hand():
-    # One group of 4: rewards 1, 0, 1, 0 → mean 0.5, unbiased std sqrt(1/3); ±0.5 / (std + 1e-4).
-    totals, adv = trl_advantages([[1.0, 0.0, 1.0, 0.0]], [1.0], 4, "group")
-    a = 0.5 / (math.sqrt(1 / 3) + 1e-4)
-    assert totals == [1.0, 0.0, 1.0, 0.0]
-    assert adv == pytest.approx([a, -a, a, -a], rel=1e-5)
-    # Two weighted rewards; None does not apply and counts 0; "none" does not divide by the std.
-    totals, adv = trl_advantages([[1.0, None], [2.0, 4.0]], [1.0, 0.5], 2, "none")
-    assert totals == [2.0, 2.0] and adv == [0.0, 0.0]
-    # A completion no reward applies to: total 0, advantage 0 (TRL leaves it out of the group mean).
-    totals, adv = trl_advantages([[None, 1.0, 3.0]], [1.0], 3, "none")
-    assert totals[0] == 0.0 and adv == pytest.approx([0.0, -1.0, 1.0])
 
 
 # --- training on TRL ---------------------------------------------------------------------------------------------

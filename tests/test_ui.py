@@ -145,13 +145,13 @@ def test_warnings_fire_on_the_patterns_a_practitioner_cares_about():
     assert insights.run_warnings(steady) == []
 
 
-def test_group_advantages_match_the_engine_formula():
+def test_advantage_table_matches_the_engine_formula():
     eps = fake_step(1, [[0.0, 0.5, 1.0, 0.5]]).episodes
-    table = insights.group_advantages(eps, 0)
+    table = insights.advantage_table(eps, 0)
     # by hand: mean 0.5, sample std sqrt(1/6) = 0.408; (1 - 0.5) / 0.408 = 1.2244
     assert table["advantage (computed here)"].iloc[2] == pytest.approx(0.5 / (0.40825 + 1e-4), rel=1e-3)
     assert (table["advantage (computed here)"] - table["advantage (engine)"]).abs().max() < 1e-9
-    assert insights.group_advantages(eps, 0, "none")["advantage (computed here)"].iloc[0] == -0.5
+    assert insights.advantage_table(eps, 0, "none")["advantage (computed here)"].iloc[0] == -0.5
 
 
 def test_config_diff_shows_only_what_differs():

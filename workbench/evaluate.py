@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .grpo.advantages import to_floats, weighted_rewards
 from .grpo.sampler import Samples, make_sampler
 from .models import load_model, pick_device, pick_dtype
-from .rewards import build_rewards, prompt_text, weighted_sum
+from .rewards import build_rewards, prompt_text
 from .store import open_run
 from .tasks import chat_messages, check_prompt, load_task
 
@@ -196,7 +197,8 @@ def _score(rewards, messages, answers, columns) -> dict[str, list[float | None]]
         scores[name] = (
             [None] * len(answers) if missing else fn(prompts=messages, completions=answers, **columns)
         )
-    scores["total"] = weighted_sum([scores[n] for n, _, _ in rewards], [w for _, _, w in rewards])
+    per_func = to_floats([scores[n] for n, _, _ in rewards]).T  # (N, F)
+    scores["total"] = weighted_rewards(per_func, [w for _, _, w in rewards]).tolist()
     return scores
 
 

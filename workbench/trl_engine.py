@@ -10,7 +10,7 @@ objects as the built-in engine, so the run store, live curves and comparison wor
 - Prompts reach TRL in the order `grpo.prompt_batches` gives the built-in engine (`shuffle_dataset=False`), so the
   two engines see the same prompts at the same step.
 - Episodes: each reward fn is wrapped to record what TRL gives it (prompts, completions, completion token ids,
-  scores); advantages are recomputed from those scores exactly as TRL 1.16 does (sum_then_normalize).
+  scores); totals and advantages are recomputed from those scores with `grpo.advantages` (TRL 1.16's formulas).
 - TRL 1.16 has no max_prompt_length: prompts over it are used whole (a note is printed).
 
 `export_trl` writes a self-contained folder (train.py, train.jsonl, eval.jsonl, accelerate_config.yaml, README.md):
@@ -30,10 +30,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .config import RunSpec
 from .grpo import Episode, NonFiniteError, RewardFunctionError, StepResult, prompt_batches
+from .grpo.advantages import group_advantages, to_floats, weighted_rewards
 from .models import load_model, pick_device, pick_dtype
 from .rewards import build_rewards, completion_text, prompt_text
 from .tasks import chat_messages
@@ -82,32 +84,6 @@ def trl_rows(rows: list[dict], system_prompt: str) -> list[dict]:
         {"prompt": chat_messages(r, system_prompt), **{k: v for k, v in r.items() if k != "prompt"}}
         for r in rows
     ]
-
-
-def trl_advantages(
-    scores: list[list[float | None]], weights: list[float], group_size: int, scale: str
-) -> tuple[list[float], list[float]]:
-    """(total reward, advantage) per completion, as TRL 1.16 computes them (multi_objective sum_then_normalize).
-
-    `scores[i][j]` is reward fn i on completion j (None = does not apply); completions come in groups of
-    `group_size`. A completion no reward applies to gets total 0 and advantage 0 (TRL: NaN total, 0 advantage).
-    """
-    from trl.trainer.utils import nanstd
-
-    per_fn = torch.tensor([[math.nan if v is None else float(v) for v in s] for s in scores]).T  # (N, F)
-    unscorable = torch.isnan(per_fn).all(dim=1)  # (N,)
-    total = (per_fn * torch.tensor(weights).unsqueeze(0)).nansum(dim=1)  # (N,)
-    total[unscorable] = math.nan
-    grouped = total.view(-1, group_size)  # (N/G, G)
-    mean = torch.nanmean(grouped, dim=1).repeat_interleave(group_size)  # (N,)
-    if scale == "batch":
-        std = nanstd(total).expand_as(total)
-    else:
-        std = nanstd(grouped, dim=1).repeat_interleave(group_size)
-    adv = total - mean
-    if scale != "none":
-        adv = adv / (std + 1e-4)
-    return torch.nan_to_num(total, nan=0.0).tolist(), torch.nan_to_num(adv, nan=0.0).tolist()
 
 
 # --- streaming TRL's steps into StepResults ---------------------------------------------------------------------
@@ -220,7 +196,9 @@ def _stream_callback(spec, names, weights, rollout, on_step, should_stop, stop_i
         if not r.ids:
             return []
         scores = [r.scores.get(n, [None] * len(r.ids)) for n in names]
-        totals, advs = trl_advantages(scores, weights, g, spec.scale_rewards)
+        total = weighted_rewards(to_floats(scores).T, weights)  # (N,) from (N, F); NaN = no reward applies
+        adv, _ = group_advantages(total, g, spec.scale_rewards)
+        totals, advs = np.nan_to_num(total).tolist(), adv.tolist()  # an unscorable completion: total 0
         return [
             Episode(
                 step=step,

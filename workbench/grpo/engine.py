@@ -19,12 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..config import RunSpec
+from .advantages import group_advantages, nanmean, nanstd, weighted_rewards
 from .forward import completion_logps
 from .fused import FusedProjections
-from .loss import group_advantages, nanstd, policy_loss, weighted_rewards
+from .loss import policy_loss
 from .sampler import Samples, make_sampler, supports
 from .types import Episode, NonFiniteError, RewardFunctionError, StepResult
 
@@ -228,29 +230,29 @@ class GRPOEngine:
         ids = [row[:n].tolist() for row, n in zip(samples.ids, lengths.tolist(), strict=True)]
         texts = self.tok.batch_decode(ids, skip_special_tokens=True)
         per_func = self.score(rows, msgs, texts, ids)  # (B, F)
-        total = weighted_rewards(per_func, self.weights)  # (B,)
+        total = weighted_rewards(per_func, self.weights)  # (B,) numpy
         adv, zero_std = group_advantages(total, G, s.scale_rewards)
         t2 = time.perf_counter()
         mask = samples.mask
         if s.mask_truncated_completions:
             mask = mask * (~samples.truncated)[:, None].long()
         batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": samples.ids,
-                 "mask": mask, "advantages": adv.to(self.device)}  # fmt: skip
+                 "mask": mask, "advantages": torch.from_numpy(adv).to(self.device)}  # fmt: skip
         train = self.train_on(batch)
         t3 = time.perf_counter()
         self.step_count += 1
-        m: dict[str, float] = {"reward": float(torch.nanmean(total)), "reward_std": float(nanstd(total))}
+        m: dict[str, float] = {"reward": float(nanmean(total)), "reward_std": float(nanstd(total))}
         for j, name in enumerate(self.names):
-            m[f"rewards/{name}/mean"] = float(torch.nanmean(per_func[:, j]))
+            m[f"rewards/{name}/mean"] = float(nanmean(per_func[:, j]))
             m[f"rewards/{name}/std"] = float(nanstd(per_func[:, j]))
         lf = lengths.float()
-        m |= {"frac_reward_zero_std": float(zero_std.float().mean()), "completions/mean_length": float(lf.mean()),
+        m |= {"frac_reward_zero_std": float(zero_std.mean()), "completions/mean_length": float(lf.mean()),
               "completions/min_length": float(lf.min()), "completions/max_length": float(lf.max()),
               "completions/clipped_ratio": float(samples.truncated.float().mean()), **train,
               "step_time": t3 - t0, "time/generation": t1 - t0, "time/rewards": t2 - t1,
               "time/training": t3 - t2}  # fmt: skip
         scores = [[None if math.isnan(v) else v for v in row] for row in per_func.tolist()]
-        totals, advs, lens = torch.nan_to_num(total).tolist(), adv.tolist(), lengths.tolist()
+        totals, advs, lens = np.nan_to_num(total).tolist(), adv.tolist(), lengths.tolist()
         cut = samples.truncated.tolist()
         episodes = [
             Episode(

@@ -1,58 +1,15 @@
-"""Group-relative advantages and the clipped policy loss, with TRL 1.16's formulas for every loss type.
+"""The clipped policy loss, with TRL 1.16's formulas for every loss type (the advantages it takes come from
+`advantages.group_advantages`).
 
 Pure tensor functions: no model, no optimizer. `tests/test_grpo_loss.py` checks them against hand-computed values and
 against TRL's own `GRPOTrainer._compute_loss` on identical batches.
 
-    adv, zero_std = group_advantages(rewards, group_size=4, scale="group")      # rewards (N,), NaN = unscorable
     loss, metrics = policy_loss(logps, old_logps, ref_logps, adv, mask, loss_type="dapo", beta=0.0, ...)
 """
 
 from __future__ import annotations
 
 import torch
-
-
-def nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Unbiased standard deviation ignoring NaN, as TRL's `trl.trainer.utils.nanstd` (not imported: importing TRL
-    costs seconds the interactive engine should not pay)."""
-    if dim is None:
-        x, dim = x.reshape(-1), 0
-    mean = torch.nanmean(x, dim=dim, keepdim=True)
-    count = (~torch.isnan(x)).sum(dim=dim)
-    var = torch.nanmean((x - mean) ** 2, dim=dim) * count / (count - 1)
-    return var.sqrt()
-
-
-def weighted_rewards(per_func: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Total reward (N,) from per-function rewards (N, F) with NaN where a function did not apply.
-
-    A None (NaN) counts 0 in the sum (TRL's nansum); a completion no function applies to stays NaN (unscorable).
-    """
-    total = (per_func * weights[None]).nansum(dim=1)  # (N,)
-    total[torch.isnan(per_func).all(dim=1)] = torch.nan
-    return total
-
-
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(advantages (N,), std-is-zero flags (N,)) for rewards (N,) in consecutive groups of `group_size`.
-
-    advantage = (reward - group mean) / (std + 1e-4), std over the group ("group"), the whole batch ("batch"), or
-    no division ("none"). NaN rewards are left out of means and stds and get advantage 0 (TRL 1.16).
-    """
-    grouped = rewards.view(-1, group_size)  # (N/G, G)
-    mean = torch.nanmean(grouped, dim=1).repeat_interleave(group_size)  # (N,)
-    if scale == "batch":
-        std = nanstd(rewards).expand_as(rewards)
-    elif scale in ("group", "none"):
-        std = nanstd(grouped, dim=1).repeat_interleave(
-            group_size
-        )  # "none" uses it for the zero-std flag only
-    else:
-        raise ValueError(f"scale_rewards={scale!r}: use group, batch or none")
-    adv = rewards - mean
-    if scale != "none":
-        adv = adv / (std + 1e-4)
-    return torch.nan_to_num(adv, nan=0.0), torch.isclose(std, torch.zeros_like(std))
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

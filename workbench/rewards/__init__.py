@@ -45,7 +45,6 @@ __all__ = [
     "rg_key",
     "rg_score",
     "to_number",
-    "weighted_sum",
 ]
 
 REGISTRY: dict[str, RewardInfo] = {r.name: r for m in (text, answers, model) for r in m.REWARDS}
@@ -119,22 +118,6 @@ def build_rewards(specs: Sequence[RewardSpec]) -> list[tuple[str, Callable, floa
         fn.__name__ = metric  # TRL logs rewards/<__name__>/mean: distinct names keep curves apart there too
         out.append((metric, fn, float(spec.weight)))
     return out
-
-
-def weighted_sum(scores: Sequence[Sequence[float | None]], weights: Sequence[float]) -> list[float]:
-    """Total reward per completion: sum of weight × score, a None score counting 0 (TRL's nansum).
-
-    `scores[i][j]` is reward fn i on completion j. A completion no reward applies to totals NaN, as in TRL, so the
-    caller sees it rather than a silent 0.
-    """
-    if len(scores) != len(weights):
-        raise RewardError(f"{len(scores)} score lists for {len(weights)} weights")
-    n = len(scores[0]) if scores else 0
-    totals = []
-    for j in range(n):
-        vals = [(w, s[j]) for s, w in zip(scores, weights, strict=True) if s[j] is not None]
-        totals.append(sum(w * v for w, v in vals) if vals else math.nan)
-    return totals
 
 
 def describe(name: str | None = None) -> str:

@@ -13,10 +13,9 @@ from statistics import mean, median
 
 import pandas as pd
 
+from ..grpo.advantages import group_advantages, nanmean, nanstd
 from .plots import reward_names
 from .views import esc, num, prompt_display
-
-STD_EPS = 1e-4  # TRL adds this to the group's std before dividing (so a zero-spread group gives 0, not inf)
 
 
 def by_group(episodes: list[dict]) -> dict[int, list[dict]]:
@@ -61,9 +60,9 @@ def groups_html(episodes: list[dict], step: int | None = None, cap: int | None =
         rewards = [e["reward"] for e in eps if _finite(e.get("reward"))]
         spread = ""
         if rewards:
-            m, s = mean(rewards), std(rewards)
-            flat = ' <span class="wb-flag">no spread: teaches nothing</span>' if s < 1e-9 else ""
-            spread = f"mean {m:.3f} · std {s:.3f}{flat}"
+            m, s = mean(rewards), float(nanstd(rewards))  # a single scored completion has no std
+            flat = "" if s > 1e-9 else ' <span class="wb-flag">no spread: teaches nothing</span>'
+            spread = f"mean {m:.3f} · std {num(s)}{flat}"
         rows = []
         for i, e in sorted(enumerate(eps), key=lambda ie: -(ie[1].get("reward") or -math.inf)):
             cut = ' <span class="wb-flag">hit the cap</span>' if e.get("truncated") else ""
@@ -89,14 +88,6 @@ def groups_html(episodes: list[dict], step: int | None = None, cap: int | None =
 
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def std(xs: list[float]) -> float:
-    """Sample std (n − 1), as torch.std and TRL use; 0 for a single value."""
-    if len(xs) < 2:
-        return 0.0
-    m = mean(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
 # --- warnings ------------------------------------------------------------------------------------------------
@@ -178,30 +169,30 @@ def warnings_html(items: list[str]) -> str:
 # --- the advantage, worked out -------------------------------------------------------------------------------
 
 
-def group_advantages(episodes: list[dict], group: int, scale_rewards: str = "group") -> pd.DataFrame:
-    """One group's completions with the advantage computed here, step by step, next to the engine's value.
+def advantage_table(episodes: list[dict], group: int, scale_rewards: str = "group") -> pd.DataFrame:
+    """One group's completions, its advantages worked out again from the stored rewards next to the engine's values.
 
     A_i = (r_i − mean(r)) / (std(r) + 1e-4), std over the group ("group"), over the whole step ("batch"), or no
-    division ("none"), as TRL does."""
-    eps = by_group(episodes).get(group, [])
-    rewards = [float(e["reward"]) if _finite(e.get("reward")) else math.nan for e in eps]
-    clean = [r for r in rewards if math.isfinite(r)]
-    m = mean(clean) if clean else math.nan
-    if scale_rewards == "none":
-        denom = 1.0
-    elif scale_rewards == "batch":
-        every = [float(e["reward"]) for e in episodes if _finite(e.get("reward"))]
-        denom = std(every) + STD_EPS
-    else:
-        denom = std(clean) + STD_EPS
+    division ("none"): `grpo.advantages.group_advantages`, the formula the engine trains with, on the step's rewards
+    (every group of a step has the same size)."""
+    groups = by_group(episodes)
+    eps = groups.get(group, [])
+    if not eps:
+        return pd.DataFrame()
+    step = [e for g in groups.values() for e in g]  # group by group, as the engine lays them out
+    rewards = [float(e["reward"]) if _finite(e.get("reward")) else math.nan for e in step]
+    adv, _ = group_advantages(rewards, len(eps), scale_rewards)
+    first = sum(len(g) for k, g in groups.items() if k < group)
+    rewards, adv = rewards[first : first + len(eps)], adv[first : first + len(eps)].tolist()
+    m = float(nanmean(rewards))
     rows = []
-    for i, (e, r) in enumerate(zip(eps, rewards, strict=True)):
+    for i, (e, r, a) in enumerate(zip(eps, rewards, adv, strict=True)):
         rows.append({
             "#": i + 1,
             "completion": _clip(str(e.get("completion", "")), 160),
             "reward r": r,
             "r − mean": r - m,
-            "advantage (computed here)": (r - m) / denom,
+            "advantage (computed here)": a,
             "advantage (engine)": e.get("advantage"),
         })  # fmt: skip
     return pd.DataFrame(rows)

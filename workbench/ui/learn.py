@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from ..grpo.advantages import nanstd
 from ..store import list_runs, open_run
 from . import insights, plots, views
 from .common import guarded
@@ -81,14 +82,14 @@ def group_view(run_id: str | None, group: int) -> tuple[str, pd.DataFrame, Any, 
         )
     groups = sorted(insights.by_group(eps))
     group = group if group in groups else groups[0]
-    table = insights.group_advantages(eps, group, scale)
+    table = insights.advantage_table(eps, group, scale)
     chosen = insights.by_group(eps)[group]
     prompt = views.prompt_display(chosen[0].get("prompt"))
     caption += f"\n\n**Prompt:** {prompt[:300]}"
     rewards = table["reward r"].tolist()
     finite = [r for r in rewards if r == r]  # NaN rewards (a failed reward) are left out of the statistics
     if len(finite) > 1:
-        m, sd = sum(finite) / len(finite), insights.std(finite)
+        m, sd = sum(finite) / len(finite), float(nanstd(finite))
         caption += (f"\n\nGroup mean = **{m:.3f}**, std = **{sd:.3f}** (n − 1 in the denominator, as torch and TRL), "
                     f"so A = (r − {m:.3f}) / ({sd:.3f} + 0.0001).")  # fmt: skip
     fig = plots.advantage_figure(rewards, table["advantage (computed here)"].tolist())
