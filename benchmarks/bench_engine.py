@@ -111,7 +111,8 @@ def run_builtin(total: int) -> dict:
     out: dict = {"wall": [], "step_time": [], "generation": [], "rewards": [], "training": [], "lengths": [],
                  "flops": []}  # fmt: skip
     for rows in itertools.islice(prompt_batches(task.train, spec.prompts_per_step, spec.seed), total):
-        P, L = engine.encode(rows)[0].shape  # the padded prompt block the training forward computes
+        prompts = engine.encode(rows)[0]
+        P, L = len(prompts), max(map(len, prompts))  # the padded prompt block the training forward computes
         t0 = time.perf_counter()
         res = engine.step(rows, min_new_tokens=NEW_TOKENS)
         out["wall"].append(time.perf_counter() - t0)

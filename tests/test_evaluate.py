@@ -13,6 +13,7 @@ import torch
 
 from workbench.config import RewardSpec, RunSpec
 from workbench.evaluate import SUMMARY_COLUMNS, CompareError, compare, paired_summary, tuned_weights
+from workbench.models import ModelError
 from workbench.store import create_run
 from workbench.tasks import chat_messages, load_task
 
@@ -85,7 +86,7 @@ def test_a_wrong_adapter_folder_or_no_prompts_is_refused_with_what_to_do(tmp_pat
     with pytest.raises(CompareError, match="greedy, sampled"):
         compare(run.id, tmp_path / "ckpt", mode="beam")
     (tmp_path / "ckpt" / "adapter" / "adapter_config.json").write_text("not json")
-    with pytest.raises(CompareError, match="could not apply the adapter"):
+    with pytest.raises(ModelError, match="could not apply the adapter"):
         compare(run.id, tmp_path / "ckpt")
 
 
@@ -209,3 +210,38 @@ def test_architectures_without_the_fast_sampler_fall_back_to_generate(adapter, m
     slow = compare(run.id, folder)
     assert slow.table[["base", "tuned"]].equals(fast.table[["base", "tuned"]])
     assert slow.table["tuned_tokens"].tolist() == fast.table["tuned_tokens"].tolist()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("template", [True, False], ids=["chat template", "no chat template"])
+def test_training_and_compare_give_the_model_the_same_prompt_ids(tmp_path, template):
+    # A base model's tokenizer has no chat template: Compare used to join the plain text, training to fail.
+    from workbench.grpo import GRPOEngine
+    from workbench.models import load_model
+
+    model, tok = load_model("tiny-random", dtype="float32", device="cpu")
+    if not template:
+        tok.chat_template = None
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    run = _run(model=str(folder), max_prompt_length=16, system_prompt="Answer briefly.", num_generations=2,
+               prompts_per_step=2)  # fmt: skip
+    long = " ".join(["Name a colour."] * 12)  # more than 16 tokens: cut from the left
+    rows = [{"prompt": "What is 2 + 2?"}, {"prompt": long}]
+
+    engine = GRPOEngine.from_spec(run.spec, load_task(run.spec))
+    ids, _ = engine.encode(rows)
+    plain = tok("Answer briefly.\n\nWhat is 2 + 2?")["input_ids"]
+    assert (ids[0] != plain) if template else (ids[0] == plain)
+    assert len(ids[1]) == 16 and tok.decode(ids[1]).endswith("assistant\n" if template else "colour.")
+    assert engine.step(rows).step == 1  # training runs on this tokenizer
+
+    # Compare's greedy answers are what the model says to exactly those ids (the folder is also the "tuned" model).
+    cmp = compare(run.id, folder, rows=rows)
+    said = []
+    for i in ids:
+        out = model.generate(torch.tensor([i]), attention_mask=torch.ones(1, len(i), dtype=torch.long),
+                             max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)  # fmt: skip
+        said.append(tok.decode(out[0, len(i) :], skip_special_tokens=True))
+    assert cmp.table["base"].tolist() == said

@@ -12,7 +12,7 @@ import torch
 
 from workbench.config import RewardSpec, RunSpec
 from workbench.grpo import GRPOEngine, NonFiniteError, RewardFunctionError, prompt_batches
-from workbench.grpo.forward import _hf_logps, completion_logps
+from workbench.grpo.forward import completion_logps, hf_logps
 from workbench.grpo.fused import FusedProjections
 from workbench.models import load_model
 from workbench.tasks import load_task
@@ -59,7 +59,7 @@ def test_shared_prompt_forward_equals_the_hf_forward_with_gradients(fused):
     ours, ent = completion_logps(
         model, prompt_ids, prompt_mask, completion_ids, 3, 0.7, entropy=True, proj=proj
     )
-    ref, ent_ref = _hf_logps(model, prompt_ids, prompt_mask, completion_ids, 3, 0.7, entropy=True)
+    ref, ent_ref = hf_logps(model, prompt_ids, prompt_mask, completion_ids, 3, 0.7, entropy=True)
     assert (ours - ref).abs().max() < 1e-5 and (ent - ent_ref).abs().max() < 1e-4
     params = [p for p in model.parameters() if p.requires_grad]
     g1, g2 = torch.autograd.grad(ours.sum(), params), torch.autograd.grad(ref.sum(), params)
@@ -67,7 +67,7 @@ def test_shared_prompt_forward_equals_the_hf_forward_with_gradients(fused):
     with model.disable_adapter():  # the reference model: the same code path with the adapter off
         off = completion_logps(model, prompt_ids, prompt_mask, completion_ids, 3, 0.7, proj=proj)[0]
         assert (
-            off - _hf_logps(model, prompt_ids, prompt_mask, completion_ids, 3, 0.7, False)[0]
+            off - hf_logps(model, prompt_ids, prompt_mask, completion_ids, 3, 0.7, False)[0]
         ).abs().max() < 1e-5
     assert (off - ours).abs().max() > 1e-3  # and the adapter does change the answer
 

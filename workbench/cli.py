@@ -233,12 +233,10 @@ def cmd_export(args: argparse.Namespace) -> Result:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
         if args.merged and (src / "adapter_config.json").exists():
-            from peft import PeftModel
-
-            from .models import load_model
+            from .models import load_model, merge_adapter
 
             model, tok = load_model(run.spec.model, dtype="float32", device="cpu")
-            PeftModel.from_pretrained(model, src).merge_and_unload().save_pretrained(tmp)
+            merge_adapter(model, src, run.spec.model).save_pretrained(tmp)
             tok.save_pretrained(tmp)
         else:  # the adapter, or an already full model (use_lora off)
             shutil.copytree(src, tmp, dirs_exist_ok=True)

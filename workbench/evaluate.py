@@ -26,7 +26,7 @@ import torch
 
 from .grpo.advantages import to_floats, weighted_rewards
 from .grpo.sampler import Samples, make_sampler
-from .models import load_model, pick_device, pick_dtype
+from .models import encode_prompt, load_model, merge_adapter, pick_device, pick_dtype, stop_ids
 from .rewards import build_rewards, prompt_text
 from .store import open_run
 from .tasks import chat_messages, check_prompt, load_task
@@ -151,30 +151,13 @@ def tuned_weights(adapter: str | Path) -> tuple[str, Path]:
     )
 
 
-def prompt_ids(tok, messages: list[dict], max_len: int) -> list[int]:
-    """Chat-template token ids ready for the answer, cut from the left to `max_len` (the question is at the end)."""
-    if getattr(tok, "chat_template", None):
-        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-        ids = list(ids["input_ids"])
-    else:  # a base model without a template: the plain text, as the tokenizer would read it
-        ids = tok("\n\n".join(m["content"] for m in messages))["input_ids"]
-    return ids[-max_len:]
-
-
-def _eos_ids(tok, model) -> list[int]:
-    eos = model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    ids |= {tok.eos_token_id} - {None}
-    return sorted(ids)
-
-
 def _generate(model, tok, prompts, *, label, mode, temperature, top_p, seed, max_new_tokens, batch_size,
               progress, done_before, total) -> list[tuple[str, int, bool]]:  # fmt: skip
     """(answer text, tokens, truncated) per prompt, in batches; the generator restarts from `seed` for each model."""
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed) if mode == "sampled" else None
     sampler = make_sampler(model)  # the fast one copies the weights now: build it per model
-    kw = dict(n=1, max_new_tokens=max_new_tokens, eos_ids=_eos_ids(tok, model), pad_id=tok.pad_token_id,
+    kw = dict(n=1, max_new_tokens=max_new_tokens, eos_ids=stop_ids(tok, model), pad_id=tok.pad_token_id,
               temperature=temperature, top_p=top_p, greedy=mode == "greedy", generator=gen)  # fmt: skip
     out = []
     for i in range(0, len(prompts), batch_size):
@@ -237,7 +220,7 @@ def compare(
 
     dev = pick_device(spec.device)
     model, tok = load_model(spec.model, spec.dtype, dev)
-    prompts = [prompt_ids(tok, m, spec.max_prompt_length) for m in messages]
+    prompts = [encode_prompt(tok, m, spec.max_prompt_length) for m in messages]
     # Both passes see the same prompts, decoding and seed: only the weights differ.
     gen = dict(mode=mode, temperature=spec.temperature, top_p=spec.top_p, seed=int(seed),
                max_new_tokens=max_new, batch_size=batch_size, progress=progress, total=2 * len(prompts))  # fmt: skip
@@ -245,16 +228,7 @@ def compare(
     if progress:
         progress(0.5, "loading the tuned model")
     if kind == "adapter":
-        from peft import PeftModel
-
-        try:
-            # Merged, the tuned model is a plain model again: one fast path for every adapter type peft has.
-            model = PeftModel.from_pretrained(model, folder).merge_and_unload()
-        except Exception as e:
-            raise CompareError(
-                f"could not apply the adapter in {folder} to {spec.model!r} ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:200] if str(e) else ''}): was it trained on this run's model?"
-            ) from e
+        model = merge_adapter(model, folder, spec.model)
     else:
         from transformers import AutoModelForCausalLM
 

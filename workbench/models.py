@@ -6,6 +6,9 @@ afterwards. The conversion writes to a temp folder and renames it into place, wi
 conversion killed half way is never loaded: the next call rebuilds it.
 
     python -m workbench models --prepare     # convert the bundled model now
+
+Also the pieces every consumer of a loaded model shares (training, Compare, the TRL engine, export):
+`encode_prompt` (chat messages -> prompt token ids), `stop_ids` (the end-of-sequence ids) and `merge_adapter`.
 """
 
 from __future__ import annotations
@@ -229,3 +232,37 @@ def _hub_error(name: str, e: Exception) -> ModelError:
         f"could not load {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). If it is a hub id, the "
         f"hub may be unreachable from here: use the bundled model {DEFAULT_MODEL!r} or a local folder"
     )
+
+
+# --- what training, Compare and export share --------------------------------------------------------------------
+def encode_prompt(tok, messages: list[dict], max_len: int | None = None) -> list[int]:
+    """Token ids of `messages` ready for the answer, cut from the left to `max_len` (the question is at the end).
+
+    The chat template where the tokenizer has one; else (a base model) the plain text of the messages joined by
+    blank lines, as the tokenizer would read it.
+    """
+    if getattr(tok, "chat_template", None):
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    else:
+        ids = tok("\n\n".join(m["content"] for m in messages))["input_ids"]
+    return ids if max_len is None else ids[-max_len:]
+
+
+def stop_ids(tok, model) -> list[int]:
+    """The token ids that end an answer: the model's generation config's eos ids and the tokenizer's eos."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return sorted(ids | ({tok.eos_token_id} - {None}))
+
+
+def merge_adapter(model, folder: str | Path, model_name: str):
+    """`model` with the peft adapter saved in `folder` merged in: a plain model again (one fast path for all)."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, folder).merge_and_unload()
+    except Exception as e:
+        raise ModelError(
+            f"could not apply the adapter in {folder} to {model_name!r} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''}): was it trained on this run's model?"
+        ) from e

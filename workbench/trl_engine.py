@@ -36,7 +36,7 @@ import torch
 from .config import RunSpec
 from .grpo import Episode, NonFiniteError, RewardFunctionError, StepResult, prompt_batches
 from .grpo.advantages import group_advantages, to_floats, weighted_rewards
-from .models import load_model, pick_device, pick_dtype
+from .models import encode_prompt, load_model, pick_device, pick_dtype, stop_ids
 from .rewards import build_rewards, completion_text, prompt_text
 from .tasks import chat_messages
 
@@ -239,9 +239,7 @@ def _train_dataset(spec: RunSpec, task: Any, system_prompt: str):
 
 def _note_long_prompts(tok, rows: list[dict], limit: int) -> None:
     seen = {json.dumps(r["prompt"], sort_keys=True, default=str): r["prompt"] for r in rows}
-    lengths = [
-        len(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True)) for p in seen.values()
-    ]
+    lengths = [len(encode_prompt(tok, p)) for p in seen.values()]
     over = sum(n > limit for n in lengths)
     if over:
         print(
@@ -290,10 +288,8 @@ def _build_trainer(spec: RunSpec, task: Any, on_step, should_stop, output_dir: P
     )
     rollout = _Rollout()
     wrapped = [_RecordedReward(n, fn, rollout, first=i == 0) for i, (n, fn, _) in enumerate(rewards)]
-    stop_ids = {t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None}
-    eos = model.generation_config.eos_token_id
-    stop_ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    callback = _stream_callback(spec, names, weights, rollout, on_step, should_stop, stop_ids)
+    ends = set(stop_ids(tok, model)) | ({tok.pad_token_id} - {None})  # TRL also counts a final pad as an end
+    callback = _stream_callback(spec, names, weights, rollout, on_step, should_stop, ends)
     lora = lora_kwargs(spec)
     trainer = GRPOTrainer(
         model=model,

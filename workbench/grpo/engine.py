@@ -23,11 +23,13 @@ import numpy as np
 import torch
 
 from ..config import RunSpec
+from ..models import encode_prompt, load_model, stop_ids
 from .advantages import group_advantages, nanmean, nanstd, weighted_rewards
 from .forward import completion_logps
 from .fused import FusedProjections
+from .llama import supports
 from .loss import policy_loss
-from .sampler import Samples, make_sampler, supports
+from .sampler import Samples, make_sampler
 from .types import Episode, NonFiniteError, RewardFunctionError, StepResult
 
 _STATE = "engine_state.pt"
@@ -47,6 +49,16 @@ def keep_freed_memory() -> None:
         libc.mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD: blocks up to 32 MB (glibc's cap) come from the heap
     except (OSError, AttributeError):
         pass
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as one left-padded block and its mask, both (P, L): generation continues on the right."""
+    L = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), L, dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, L - len(p) :], mask[r, L - len(p) :] = torch.tensor(p, dtype=torch.long), 1
+    return ids.to(device), mask.to(device)
 
 
 class GRPOEngine:
@@ -86,16 +98,13 @@ class GRPOEngine:
             if supports(self.model) and FusedProjections.usable(self.model)
             else None
         )
-        eos = self.model.generation_config.eos_token_id
-        eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
-        self.eos_ids = sorted({*eos, tokenizer.eos_token_id} - {None})
+        self.eos_ids = stop_ids(tokenizer, self.model)
         self.pad_id = tokenizer.pad_token_id
         self.step_count = 0
 
     @classmethod
     def from_spec(cls, spec: RunSpec, task: Any, wrap_rewards=None) -> GRPOEngine:
         """Load the spec's model and build its rewards (`wrap_rewards(fns) -> fns`: the worker's fault injection)."""
-        from ..models import load_model
         from ..rewards import build_rewards
 
         model, tok = load_model(spec.model, spec.dtype, spec.device)
@@ -115,27 +124,16 @@ class GRPOEngine:
         return get_peft_model(model, cfg).train()  # adapters in fp32 over bf16 weights (peft's default)
 
     # --- the stages ------------------------------------------------------------------------------------------------
-    def encode(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, list[list[dict]]]:
-        """Left-padded prompt ids and mask (P, L), cut from the left to max_prompt_length; and the chat messages."""
+    def encode(self, rows: list[dict]) -> tuple[list[list[int]], list[list[dict]]]:
+        """Prompt token ids (as Compare encodes them: `models.encode_prompt`) and the chat messages of `rows`."""
         from ..tasks import chat_messages
 
         msgs = [chat_messages(r, self.system_prompt) for r in rows]
-        ids = [self.tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False)
-               for m in msgs]  # fmt: skip
-        ids = [list(i)[-self.spec.max_prompt_length :] for i in ids]
-        L = max(len(i) for i in ids)
-        out = torch.full((len(ids), L), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(ids), L, dtype=torch.long)
-        for r, i in enumerate(ids):
-            out[r, L - len(i) :], mask[r, L - len(i) :] = torch.tensor(i), 1
-        return out.to(self.device), mask.to(self.device), msgs
+        return [encode_prompt(self.tok, m, self.spec.max_prompt_length) for m in msgs], msgs
 
-    def rollout(
-        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, min_new_tokens: int = 0
-    ) -> Samples:
-        """G sampled completions per prompt; completion i continues prompt i // G."""
+    def rollout(self, prompts: list[list[int]], min_new_tokens: int = 0) -> Samples:
+        """G sampled completions per prompt (token id lists); completion i continues prompt i // G."""
         s = self.spec
-        prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask, strict=True)]
         kw = dict(n=s.num_generations, max_new_tokens=s.max_completion_length, eos_ids=self.eos_ids,
                   pad_id=self.pad_id, temperature=s.temperature, top_p=s.top_p, generator=self.generator,
                   min_new_tokens=min_new_tokens)  # fmt: skip
@@ -223,8 +221,8 @@ class GRPOEngine:
 
         s, G = self.spec, self.spec.num_generations
         t0 = time.perf_counter()
-        prompt_ids, prompt_mask, msgs = self.encode(rows)
-        samples = self.rollout(prompt_ids, prompt_mask, min_new_tokens)
+        prompts, msgs = self.encode(rows)
+        samples = self.rollout(prompts, min_new_tokens)
         t1 = time.perf_counter()
         lengths = samples.mask.sum(1)  # (B,)
         ids = [row[:n].tolist() for row, n in zip(samples.ids, lengths.tolist(), strict=True)]
@@ -236,6 +234,7 @@ class GRPOEngine:
         mask = samples.mask
         if s.mask_truncated_completions:
             mask = mask * (~samples.truncated)[:, None].long()
+        prompt_ids, prompt_mask = left_pad(prompts, self.pad_id, self.device)  # (P, L), for the forward
         batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": samples.ids,
                  "mask": mask, "advantages": torch.from_numpy(adv).to(self.device)}  # fmt: skip
         train = self.train_on(batch)

@@ -15,13 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .fused import FusedProjections
-from .sampler import base_of, supports
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
+from .llama import apply_rope, base_of, supports
 
 CHUNK_BYTES = 1 << 24  # fp32 logits per chunk: 16 MB
 
@@ -73,10 +67,12 @@ def completion_logps(
         return _shared_prompt_logps(
             model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy, proj
         )
-    return _hf_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy)
+    return hf_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy)
 
 
-def _hf_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy):
+def hf_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy):
+    """completion_logps through the model's own HF forward, the prompt repeated G times: the path for other
+    architectures, and the reference the shared-prompt path is tested against."""
     T = completion_ids.shape[1]
     ids = torch.cat([prompt_ids.repeat_interleave(group_size, 0), completion_ids], dim=1)  # (B, L+T)
     att = torch.cat([prompt_mask.repeat_interleave(group_size, 0), torch.ones_like(completion_ids)], dim=1)
@@ -139,7 +135,7 @@ def _shared_prompt_logps(
         h = _norm(layer.input_layernorm, x)
         q, k, v = proj(i, 0, h) if proj else (attn.q_proj(h), attn.k_proj(h), attn.v_proj(h))
         qk = torch.cat([q.view(-1, H, d), k.view(-1, K, d)], dim=1)  # (N, H+K, d): rotated in one go
-        qk = qk * cos + _rotate_half(qk) * sin
+        qk = apply_rope(qk, cos, sin)
         q, k, v = qk[:, :H], qk[:, H:], v.view(-1, K, d)
         qp, kp, vp = (t[:split].view(P, L, -1, d).transpose(1, 2) for t in (q, k, v))  # (P, heads, L, d)
         qc, kc, vc = (t[split:].view(B, T, -1, d).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, d)

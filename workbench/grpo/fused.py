@@ -16,10 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .sampler import _lora_terms, _packed_linear, base_of
-
-GROUPS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("self_attn", ("o_proj",)),
-          ("mlp", ("gate_proj", "up_proj")), ("mlp", ("down_proj",)))  # fmt: skip
+from .llama import base_linear, base_of, lora_terms, packed_linear, prepack, projection_groups
 
 
 class _Frozen(torch.autograd.Function):
@@ -28,21 +25,12 @@ class _Frozen(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, packed, packed_t):
         ctx.w, ctx.packed_t = w, packed_t
-        return F.linear(x, w) if packed is None else _packed_linear(x, packed)
+        return F.linear(x, w) if packed is None else packed_linear(x, packed)
 
     @staticmethod
     def backward(ctx, dy):
-        dx = dy @ ctx.w if ctx.packed_t is None else _packed_linear(dy, ctx.packed_t)
+        dx = dy @ ctx.w if ctx.packed_t is None else packed_linear(dy, ctx.packed_t)
         return dx, None, None, None
-
-
-def _pack(w: torch.Tensor) -> torch.Tensor | None:
-    if w.device.type != "cpu" or not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return torch.ops.mkldnn._reorder_linear_weight(w, 64)
-    except (RuntimeError, AttributeError):
-        return None
 
 
 class FusedProjections:
@@ -52,13 +40,12 @@ class FusedProjections:
         self.layers = []
         for layer in base_of(model).model.layers:
             entry = []
-            for parent, names in GROUPS:
-                mods = [getattr(getattr(layer, parent), n) for n in names]
-                lins = [m.base_layer if hasattr(m, "base_layer") else m for m in mods]
+            for mods in projection_groups(layer):
+                lins = [base_linear(m) for m in mods]
                 w = torch.cat([li.weight.detach() for li in lins]).contiguous()  # (sum out, in)
                 bias = torch.cat([li.bias.detach() for li in lins]) if lins[0].bias is not None else None
-                p = _pack(w)
-                pt = _pack(w.t().contiguous()) if p is not None else None
+                p = prepack(w, 64)
+                pt = prepack(w.t().contiguous(), 64) if p is not None else None
                 if pt is None:
                     p = None  # no oneDNN (CUDA): plain matmuls over the fused copy
                 entry.append({"mods": mods, "w": None if p is not None else w, "p": p, "pt": pt, "bias": bias,
@@ -68,7 +55,7 @@ class FusedProjections:
         w = head.weight.detach()
         self.head_w, self.head_p = w, None
         if not hasattr(head, "lora_A") and not head.weight.requires_grad:  # frozen (tied) head: pack it too
-            self.head_p, self.head_pt = _pack(w), _pack(w.t().contiguous())
+            self.head_p, self.head_pt = prepack(w, 64), prepack(w.t().contiguous(), 64)
             if self.head_pt is None:
                 self.head_p = None
 
@@ -86,11 +73,9 @@ class FusedProjections:
         if not hasattr(model, "peft_config"):
             return False
         for layer in base_of(model).model.layers:
-            for parent, names in GROUPS:
-                for n in names:
-                    m = getattr(getattr(layer, parent), n)
-                    lin = m.base_layer if hasattr(m, "base_layer") else m
-                    if lin.weight.requires_grad or getattr(m, "lora_variant", None):
+            for mods in projection_groups(layer):
+                for m in mods:
+                    if base_linear(m).weight.requires_grad or getattr(m, "lora_variant", None):
                         return False
                     if any(getattr(d, "p", 0.0) > 0 for d in getattr(m, "lora_dropout", {}).values()):
                         return False
@@ -102,7 +87,7 @@ class FusedProjections:
         if g["bias"] is not None:
             y = y + g["bias"]
         parts = list(y.split(g["sizes"], dim=-1))
-        terms = [_lora_terms(m) for m in g["mods"]]  # none while the adapter is disabled (the reference)
+        terms = [lora_terms(m) for m in g["mods"]]  # none while the adapter is disabled (the reference)
         if all(len(t) == 1 for t in terms):  # one adapter on each: the A's of the group as one matmul
             xa = F.linear(x, torch.cat([t[0][0] for t in terms]).to(x.dtype))  # (N, r·parts)
             for i, (xa_i, t) in enumerate(

@@ -18,9 +18,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
-_PROJ = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("self_attn", ("o_proj",)))
-_MLP = (("mlp", ("gate_proj", "up_proj")), ("mlp", ("down_proj",)))
+from .llama import (
+    apply_rope,
+    base_linear,
+    base_of,
+    lora_terms,
+    packed_linear,
+    prepack,
+    projection_groups,
+    supports,
+)
 
 
 @dataclass
@@ -30,35 +37,6 @@ class Samples:
     ids: torch.Tensor  # (B, T) token ids, pad after the end
     mask: torch.Tensor  # (B, T) 1 up to and including the first EOS
     truncated: torch.Tensor  # (B,) True when no EOS was produced within max_new_tokens
-
-
-def base_of(model):
-    """The transformers model under a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _lora_terms(module) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
-    """(A, B, scale) of each active LoRA adapter on `module`; empty for a plain Linear or disabled adapters."""
-    if not hasattr(module, "lora_A") or getattr(module, "disable_adapters", False) or module.merged:
-        return []
-    out = []
-    for name in module.active_adapters:
-        if name in module.lora_A:
-            out.append((module.lora_A[name].weight, module.lora_B[name].weight, float(module.scaling[name])))
-    return out
-
-
-def _linear(module) -> torch.nn.Linear:
-    return module.base_layer if hasattr(module, "base_layer") else module
-
-
-def supports(model) -> bool:
-    base = base_of(model)
-    cfg = base.config
-    if type(base).__name__ not in SUPPORTED or getattr(cfg, "hidden_act", "silu") != "silu":
-        return False
-    window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
-    return window is None or window >= cfg.max_position_embeddings
 
 
 class FastDecoder:
@@ -82,9 +60,8 @@ class FastDecoder:
         self._parts: list[tuple[torch.Tensor, int, torch.nn.Module]] = []
         for layer in base.model.layers:
             entry = {"ln1": layer.input_layernorm.weight, "ln2": layer.post_attention_layernorm.weight}
-            for key, (parent, names) in zip(("qkv", "o", "gu", "down"), (*_PROJ, *_MLP), strict=True):
-                mods = [getattr(getattr(layer, parent), n) for n in names]
-                lins = [_linear(m) for m in mods]
+            for key, mods in zip(("qkv", "o", "gu", "down"), projection_groups(layer), strict=True):
+                lins = [base_linear(m) for m in mods]
                 w0 = lins[0].weight
                 buf = torch.empty(
                     sum(li.out_features for li in lins), w0.shape[1], dtype=w0.dtype, device=w0.device
@@ -109,9 +86,9 @@ class FastDecoder:
         `everything` also recopies matrices without LoRA (needed after full fine-tuning steps or a load).
         """
         for buf, row, mod in self._parts:
-            lin = _linear(mod)
+            lin = base_linear(mod)
             dst = buf[row : row + lin.out_features]
-            terms = _lora_terms(mod) if adapter else []
+            terms = lora_terms(mod) if adapter else []
             if terms:
                 A, B, s = terms[0]
                 torch.addmm(lin.weight, B.to(dst.dtype), A.to(dst.dtype), alpha=s, out=dst)
@@ -120,9 +97,9 @@ class FastDecoder:
             elif everything or hasattr(mod, "lora_A") or lin.weight.requires_grad:
                 dst.copy_(lin.weight)
         head = self.lm_head_module
-        terms = _lora_terms(head) if adapter else []
+        terms = lora_terms(head) if adapter else []
         if terms:  # lm_head in the LoRA targets (not the case for 'all-linear'): keep a merged copy
-            lin = _linear(head)
+            lin = base_linear(head)
             if self._lm_head_buf is None:
                 self._lm_head_buf = torch.empty_like(lin.weight)
             torch.addmm(lin.weight, *(t.to(lin.weight.dtype) for t in terms[0][1::-1]), alpha=terms[0][2],
@@ -135,18 +112,18 @@ class FastDecoder:
         """Reorder every matrix into oneDNN's blocked layout once per refresh.
 
         Why: on a CPU a decode step multiplies 8 rows by every weight matrix, and MKL's plain bf16 GEMM re-lays the
-        weight out on each call; the prepacked oneDNN kernel (what torch.compile's CPU backend uses after freezing)
-        reads it as stored. Same results (bit for bit where measured; checked below); skipped where oneDNN is not there (CUDA).
+        weight out on each call; the prepacked kernel reads it as stored. Same results (bit for bit where measured;
+        checked below); skipped where oneDNN is not there (CUDA).
         """
         self._packed = {}
-        if self.embed.device.type != "cpu" or not torch.backends.mkldnn.is_available():
-            return
         mats = [lay[k] for lay in self.layers for k in ("qkv", "o", "gu", "down")] + [self.lm_head]
+        packed = {id(w): prepack(w, 8) for w in mats}
+        if any(p is None for p in packed.values()):
+            return
         try:
-            packed = {id(w): torch.ops.mkldnn._reorder_linear_weight(w, 8) for w in mats}
             x = torch.randn(3, mats[0].shape[1], dtype=mats[0].dtype)
             ok = torch.allclose(
-                _packed_linear(x, packed[id(mats[0])]), F.linear(x, mats[0]), rtol=1e-2, atol=1e-3
+                packed_linear(x, packed[id(mats[0])]), F.linear(x, mats[0]), rtol=1e-2, atol=1e-3
             )
         except (RuntimeError, AttributeError):
             return
@@ -155,11 +132,11 @@ class FastDecoder:
 
     def _mm(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
         p = self._packed.get(id(w))
-        return F.linear(x, w, b) if p is None else _packed_linear(x, p, b)
+        return F.linear(x, w, b) if p is None else packed_linear(x, p, b)
 
     @property
     def lm_head(self) -> torch.Tensor:
-        return self._lm_head_buf if self._lm_head_buf is not None else _linear(self.lm_head_module).weight
+        return self._lm_head_buf if self._lm_head_buf is not None else base_linear(self.lm_head_module).weight
 
     def _rope_table(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         pos = torch.arange(length, device=self.embed.device)[None]
@@ -167,11 +144,6 @@ class FastDecoder:
         return cos[0], sin[0]
 
     # --- the forward -------------------------------------------------------------------------------------------
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rot * sin
-
     def _mlp_and_o(self, x, attn, lay):
         x = x + self._mm(attn, lay["o"])
         h = F.rms_norm(x, x.shape[-1:], lay["ln2"], self.eps)
@@ -192,7 +164,7 @@ class FastDecoder:
             h = F.rms_norm(x, x.shape[-1:], lay["ln1"], self.eps)
             qkv = self._mm(h, lay["qkv"], lay["qkv_b"])  # (P, L, (H+2K)d)
             q, k, v = qkv.view(P, L, H + 2 * K, d).transpose(1, 2).split((H, K, K), dim=1)
-            q, k = self._rope(q, c, s), self._rope(k, c, s)
+            q, k = apply_rope(q, c, s), apply_rope(k, c, s)
             cache_k[i][:, :, :L] = k.repeat_interleave(n, dim=0)
             cache_v[i][:, :, :L] = v.repeat_interleave(n, dim=0)
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K)
@@ -208,7 +180,7 @@ class FastDecoder:
         for i, lay in enumerate(self.layers):
             h = F.rms_norm(x, x.shape[-1:], lay["ln1"], self.eps)
             qkv = self._mm(h, lay["qkv"], lay["qkv_b"]).view(B, H + 2 * K, d)
-            qk = self._rope(qkv[:, : H + K], cos_t, sin_t)  # q and k rotated in one go
+            qk = apply_rope(qkv[:, : H + K], cos_t, sin_t)  # q and k rotated in one go
             cache_k[i][:, :, slot] = qk[:, H:]
             cache_v[i][:, :, slot] = qkv[:, H + K :]
             # GQA for one query token: the n_rep query heads of a KV head act as n_rep "positions" of that head.
@@ -292,10 +264,6 @@ def _pick(logits, temperature, top_p, greedy, generator) -> torch.Tensor:
     cdf = logits.softmax(dim=-1).double().cumsum(dim=-1)  # (B, V)
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=torch.float64)
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=cdf.shape[1] - 1)[:, 0]
-
-
-def _packed_linear(x: torch.Tensor, packed: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
 
 
 def _finish(out: torch.Tensor, eos: torch.Tensor) -> Samples:
