@@ -14,6 +14,7 @@ import pytest
 
 from workbench import cli
 from workbench.config import PRESETS, RunSpec, spec_fields
+from workbench.errors import CompareError
 from workbench.store import create_run
 
 ROOT = Path(__file__).parents[1]
@@ -111,7 +112,6 @@ def test_errors_are_one_line_exit_2_and_json_gets_an_error_document(capsys, argv
 
 
 def test_a_comparison_error_is_shown_as_written_and_anything_else_with_its_type(capsys, monkeypatch):
-    compare_error = type("CompareError", (ValueError,), {})  # evaluate's, without importing torch
 
     def fail(exc):
         def cmd(args):
@@ -119,7 +119,7 @@ def test_a_comparison_error_is_shown_as_written_and_anything_else_with_its_type(
 
         return cmd
 
-    monkeypatch.setitem(cli.COMMANDS, "runs", fail(compare_error("no prompts to compare: give one")))
+    monkeypatch.setitem(cli.COMMANDS, "runs", fail(CompareError("no prompts to compare: give one")))
     assert cli.main(["runs"]) == 2
     assert capsys.readouterr().err == "error: no prompts to compare: give one\n"
     monkeypatch.setitem(cli.COMMANDS, "runs", fail(KeyError("x")))

@@ -18,6 +18,7 @@ import pytest
 
 from workbench import runner
 from workbench.config import PRESETS, ConfigError, Limits, RewardSpec, RunSpec, spec_fields
+from workbench.errors import CompareError
 from workbench.osutil import process_start_time
 from workbench.store import create_run, open_run
 from workbench.ui import (
@@ -261,9 +262,7 @@ def test_guarded_callbacks_warn_and_skip_instead_of_raising():
     with pytest.warns(UserWarning, match="lower max_steps"):
         assert boom() == (SKIP, SKIP)
     assert "Something went wrong (KeyError" in user_message(KeyError("x"))
-    # evaluate.CompareError (not imported here: it pulls in torch) is written for the user too: shown as is
-    compare_error = type("CompareError", (ValueError,), {})
-    assert user_message(compare_error("pick a run with saved weights")) == "pick a run with saved weights"
+    assert user_message(CompareError("pick a run with saved weights")) == "pick a run with saved weights"
 
 
 def test_poll_redraws_only_when_a_new_step_lands():
@@ -342,7 +341,7 @@ def test_compare_helpers_escape_and_summarise():
     assert "the tuned model is better" in compare.headline(summary, 1) and "Tuned wins 1" in compare.headline(
         summary, 1
     )
-    with pytest.raises(compare.EvalError, match="prompt is empty"):
+    with pytest.raises(CompareError, match="prompt is empty"):
         compare.comparison_rows("x", compare.OWN, 1, "  ", "")
     assert compare.comparison_rows("x", compare.OWN, 1, "Hi", "4") == [{"prompt": "Hi", "answer": "4"}]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli_args import UsageError, build_parser, spec_from_args
-from .config import USER_ERRORS, ConfigError
+from .errors import ConfigError, UserError
 
 __all__ = ["COMMANDS", "build_parser", "main", "spec_from_args"]
 
@@ -333,9 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # one line, never a traceback (WORKBENCH_DEBUG=1 shows it)
         if os.environ.get("WORKBENCH_DEBUG"):
             raise
-        known = type(e).__name__ in USER_ERRORS
         msg = (str(e).strip() or type(e).__name__).splitlines()[0]
-        return _fail(msg if known else f"{type(e).__name__}: {msg}", as_json)
+        return _fail(msg if isinstance(e, UserError) else f"{type(e).__name__}: {msg}", as_json)
     if args.json:
         print(json.dumps(_jsonable(doc)))
     elif text:

@@ -20,20 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
-# Exceptions whose message is already written for the user (what to change): the CLI and the UI show them as they
-# are and put the type name in front of any other. Names, not classes: checking one must not import torch.
-USER_ERRORS = frozenset({"ConfigError", "ModelError", "RunNotFound", "RunnerBusy", "StoreError", "TaskError",
-                         "RewardError", "CompareError"})  # fmt: skip
 
 
 def workbench_home() -> Path:
     """Root folder for converted models and runs: `$WORKBENCH_HOME`, default `~/.cache/grpo-workbench`."""
     return Path(os.environ.get("WORKBENCH_HOME") or Path.home() / ".cache" / "grpo-workbench").expanduser()
-
-
-class ConfigError(ValueError):
-    """A run spec value or combination is invalid; the message says what to change."""
 
 
 def _f(default: Any, help: str, range: tuple | None = None, choices: tuple | None = None, **meta: Any):

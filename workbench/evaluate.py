@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .errors import CompareError
 from .grpo.advantages import to_floats, weighted_rewards
 from .grpo.sampler import Samples, make_sampler
 from .models import encode_prompt, load_model, merge_adapter, pick_device, pick_dtype, stop_ids
@@ -35,10 +36,6 @@ MODES = ("greedy", "sampled")
 SIDES = ("base", "tuned")
 SUMMARY_COLUMNS = ["base_mean", "tuned_mean", "diff", "ci_low", "ci_high", "wins", "ties", "losses"]
 TIE = 1e-9  # scores closer than this count as a tie (float noise in weighted sums)
-
-
-class CompareError(ValueError):
-    """The comparison cannot run as asked; the message says what to change."""
 
 
 # --- statistics (pure) ------------------------------------------------------------------------------------------

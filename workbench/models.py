@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .config import DEFAULT_MODEL, workbench_home
+from .errors import ModelError
 
 BUNDLED = {
     DEFAULT_MODEL: {
@@ -35,10 +36,6 @@ BUNDLED = {
 }
 TINY_MODEL = "tiny-random"  # a few layers, random weights, the bundled tokenizer: for tests
 _READY = "workbench-ready.json"
-
-
-class ModelError(RuntimeError):
-    """A model cannot be resolved or loaded; the message says what to use instead."""
 
 
 @dataclass

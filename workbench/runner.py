@@ -24,15 +24,12 @@ import time
 from pathlib import Path
 
 from .config import Limits, RunSpec
+from .errors import RunnerBusy
 from .osutil import file_lock, pid_alive, process_start_time
 from .store import Run, create_run, dead_worker_reason, list_runs, open_run, runs_dir
 
 # Popen objects of the workers this process started: polled so that dead children do not linger as zombies.
 _CHILDREN: dict[str, subprocess.Popen] = {}
-
-
-class RunnerBusy(RuntimeError):
-    """No worker slot and no queue space (or the run cannot be started now); the message says what to do."""
 
 
 def _lock():

@@ -38,6 +38,7 @@ from typing import Any
 
 from . import __version__
 from .config import RunSpec, workbench_home
+from .errors import RunNotFound, StoreError
 from .osutil import file_lock, pid_alive, replace_dir, write_json_atomic
 
 STATES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
@@ -54,17 +55,6 @@ CREATE TABLE IF NOT EXISTS episodes (
     completion TEXT NOT NULL, rewards TEXT NOT NULL, reward REAL, advantage REAL, length INTEGER,
     truncated INTEGER, PRIMARY KEY (step, idx));
 """
-
-
-class StoreError(RuntimeError):
-    """A store operation that cannot be done now; the message says what to do instead."""
-
-
-class RunNotFound(LookupError):
-    """No run with that id (or the id is malformed)."""
-
-    def __str__(self) -> str:  # LookupError would quote the message
-        return str(self.args[0]) if self.args else "run not found"
 
 
 def runs_dir() -> Path:

@@ -27,7 +27,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from .config import ConfigError, Limits, RunSpec
+from .config import Limits, RunSpec
+from .errors import ConfigError, ModelError, RewardError, TaskError
 from .osutil import process_start_time
 from .store import Run, open_run
 
@@ -126,12 +127,6 @@ def failure_reason(e: BaseException) -> str:
 
 
 def _is_setup_error(e: BaseException) -> bool:
-    try:
-        from .models import ModelError
-        from .rewards import RewardError
-        from .tasks import TaskError
-    except Exception:
-        return isinstance(e, ConfigError)
     return isinstance(e, (ConfigError, ModelError, TaskError, RewardError))
 
 

@@ -12,9 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class RewardError(ValueError):
-    """A reward cannot be built or applied; the message names the valid names, params or columns."""
+from ..errors import RewardError
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import RewardSpec, RunSpec
+from ..errors import TaskError
 
 MIN_ROWS = 4  # below this a "split" is meaningless: too few to train on and hold some out
 ROLES = ("system", "user", "assistant")
-
-
-class TaskError(ValueError):
-    """A task cannot be loaded; the message names the problem (and the row) and what to change."""
 
 
 @dataclass

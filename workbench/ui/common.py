@@ -14,22 +14,17 @@ from typing import Any
 
 import gradio as gr
 
-from ..config import USER_ERRORS
+from ..errors import UploadError, UserError
+
+__all__ = ["CSS", "UploadError", "guarded", "skips", "theme", "user_message"]
 
 log = logging.getLogger("workbench.ui")
-
-# Errors whose message is already written for the user: the workbench's own, plus those the UI raises itself.
-_USER_ERRORS = USER_ERRORS | {"EvalError", "PermissionError", "UploadError"}
-
-
-class UploadError(ValueError):
-    """An uploaded dataset was refused; the message says what to change."""
 
 
 def user_message(e: BaseException) -> str:
     """One line for the visitor: our own errors as written, anything else with its type and a way forward."""
     text = str(e).strip() or type(e).__name__
-    if type(e).__name__ in _USER_ERRORS:
+    if isinstance(e, (UserError, PermissionError)):  # PermissionError: access.py words it for the visitor
         return text
     first = text.splitlines()[0][:300]
     return (

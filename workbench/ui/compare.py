@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from ..errors import CompareError
 from ..store import list_runs, open_run
 from ..tasks import load_task
 from . import plots, views
@@ -25,10 +26,6 @@ from .common import guarded
 HELD_OUT, OWN = "held-out prompts", "my own prompt"
 # evaluate.SUMMARY_COLUMNS with the reward name in front (not imported: evaluate pulls in torch)
 SUMMARY_COLUMNS = ["reward", "base_mean", "tuned_mean", "diff", "ci_low", "ci_high", "wins", "ties", "losses"]
-
-
-class EvalError(ValueError):
-    """The comparison cannot run as asked; the message says what to change."""
 
 
 def run_choices() -> list[tuple[str, str]]:
@@ -52,7 +49,7 @@ def comparison_rows(run_id: str, source: str, n: int, prompt: str, answer: str) 
     """The prompts to compare on: the first n held-out prompts of the run's task, or the visitor's own prompt."""
     if source == OWN:
         if not (prompt or "").strip():
-            raise EvalError("the prompt is empty: type a prompt, or choose held-out prompts")
+            raise CompareError("the prompt is empty: type a prompt, or choose held-out prompts")
         row = {"prompt": prompt.strip()}
         if (answer or "").strip():
             row["answer"] = answer.strip()  # rewards that check correctness read this column
@@ -68,7 +65,7 @@ def run_comparison(run_id: str, source: str, n: int, prompt: str, answer: str, m
     from ..evaluate import compare  # imports torch: only when a comparison is asked for
 
     if not run_id:
-        raise EvalError("no run chosen: pick a run that has a checkpoint or a final adapter")
+        raise CompareError("no run chosen: pick a run that has a checkpoint or a final adapter")
     rows = comparison_rows(run_id, source, n, prompt, answer)
     tokens = int(max_new_tokens) if max_new_tokens else None
     return compare(run_id, adapter_for(run_id), rows=rows, mode=mode, seed=int(seed or 0), max_new_tokens=tokens,
