@@ -128,7 +128,8 @@ def test_compare_answers_with_both_models_and_scores_them(adapter, tmp_path):
     t, s = cmp.table, cmp.summary
     assert len(t) == 4 and cmp.mode == "greedy"
     for col in ("prompt", "base", "tuned", "base/length", "tuned/length", "base/total", "tuned/total",
-                "base_tokens", "tuned_tokens", "base_truncated", "tuned_truncated", "ref/category"):  # fmt: skip
+                "base:tokens", "tuned:tokens", "base:truncated", "tuned:truncated", "ref/category",
+                "base:degenerate", "tuned:naturalness", "tuned:degenerate_reason", "base:words"):  # fmt: skip
         assert col in t.columns, col
     assert list(s.index) == ["length", "total"] and list(s.columns) == SUMMARY_COLUMNS
     assert (s["wins"] + s["ties"] + s["losses"] == 4).all()
@@ -152,12 +153,16 @@ def test_compare_answers_with_both_models_and_scores_them(adapter, tmp_path):
 
     # progress after every batch of 3: base 3/4, 4/4, then tuned, ending at 1.0
     msgs = [m for _, m in calls]
-    assert "base model: 3/4 prompts" in msgs and "tuned model: 4/4 prompts" in msgs
+    assert "base model: 3/4" in msgs and "tuned model: 4/4" in msgs
     fracs = [f for f, _ in calls]
     assert fracs == sorted(fracs) and fracs[-1] == 1.0
 
-    back = pd.read_csv(cmp.to_csv(tmp_path / "out" / "cmp.csv"), keep_default_na=False)
+    per_prompt, stats = cmp.to_csv(tmp_path / "out" / "cmp.csv")
+    back = pd.read_csv(per_prompt, keep_default_na=False)
     assert list(back.columns) == list(t.columns) and back["tuned"].tolist() == t["tuned"].tolist()
+    summary = pd.read_csv(stats)  # rewards, then checks, then the verdict
+    assert summary["kind"].tolist()[:2] == ["reward", "reward"] and summary["kind"].iloc[-1] == "verdict"
+    assert {"degenerate", "naturalness", "repetition", "words", "tokens", "truncated"} <= set(summary["name"])
     doc = json.loads(json.dumps(cmp.to_dict(), allow_nan=False))
     assert doc["run_id"] == run.id and doc["n_prompts"] == 4 and len(doc["rows"]) == 4
     assert set(doc["summary"]["total"]) == set(SUMMARY_COLUMNS) and doc["rewards"] == {"length": 1.0}
@@ -197,19 +202,6 @@ def test_a_reward_without_its_reference_column_does_not_apply(adapter):
     # with the reference it applies, and a wrong answer scores 0 (the tiny model cannot add)
     scored = compare(run.id, folder, rows=[{"prompt": "What is 2 + 2?", "answer": "4"}])
     assert scored.table.loc[0, "base/exact_match"] == 0.0
-
-
-@pytest.mark.slow
-def test_architectures_without_the_fast_sampler_fall_back_to_generate(adapter, monkeypatch):
-    import workbench.grpo.sampler as sampler
-
-    folder, _ = adapter
-    run = _run()
-    fast = compare(run.id, folder)
-    monkeypatch.setattr(sampler, "supports", lambda model: False)
-    slow = compare(run.id, folder)
-    assert slow.table[["base", "tuned"]].equals(fast.table[["base", "tuned"]])
-    assert slow.table["tuned_tokens"].tolist() == fast.table["tuned_tokens"].tolist()
 
 
 @pytest.mark.slow

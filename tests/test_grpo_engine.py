@@ -14,6 +14,7 @@ from workbench.config import RewardSpec, RunSpec
 from workbench.grpo import GRPOEngine, NonFiniteError, RewardFunctionError, prompt_batches
 from workbench.grpo.forward import completion_logps, hf_logps
 from workbench.grpo.fused import FusedProjections
+from workbench.grpo.sampler import FusedLlamaSampler, GenerateSampler, make_sampler
 from workbench.models import load_model
 from workbench.tasks import load_task
 
@@ -70,6 +71,27 @@ def test_shared_prompt_forward_equals_the_hf_forward_with_gradients(fused):
             off - hf_logps(model, prompt_ids, prompt_mask, completion_ids, 3, 0.7, False)[0]
         ).abs().max() < 1e-5
     assert (off - ours).abs().max() > 1e-3  # and the adapter does change the answer
+
+
+def test_both_samplers_give_the_same_greedy_completions():
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = load_model("tiny-random", dtype="float32", device="cpu")
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    fused = make_sampler(model)
+    assert isinstance(fused, FusedLlamaSampler)  # a Llama: the fused path; any other architecture: generate
+    prompts = [tok("The number 7")["input_ids"], tok("Hello there, how are you today?")["input_ids"]]
+    kw = dict(n=2, max_new_tokens=8, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, greedy=True)
+    a, b = fused.sample(prompts, **kw), GenerateSampler(model).sample(prompts, **kw)
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.mask, b.mask) and torch.equal(a.truncated, b.truncated)
+    with torch.no_grad():  # after an update, refresh() brings the fused copy up to date
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.5)
+    fused.refresh()
+    before = a.ids
+    a, b = fused.sample(prompts, **kw), GenerateSampler(model).sample(prompts, **kw)
+    assert torch.equal(a.ids, b.ids) and not torch.equal(a.ids, before)
 
 
 def test_same_seed_same_first_step_completions():

@@ -5,7 +5,7 @@
         result = engine.step(rows)          # StepResult: episodes + TRL-named metrics + time/<phase>
 
 How it differs from TRL's GRPOTrainer (same objective, same metrics; the parity tests hold it to TRL's loss):
-- the rollout samples from a merged, fused copy of the weights (`sampler.FastDecoder`), refreshed after each update;
+- the rollout samples from a merged, fused copy of the weights (`sampler.FusedLlamaSampler`), refreshed after each update;
 - the training forward computes each prompt once per group and logits only at completion positions (`forward`);
 - one step = one rollout of prompts_per_step × G completions, then num_iterations (μ) full-batch updates on it,
   which is TRL with steps_per_generation = 1 and no gradient accumulation.

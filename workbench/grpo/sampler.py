@@ -1,19 +1,29 @@
-"""Fast sampling for the rollout: a hand-written decode loop over merged weights, with a static KV cache.
+"""Sampling for the rollout and for Compare: every sampler has the `Sampler` protocol, `make_sampler` picks one.
 
-Why not `model.generate`: on a CPU a decode step at batch 8 is dispatch-bound, and HF generate over an unmerged
+- `FusedLlamaSampler`: a hand-written decode loop over merged, fused (and on a CPU prepacked) weights, with a static
+  KV cache, for Llama-style decoders (`llama.supports`).
+- `GenerateSampler`: the same contract over `model.generate` on the live (peft) model, for anything else.
+
+Why not always `model.generate`: on a CPU a decode step at batch 8 is dispatch-bound, and HF generate over an unmerged
 peft model runs ~20 small ops per linear layer (base matmul, LoRA A, LoRA B, scale, add, casts) plus its logits
-processors. Here each layer is 4 matmuls over fused weights (q|k|v and gate|up concatenated, the LoRA delta merged in),
+processors. FusedLlamaSampler runs each layer as 4 matmuls over fused weights (q|k|v and gate|up concatenated, the LoRA delta merged in),
 the prompt is prefilled once and its KV cache expanded G times (all G completions of a group share it), and the cache
 is preallocated. The weights are a separate copy, refreshed after every optimizer step with one addmm per LoRA-wrapped
 matrix; training never reads them, so its log-probs always come from the trainable model itself.
 
-Supported: Llama-style decoders (Llama, Qwen2, Mistral without a sliding window in reach). Anything else falls back
-to `hf_sample`, which runs `model.generate` on the peft model (slower, same contract).
+The fused sampler covers Llama-style decoders (Llama, Qwen2, Mistral without a sliding window in reach); anything
+else gets `GenerateSampler` (slower, same contract).
+
+    sampler = make_sampler(model)
+    samples = sampler.sample(prompt_id_lists, n=4, max_new_tokens=64, eos_ids=[2], pad_id=0, temperature=0.9)
+    ... optimizer step ...
+    sampler.refresh()       # the fused copy follows the updated weights (a no-op for GenerateSampler)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +49,32 @@ class Samples:
     truncated: torch.Tensor  # (B,) True when no EOS was produced within max_new_tokens
 
 
-class FastDecoder:
+class Sampler(Protocol):
+    """n sampled (or greedy) completions of each prompt; `refresh` after the model's weights changed."""
+
+    def refresh(self, adapter: bool = True, everything: bool = False) -> None: ...
+
+    def sample(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        max_new_tokens: int,
+        eos_ids: list[int],
+        pad_id: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+        min_new_tokens: int = 0,
+    ) -> Samples: ...
+
+
+def make_sampler(model) -> Sampler:
+    """The fused sampler where the architecture allows it, else `model.generate`."""
+    return FusedLlamaSampler(model) if supports(model) else GenerateSampler(model)
+
+
+class FusedLlamaSampler:
     """Merged, fused weights of a Llama-style model and a batched sampler over them."""
 
     def __init__(self, model):
@@ -277,13 +312,8 @@ def _finish(out: torch.Tensor, eos: torch.Tensor) -> Samples:
     return Samples(ids=out[:, :T].clone(), mask=mask[:, :T].clone(), truncated=~has)
 
 
-def make_sampler(model) -> FastDecoder | HFSampler:
-    """The fast decoder where the architecture allows it, else `model.generate`; both refresh() after an update."""
-    return FastDecoder(model) if supports(model) else HFSampler(model)
-
-
-class HFSampler:
-    """FastDecoder's contract on `model.generate`, for architectures FastDecoder does not cover."""
+class GenerateSampler:
+    """The sampler contract on `model.generate`, for architectures FusedLlamaSampler does not cover."""
 
     def __init__(self, model):
         self.model = model
@@ -305,7 +335,7 @@ class HFSampler:
         generator: torch.Generator | None = None,
         min_new_tokens: int = 0,
     ) -> Samples:
-        """n completions of each prompt, as FastDecoder.sample."""
+        """n completions of each prompt, as FusedLlamaSampler.sample."""
         model = self.model
         dev = next(model.parameters()).device
         if generator is not None:  # generate has no generator argument: seed the global RNG from ours
