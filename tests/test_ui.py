@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import sys
 import warnings
 import zipfile
@@ -369,3 +370,10 @@ def test_an_upload_becomes_a_task_or_says_what_is_wrong(tmp_path):
         train.accept_upload(str(bad), "bad.csv", 256, 3, 0, Limits())
     assert "bad.csv has no 'prompt' column" in str(e.value) and str(uploads.uploads_dir()) not in str(e.value)
     assert len(list(uploads.uploads_dir().iterdir())) == 1  # the refused copy is gone
+
+
+def test_the_app_and_the_cli_import_without_torch():
+    # The web server and `workbench runs` must not pay torch's import (~1 s, ~230 MB) before a model is needed.
+    code = "import sys, workbench.ui.build, workbench.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

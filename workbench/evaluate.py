@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -29,54 +28,12 @@ from .grpo.advantages import to_floats, weighted_rewards
 from .grpo.sampler import Samples, make_sampler
 from .models import encode_prompt, load_model, merge_adapter, pick_device, pick_dtype, stop_ids
 from .rewards import build_rewards, prompt_text
+from .stats import SUMMARY_COLUMNS, as_score, paired_summary
 from .store import open_run
 from .tasks import chat_messages, check_prompt, load_task
 
 MODES = ("greedy", "sampled")
 SIDES = ("base", "tuned")
-SUMMARY_COLUMNS = ["base_mean", "tuned_mean", "diff", "ci_low", "ci_high", "wins", "ties", "losses"]
-TIE = 1e-9  # scores closer than this count as a tie (float noise in weighted sums)
-
-
-# --- statistics (pure) ------------------------------------------------------------------------------------------
-def _num(v: Any) -> float:
-    return math.nan if v is None else float(v)
-
-
-def paired_summary(
-    base: Sequence[float | None], tuned: Sequence[float | None], n_boot: int = 2000, seed: int = 0
-) -> dict[str, float | int]:
-    """Means, paired difference with a bootstrap 95% CI, and wins/ties/losses of tuned over base.
-
-    `base[i]` and `tuned[i]` score prompt i; None/NaN = the reward does not apply. Each mean is over the prompts that
-    side is scored on (as TRL's nanmean); diff, CI and wins only over prompts scored on both sides. The CI is the
-    2.5/97.5 percentile of `n_boot` means of prompts resampled with replacement (fixed seed: reproducible); NaN
-    with fewer than 2 pairs, where resampling says nothing.
-    """
-    if len(base) != len(tuned):
-        raise ValueError(
-            f"{len(base)} base scores for {len(tuned)} tuned scores: pass one of each per prompt"
-        )
-    b = np.array([_num(v) for v in base], dtype=float)
-    t = np.array([_num(v) for v in tuned], dtype=float)
-    both = ~np.isnan(b) & ~np.isnan(t)
-    d = t[both] - b[both]  # (n_pairs,)
-    out: dict[str, float | int] = {
-        "base_mean": float(np.nanmean(b)) if (~np.isnan(b)).any() else math.nan,
-        "tuned_mean": float(np.nanmean(t)) if (~np.isnan(t)).any() else math.nan,
-        "diff": float(d.mean()) if len(d) else math.nan,
-        "ci_low": math.nan,
-        "ci_high": math.nan,
-        "wins": int((d > TIE).sum()),
-        "ties": int((np.abs(d) <= TIE).sum()),
-        "losses": int((d < -TIE).sum()),
-    }
-    if len(d) >= 2:
-        idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))  # (n_boot, n_pairs)
-        lo, hi = np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
-        # Clamp to the observed range: percentile interpolation can step a rounding error outside it.
-        out["ci_low"], out["ci_high"] = float(max(lo, d.min())), float(min(hi, d.max()))
-    return out
 
 
 def _json_safe(v: Any) -> Any:
@@ -251,7 +208,7 @@ def compare(
     for side in SIDES:
         scores[side] = _score(rewards, messages, table[side].tolist(), columns)
         for name, vals in scores[side].items():
-            table[f"{side}/{name}"] = [_num(v) for v in vals]
+            table[f"{side}/{name}"] = [as_score(v) for v in vals]
     # Token counts and truncation sit outside "base/<x>", which holds scores only (the UI shows those as chips).
     for side in SIDES:
         table[f"{side}_tokens"] = [n for _, n, _ in answers[side]]

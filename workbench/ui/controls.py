@@ -12,10 +12,10 @@ from typing import Any
 
 import gradio as gr
 
-from ..config import DEFAULT_MODEL, PRESETS, ConfigError, Limits, RewardSpec, RunSpec, spec_fields
+from ..config import DEFAULT_MODEL, PRESETS, TINY_MODEL, ConfigError, Limits, RewardSpec, RunSpec, spec_fields
 from ..rewards import REGISTRY, Param
 from ..tasks import BUILTIN_TASKS
-from .settings import SPACE_MODEL, TINY_MODEL, default_model, on_space
+from .settings import SPACE_MODEL, default_model, on_space
 
 GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ("Task & model", ("model", "task", "train_size", "eval_size", "system_prompt")),

@@ -10,11 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from ..config import DEFAULT_MODEL, Limits
+from ..config import BUNDLED, DEFAULT_MODEL, Limits
 
-# The hub copy of the bundled model (models.BUNDLED names the same id; not imported: it pulls in torch).
-SPACE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-TINY_MODEL = "tiny-random"
+SPACE_MODEL = BUNDLED[DEFAULT_MODEL]["hub_id"]  # the hub copy of the bundled model
 # Caps a public Space gets when its owner set none: one visitor must not hold the only CPU for hours.
 SPACE_DEFAULT_CAPS = {"max_steps": 200, "max_completion_length": 256}
 

@@ -15,10 +15,10 @@ import shutil
 import time
 from pathlib import Path
 
-from ..config import Limits, RunSpec, workbench_home
+from ..config import TINY_MODEL, Limits, RunSpec, workbench_home
 from ..tasks.files import FORMATS
 from .common import UploadError
-from .settings import TINY_MODEL, default_model, on_space
+from .settings import default_model, on_space
 
 EXTENSIONS = tuple(FORMATS)  # exactly what tasks.load_file reads
 KEEP_UPLOADS = 200  # older uploads are removed: a public Space must not fill its disk
