@@ -237,3 +237,51 @@ def test_training_and_compare_give_the_model_the_same_prompt_ids(tmp_path, templ
                              max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)  # fmt: skip
         said.append(tok.decode(out[0, len(i) :], skip_special_tokens=True))
     assert cmp.table["base"].tolist() == said
+
+
+@pytest.mark.slow
+def test_checks_score_both_sides_and_naturalness_is_measured_under_the_base_model(adapter):
+    from workbench.models import encode_prompt, load_model
+    from workbench.scoring import naturalness
+
+    folder, _ = adapter
+    run = _run()
+    cmp = compare(run.id, folder)
+    t, doc = cmp.table, cmp.to_dict()
+    # naturalness of the *tuned* answers is their log-probability under the *base* model: recompute it by hand
+    base_model, tok = load_model("tiny-random", dtype="float32", device="cpu")
+    task = load_task(run.spec)
+    prompts = [
+        encode_prompt(tok, chat_messages(r, task.system_prompt), run.spec.max_prompt_length)
+        for r in task.eval
+    ]
+    ids = [tok(a, add_special_tokens=False)["input_ids"] for a in t["tuned"]]
+    by_hand = []
+    for p, i in zip(prompts, ids, strict=True):
+        full = torch.tensor([p + i])
+        logp = (
+            base_model(full).logits[0, len(p) - 1 : -1].log_softmax(-1).gather(-1, torch.tensor(i)[:, None])
+        )
+        by_hand.append(float(logp.mean().detach()))
+    # the stored tokens also hold the end token when the answer ended: compare where no end token was generated
+    cut = t["tuned:truncated"] > 0
+    assert cut.any()
+    assert t.loc[cut, "tuned:naturalness"].tolist() == pytest.approx(
+        [b for b, c in zip(by_hand, cut) if c], abs=1e-4
+    )
+    assert naturalness(base_model, prompts[:1], [[]]) == [None]  # no tokens, nothing to measure
+    # every check has a paired summary with its direction, and the verdict and degenerate counts are in the JSON
+    # the concise prompts carry reference answers: correctness is checked although no reward of the run reads them
+    assert set(doc["checks"]) == {
+        "degenerate",
+        "repetition",
+        "naturalness",
+        "correct",
+        "words",
+        "tokens",
+        "truncated",
+    }
+    assert doc["correctness"].startswith("contains_answer")
+    assert doc["checks"]["degenerate"]["better"] == "lower" and doc["checks"]["words"]["better"] == ""
+    assert doc["verdict"]["level"] in ("better", "hacked", "worse", "mixed", "unclear", "too few")
+    assert doc["degenerate"] == {s: int(t[f"{s}:degenerate"].sum()) for s in ("base", "tuned")}

@@ -212,7 +212,26 @@ def cmd_compare(args: argparse.Namespace) -> Result:
     )
     if args.csv:
         cmp.to_csv(args.csv)
-    return 0, cmp.to_dict(), cmp.summary.to_string()
+    return 0, cmp.to_dict(), compare_text(cmp)
+
+
+def compare_text(cmp) -> str:
+    """The verdict first, then rewards and checks with their CIs, then the degenerate tuned answers to read."""
+    v = cmp.verdict
+    stats = cmp.statistics().set_index(["kind", "name"]).round(3).to_string()
+    lines = [f"{v.level.upper()}: {v.headline}", *[f"  - {r}" for r in v.reasons[1:]], "", stats]
+    t = cmp.table
+    bad = t[t["tuned:degenerate"] > 0]
+    if len(bad):
+        lines += [
+            "",
+            f"degenerate tuned answers ({len(bad)} of {len(t)}; base: {int(t['base:degenerate'].sum())}):",
+        ]
+        for _, row in bad.head(5).iterrows():
+            lines.append(
+                f"  {str(row['prompt'])[:60]!r} -> {str(row['tuned'])[:80]!r} ({row['tuned:degenerate_reason']})"
+            )
+    return "\n".join(lines)
 
 
 def cmd_export(args: argparse.Namespace) -> Result:

@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
+from .checks import CHECKS, reference_grader
 from .errors import CompareError
-from .grpo.advantages import to_floats, weighted_rewards
-from .grpo.sampler import Samples, make_sampler
-from .models import encode_prompt, load_model, merge_adapter, pick_device, pick_dtype, stop_ids
+from .models import encode_prompt, load_model, merge_adapter, pick_device, pick_dtype
 from .rewards import build_rewards, prompt_text
+from .scoring import generate, naturalness, score_answers
 from .stats import SUMMARY_COLUMNS, as_score, paired_summary
 from .store import open_run
 from .tasks import chat_messages, check_prompt, load_task
+from .verdict import Verdict, judge
 
 MODES = ("greedy", "sampled")
 SIDES = ("base", "tuned")
@@ -50,7 +50,8 @@ def _json_safe(v: Any) -> Any:
 
 @dataclass
 class Comparison:
-    """The result: `table` (one row per prompt: answers and scores of both models) and `summary` (per reward)."""
+    """The result: `table` (one row per prompt: answers, reward scores and checks of both models), `summary` (per
+    reward), `checks` (per check, with the direction that is better) and the `verdict` built from both."""
 
     run_id: str
     adapter: str
@@ -60,17 +61,39 @@ class Comparison:
     rewards: dict[str, float]  # reward name -> weight in the total
     table: pd.DataFrame
     summary: pd.DataFrame
+    checks: pd.DataFrame
+    verdict: Verdict
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def to_csv(self, path: str | Path) -> Path:
+    def statistics(self) -> pd.DataFrame:
+        """Rewards and checks in one frame: kind ("reward" | "check"), name, better, then SUMMARY_COLUMNS."""
+        r = (
+            self.summary.reset_index()
+            .rename(columns={"reward": "name"})
+            .assign(kind="reward", better="higher")
+        )
+        c = self.checks.reset_index().rename(columns={"check": "name"}).assign(kind="check")
+        return pd.concat([r, c], ignore_index=True)[["kind", "name", "better", *SUMMARY_COLUMNS]]
+
+    def to_csv(self, path: str | Path) -> tuple[Path, Path]:
+        """The per-prompt table at `path`, and the statistics with the verdict beside it (`<stem>-summary.csv`)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.table.to_csv(path, index=False)
-        return path
+        stats = path.with_name(f"{path.stem}-summary.csv")
+        verdict = pd.DataFrame(
+            [{"kind": "verdict", "name": self.verdict.level, "better": self.verdict.headline}]
+        )
+        pd.concat([self.statistics(), verdict], ignore_index=True).to_csv(stats, index=False)
+        return path, stats
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe (NaN/inf as None), for `workbench compare --json` and the API."""
         summary = {str(r): {c: self.summary.loc[r, c] for c in SUMMARY_COLUMNS} for r in self.summary.index}
+        checks = {
+            str(r): {c: self.checks.loc[r, c] for c in ["better", *SUMMARY_COLUMNS]}
+            for r in self.checks.index
+        }
         doc = {
             "run_id": self.run_id,
             "adapter": self.adapter,
@@ -80,7 +103,10 @@ class Comparison:
             "n_prompts": len(self.table),
             "rewards": self.rewards,
             **self.meta,
+            "verdict": self.verdict.to_dict(),
             "summary": summary,
+            "checks": checks,
+            "degenerate": {s: int(self.table[f"{s}:degenerate"].sum()) for s in SIDES},
             "rows": self.table.to_dict(orient="records"),
         }
         return json.loads(json.dumps(_json_safe(doc), allow_nan=False, default=str))
@@ -103,40 +129,6 @@ def tuned_weights(adapter: str | Path) -> tuple[str, Path]:
         f"{folder} holds neither a LoRA adapter (adapter_config.json) nor a full model (config.json): point at the "
         "run's adapter/ folder or one of its checkpoints"
     )
-
-
-def _generate(model, tok, prompts, *, label, mode, temperature, top_p, seed, max_new_tokens, batch_size,
-              progress, done_before, total) -> list[tuple[str, int, bool]]:  # fmt: skip
-    """(answer text, tokens, truncated) per prompt, in batches; the generator restarts from `seed` for each model."""
-    dev = next(model.parameters()).device
-    gen = torch.Generator(device=dev).manual_seed(seed) if mode == "sampled" else None
-    sampler = make_sampler(model)  # the fast one copies the weights now: build it per model
-    kw = dict(n=1, max_new_tokens=max_new_tokens, eos_ids=stop_ids(tok, model), pad_id=tok.pad_token_id,
-              temperature=temperature, top_p=top_p, greedy=mode == "greedy", generator=gen)  # fmt: skip
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        batch = prompts[i : i + batch_size]
-        s: Samples = sampler.sample(prompts=batch, **kw)
-        for ids, mask, trunc in zip(s.ids, s.mask, s.truncated, strict=True):
-            kept = ids[mask.bool()]
-            out.append((tok.decode(kept.tolist(), skip_special_tokens=True), int(mask.sum()), bool(trunc)))
-        if progress:
-            progress((done_before + len(out)) / total, f"{label} model: {len(out)}/{len(prompts)} prompts")
-    return out
-
-
-def _score(rewards, messages, answers, columns) -> dict[str, list[float | None]]:
-    """Every reward on the answers, plus "total" (weighted sum, NaN where no reward applies)."""
-    scores = {}
-    for name, fn, _ in rewards:
-        missing = [c for c in getattr(fn, "needs", ()) if c not in columns]
-        # A reward whose reference column the rows lack (e.g. your own prompt without an answer) does not apply.
-        scores[name] = (
-            [None] * len(answers) if missing else fn(prompts=messages, completions=answers, **columns)
-        )
-    per_func = to_floats([scores[n] for n, _, _ in rewards]).T  # (N, F)
-    scores["total"] = weighted_rewards(per_func, [w for _, _, w in rewards]).tolist()
-    return scores
 
 
 # --- the comparison ---------------------------------------------------------------------------------------------
@@ -175,51 +167,60 @@ def compare(
     dev = pick_device(spec.device)
     model, tok = load_model(spec.model, spec.dtype, dev)
     prompts = [encode_prompt(tok, m, spec.max_prompt_length) for m in messages]
+    n = len(prompts)
     # Both passes see the same prompts, decoding and seed: only the weights differ.
-    gen = dict(mode=mode, temperature=spec.temperature, top_p=spec.top_p, seed=int(seed),
-               max_new_tokens=max_new, batch_size=batch_size, progress=progress, total=2 * len(prompts))  # fmt: skip
-    answers = {"base": _generate(model, tok, prompts, label="base", done_before=0, **gen)}
-    if progress:
-        progress(0.5, "loading the tuned model")
-    if kind == "adapter":
-        model = merge_adapter(model, folder, spec.model)
-    else:
-        from transformers import AutoModelForCausalLM
+    gen = dict(max_new_tokens=max_new, greedy=mode == "greedy", temperature=spec.temperature, top_p=spec.top_p,
+               seed=int(seed), batch_size=batch_size)  # fmt: skip
 
-        del model  # a full model replaces the base: do not hold two in memory
-        try:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=pick_dtype(spec.dtype, dev))
-        except Exception as e:
-            raise CompareError(
-                f"could not load the model in {folder} ({type(e).__name__}): point at a complete saved model"
-            ) from e
-        model.to(dev).eval()
-    answers["tuned"] = _generate(model, tok, prompts, label="tuned", done_before=len(prompts), **gen)
+    def tell(done: int, what: str) -> None:
+        if progress:
+            progress(done / (2 * n + 1), what)
 
+    answers = {
+        "base": generate(model, tok, prompts, progress=lambda k: tell(k, f"base model: {k}/{n}"), **gen)
+    }
+    natural = {"base": naturalness(model, prompts, answers["base"].ids, tok.pad_token_id, batch_size)}
+    tell(n, "loading the tuned model")
+    model = _tuned_model(model, kind, folder, spec, dev)
+    answers["tuned"] = generate(
+        model, tok, prompts, progress=lambda k: tell(n + k, f"tuned model: {k}/{n}"), **gen
+    )
+    # Naturalness is measured under the *base* model for both sides: load it again (the tuned one replaced it).
+    tell(2 * n, "scoring the tuned answers under the base model")
+    del model
+    model, _ = load_model(spec.model, spec.dtype, dev)
+    natural["tuned"] = naturalness(model, prompts, answers["tuned"].ids, tok.pad_token_id, batch_size)
+    del model
+
+    grader = reference_grader(rows, spec.rewards or task.rewards)
+    scores = {side: score_answers(rewards, grader and grader[1], rows, messages, answers[side], natural[side])
+              for side in SIDES}  # fmt: skip
     table = pd.DataFrame({"prompt": [prompt_text(m) for m in messages]})
     for (
         c,
         vals,
     ) in columns.items():  # the reference (e.g. the expected answer) beside the answers, for the CSV
         table[f"ref/{c}"] = vals
-    scores = {}
     for side in SIDES:
-        table[side] = [a for a, _, _ in answers[side]]
+        table[side] = answers[side].texts
+    # "<side>/<reward>" holds reward scores (the UI shows them as chips), "<side>:<check>" the checks.
     for side in SIDES:
-        scores[side] = _score(rewards, messages, table[side].tolist(), columns)
-        for name, vals in scores[side].items():
+        for name, vals in scores[side]["rewards"].items():
             table[f"{side}/{name}"] = [as_score(v) for v in vals]
-    # Token counts and truncation sit outside "base/<x>", which holds scores only (the UI shows those as chips).
     for side in SIDES:
-        table[f"{side}_tokens"] = [n for _, n, _ in answers[side]]
-        table[f"{side}_truncated"] = [t for _, _, t in answers[side]]
-    summary = pd.DataFrame.from_dict(
-        {name: paired_summary(scores["base"][name], scores["tuned"][name]) for name in scores["base"]},
-        orient="index",
-    )[SUMMARY_COLUMNS].astype({"wins": int, "ties": int, "losses": int})
-    summary.index.name = "reward"
+        for name, vals in scores[side]["checks"].items():
+            table[f"{side}:{name}"] = [as_score(v) for v in vals]
+        table[f"{side}:degenerate_reason"] = scores[side]["degenerate_reason"]
+    summary = _summaries({s: scores[s]["rewards"] for s in SIDES}, "reward")
+    checks = _summaries({s: scores[s]["checks"] for s in SIDES}, "check")
+    lower = [c for c in checks.index if CHECKS[c].better == "lower"]  # fewer degenerate answers is a win
+    checks.loc[lower, ["wins", "losses"]] = checks.loc[lower, ["losses", "wins"]].to_numpy()
+    checks.insert(0, "better", [CHECKS[c].better or "" for c in checks.index])
+    if grader is None:
+        checks = checks.drop(index="correct")
     if progress:
-        progress(1.0, f"compared {len(prompts)} prompts")
+        progress(1.0, f"compared {n} prompts")
+    verdict = judge(summary.to_dict(orient="index"), checks.to_dict(orient="index"), n)
     return Comparison(
         run_id=run.id,
         adapter=str(folder),
@@ -229,5 +230,38 @@ def compare(
         rewards={n: w for n, _, w in rewards},
         table=table,
         summary=summary,
-        meta={"model": spec.model, "weights": kind, "system_prompt": system_prompt},
+        checks=checks,
+        verdict=verdict,
+        meta={
+            "model": spec.model,
+            "weights": kind,
+            "system_prompt": system_prompt,
+            "correctness": grader[0] if grader else None,
+        },  # fmt: skip
     )
+
+
+def _tuned_model(model, kind: str, folder: Path, spec, dev: str):
+    """The base `model` with the run's adapter merged in, or the run's full model in its place."""
+    if kind == "adapter":
+        return merge_adapter(model, folder, spec.model)
+    from transformers import AutoModelForCausalLM
+
+    del model  # a full model replaces the base: do not hold two in memory
+    try:
+        tuned = AutoModelForCausalLM.from_pretrained(folder, dtype=pick_dtype(spec.dtype, dev))
+    except Exception as e:
+        raise CompareError(
+            f"could not load the model in {folder} ({type(e).__name__}): point at a complete saved model"
+        ) from e
+    return tuned.to(dev).eval()
+
+
+def _summaries(scores: dict[str, dict[str, list]], index: str) -> pd.DataFrame:
+    """One paired_summary row per name; `scores[side][name]` holds one value per prompt."""
+    names = list(scores["base"])
+    out = pd.DataFrame.from_dict(
+        {name: paired_summary(scores["base"][name], scores["tuned"][name]) for name in names}, orient="index"
+    )[SUMMARY_COLUMNS].astype({"wins": int, "ties": int, "losses": int})
+    out.index.name = index
+    return out

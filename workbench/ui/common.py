@@ -126,6 +126,9 @@ td.wb-num, th.wb-num { text-align:right; font-variant-numeric:tabular-nums; whit
 .wb-answer pre { white-space:pre-wrap; word-break:break-word; font-family:inherit; margin:0 0 6px 0; }
 .wb-scores { display:flex; gap:6px; flex-wrap:wrap; }
 .wb-score { font-size:0.75rem; padding:1px 7px; border-radius:6px; background:var(--background-fill-secondary); }
+.wb-score.wb-check { border:1px dashed var(--border-color-primary); }
+.wb-answer.wb-bad { border-color:#dc2626; box-shadow:0 0 0 1px #dc2626 inset; }
+.wb-degenerate { text-transform:none; letter-spacing:0; color:#dc2626; font-weight:600; margin-left:6px; }
 .wb-qprompt { font-weight:600; margin-top:6px; white-space:pre-wrap; }
 .wb-learn-formula { font-size:1.05rem; padding:6px 10px; background:var(--background-fill-secondary);
   border-radius:8px; display:inline-block; font-family:var(--font-mono); }

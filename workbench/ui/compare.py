@@ -71,41 +71,31 @@ def run_comparison(run_id: str, source: str, n: int, prompt: str, answer: str, m
                    progress=progress)  # fmt: skip
 
 
-def _summary_frame(summary: pd.DataFrame) -> pd.DataFrame:
-    s = summary.copy()
-    if "reward" not in s.columns:
-        s = s.reset_index().rename(columns={"index": "reward"})
-    return s
+LEVEL_ICON = {"better": "✅", "hacked": "⚠️", "worse": "❌", "mixed": "↔️", "unclear": "➖", "too few": "➖"}
 
 
-def headline(summary: pd.DataFrame, n_prompts: int) -> str:
-    """The comparison in one sentence, from the 'total' row (or the first row when there is no total)."""
-    if summary is None or summary.empty:
+def headline(verdict: dict, degenerate: dict[str, int], n_prompts: int) -> str:
+    """The verdict (rewards *and* checks) in a sentence, its reasons, and the degenerate answers per side."""
+    if not verdict:
         return ""
-    s = _summary_frame(summary)
-    row = s[s["reward"].astype(str) == "total"]
-    r = (row if len(row) else s).iloc[0]
-    wins, ties, losses = (int(r.get(k, 0) or 0) for k in ("wins", "ties", "losses"))
-    diff = float(r["diff"])
-    ci = ""
-    if all(isinstance(r.get(k), (int, float)) and math.isfinite(r.get(k)) for k in ("ci_low", "ci_high")):
-        ci = f", 95% CI {r['ci_low']:+.3f} to {r['ci_high']:+.3f}"
-        verdict = ("the tuned model is better" if r["ci_low"] > 0 else "the tuned model is worse" if r["ci_high"] < 0
-                   else "the difference is within the noise")  # fmt: skip
-    else:
-        verdict = "too few prompts for a confidence interval"
-    return (
-        f"**{r['reward']}**: base {float(r['base_mean']):.3f} → tuned {float(r['tuned_mean']):.3f} "
-        f"({diff:+.3f}{ci}) on {n_prompts} prompt{'s' * (n_prompts != 1)}: {verdict}. "
-        f"Tuned wins {wins}, ties {ties}, loses {losses}."
-    )
+    lines = [f"{LEVEL_ICON.get(verdict['level'], '')} **{verdict['headline']}**"]
+    lines += [f"- {views.esc(r)}" for r in verdict.get("reasons", [])[1:6]]
+    lines.append(f"\nDegenerate answers: base **{degenerate.get('base', 0)}** of {n_prompts}, tuned "
+                 f"**{degenerate.get('tuned', 0)}** of {n_prompts} (marked below).")  # fmt: skip
+    return "\n".join(lines)
+
+
+# Checks shown as chips beside each answer (the rest are in the table and the CSV)
+CHIP_CHECKS = ("correct", "naturalness", "repetition", "words")
 
 
 def pairs_html(table: pd.DataFrame, limit: int = 50, max_chars: int = 1500) -> str:
-    """Each prompt, then base and tuned answers side by side with their scores; the higher total is outlined."""
+    """Each prompt, then base and tuned answers side by side with rewards and checks; the higher total is outlined
+    and a degenerate answer is marked with the reason."""
     if table is None or table.empty:
         return '<div class="wb-empty">Answers appear here, base on the left, tuned on the right.</div>'
     rewards = [c[len("base/") :] for c in table.columns if c.startswith("base/")]
+    checks = [c for c in CHIP_CHECKS if f"base:{c}" in table.columns]
     total = "total" if "total" in rewards else None
     parts = []
     for _, row in table.head(limit).iterrows():
@@ -115,9 +105,15 @@ def pairs_html(table: pd.DataFrame, limit: int = 50, max_chars: int = 1500) -> s
             win = total and _gt(row.get(f"{side}/{total}"), row.get(f"{other}/{total}"))
             chips = "".join(f'<span class="wb-score">{views.esc(r)} {views.num(row.get(f"{side}/{r}"))}</span>'
                             for r in rewards)  # fmt: skip
+            chips += "".join(f'<span class="wb-score wb-check">{c} {views.num(row.get(f"{side}:{c}"))}</span>'
+                             for c in checks if _finite(row.get(f"{side}:{c}")))  # fmt: skip
+            why = str(row.get(f"{side}:degenerate_reason") or "")
+            flag = f'<span class="wb-degenerate">degenerate: {views.esc(why)}</span>' if why else ""
             text = str(row.get(side, ""))
             text = text if len(text) <= max_chars else text[:max_chars] + " …"
-            cells.append(f'<div class="wb-answer{" wb-win" if win else ""}"><h4>{side}</h4>'
+            cls = " wb-win" if win else ""
+            cls += " wb-bad" if why else ""
+            cells.append(f'<div class="wb-answer{cls}"><h4>{side} {flag}</h4>'
                          f'<pre>{views.esc(text)}</pre><div class="wb-scores">{chips}</div></div>')  # fmt: skip
         parts.append(f'<div class="wb-qprompt">{views.esc(views.prompt_display(row.get("prompt")))}</div>'
                      f'<div class="wb-pair">{"".join(cells)}</div>')  # fmt: skip
@@ -127,14 +123,27 @@ def pairs_html(table: pd.DataFrame, limit: int = 50, max_chars: int = 1500) -> s
     return "".join(parts) + more
 
 
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
 def _gt(a: Any, b: Any) -> bool:
     ok = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (a, b))
     return bool(ok and a > b)
 
 
-def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
-    s = _summary_frame(summary)
-    return s.round({c: 3 for c in ("base_mean", "tuned_mean", "diff", "ci_low", "ci_high") if c in s.columns})
+def summary_table(stats: pd.DataFrame) -> pd.DataFrame:
+    """Rewards and checks (evaluate.Comparison.statistics), rounded for reading."""
+    return stats.round(
+        {c: 3 for c in ("base_mean", "tuned_mean", "diff", "ci_low", "ci_high") if c in stats.columns}
+    )
+
+
+def chart_frame(stats: pd.DataFrame) -> pd.DataFrame:
+    """What the chart shows: the rewards and the checks on a 0–1-ish scale (lengths have their own columns)."""
+    keep = stats[(stats["kind"] == "reward") | stats["name"].isin(["degenerate", "repetition", "naturalness",
+                                                                     "correct"])]  # fmt: skip
+    return keep.rename(columns={"name": "reward"})
 
 
 def build_compare_tab(train: dict) -> dict[str, Any]:
@@ -176,9 +185,10 @@ def build_compare_tab(train: dict) -> dict[str, Any]:
             plots.summary_figure(None), show_label=False, elem_id="wb-compare-chart", scale=3
         )
         with gr.Column(scale=2):
-            c["table"] = gr.Dataframe(pd.DataFrame(columns=["reward", *SUMMARY_COLUMNS]), label="summary per reward",
+            c["table"] = gr.Dataframe(pd.DataFrame(columns=["reward", *SUMMARY_COLUMNS]), label="rewards and checks (tuned − base, 95% CI)",
                                       interactive=False, elem_id="wb-compare-summary")  # fmt: skip
-            c["csv"] = gr.File(label="download the comparison (CSV)", interactive=False, height=70,
+            c["csv"] = gr.File(label="download the comparison (CSV: per prompt, and the summary)", interactive=False,
+                               file_count="multiple", height=90,
                                elem_id="wb-compare-csv")  # fmt: skip
     c["pairs"] = gr.HTML(pairs_html(None), elem_id="wb-compare-pairs")
 
@@ -200,9 +210,11 @@ def build_compare_tab(train: dict) -> dict[str, Any]:
         result = run_comparison(run_id, source, n, prompt, answer, mode, seed, max_new_tokens,
                                 progress=lambda f, msg: progress(f, desc=msg))  # fmt: skip
         out = Path(tempfile.mkdtemp(prefix="wb-compare-")) / f"compare-{run_id}.csv"
-        result.to_csv(out)
-        return (headline(result.summary, len(result.table)), plots.summary_figure(_summary_frame(result.summary)),
-                summary_table(result.summary), str(out), pairs_html(result.table))  # fmt: skip
+        files = result.to_csv(out)
+        doc, stats = result.to_dict(), result.statistics()
+        return (headline(doc["verdict"], doc["degenerate"], len(result.table)),
+                plots.summary_figure(chart_frame(stats)), summary_table(stats), [str(f) for f in files],
+                pairs_html(result.table))  # fmt: skip
 
     c["go"].click(go, [c["run"], c["source"], c["n"], c["prompt"], c["answer"], c["mode"], c["seed"],
                        c["max_new_tokens"]], [c["headline"], c["chart"], c["table"], c["csv"], c["pairs"]],

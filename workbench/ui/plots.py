@@ -211,9 +211,13 @@ def summary_figure(summary: pd.DataFrame, height: int = 340) -> go.Figure:
     diff = s["diff"].astype(float)
     err_hi = (s["ci_high"].astype(float) - diff) if "ci_high" in s else None
     err_lo = (diff - s["ci_low"].astype(float)) if "ci_low" in s else None
+    # A positive difference is good for a reward, bad for a check where lower is better (degenerate answers).
+    sign = [
+        -1 if b == "lower" else 0 if b == "" else 1 for b in s.get("better", pd.Series(["higher"] * len(s)))
+    ]
     colors = [
-        GOOD if (not math.isnan(d) and d > 0) else BAD if (not math.isnan(d) and d < 0) else BASE
-        for d in diff
+        BASE if math.isnan(d) or g * d == 0 else GOOD if g * d > 0 else BAD
+        for d, g in zip(diff, sign, strict=True)
     ]
     fig.add_trace(
         go.Scatter(
