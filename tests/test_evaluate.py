@@ -267,7 +267,7 @@ def test_checks_score_both_sides_and_naturalness_is_measured_under_the_base_mode
     cut = t["tuned:truncated"] > 0
     assert cut.any()
     assert t.loc[cut, "tuned:naturalness"].tolist() == pytest.approx(
-        [b for b, c in zip(by_hand, cut) if c], abs=1e-4
+        [b for b, c in zip(by_hand, cut, strict=True) if c], abs=1e-4
     )
     assert naturalness(base_model, prompts[:1], [[]]) == [None]  # no tokens, nothing to measure
     # every check has a paired summary with its direction, and the verdict and degenerate counts are in the JSON
