@@ -102,8 +102,8 @@ def run_builtin(total: int) -> dict:
 
     import torch
 
-    from workbench.grpo import GRPOEngine, prompt_batches
-    from workbench.tasks import load_task
+    from workbench.grpo import GRPOEngine
+    from workbench.tasks import load_task, prompt_batches
 
     spec = make_spec(total)
     task = load_task(spec)

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from workbench.config import RewardSpec, RunSpec
-from workbench.grpo import GRPOEngine, NonFiniteError, RewardFunctionError, prompt_batches
+from workbench.grpo import GRPOEngine, NonFiniteError, RewardFunctionError
 from workbench.grpo.forward import completion_logps, hf_logps
 from workbench.grpo.fused import FusedProjections
 from workbench.grpo.sampler import FusedLlamaSampler, GenerateSampler, make_sampler
 from workbench.models import load_model
-from workbench.tasks import load_task
+from workbench.tasks import load_task, prompt_batches
 
 ROWS = [{"prompt": f"Say something about the number {i}."} for i in range(16)]
 

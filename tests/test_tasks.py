@@ -3,6 +3,7 @@ row), hub offline, and the train/eval split (deterministic, eval stable, never o
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from workbench.config import Limits, RewardSpec, RunSpec
 from workbench.rewards import build_rewards
-from workbench.tasks import BUILTIN_TASKS, Task, TaskError, chat_messages, load_task
+from workbench.tasks import BUILTIN_TASKS, Task, TaskError, chat_messages, load_task, prompt_batches
 
 
 def spec(task: str, **kw) -> RunSpec:
@@ -39,6 +40,20 @@ def test_split_is_deterministic_disjoint_and_eval_stable(task):
     assert bigger.eval == a.eval  # eval is taken first: more training prompts do not move it
     other = load_task(spec(task, seed=2, train_size=40, eval_size=8))
     assert other.eval != a.eval  # another seed, another split
+
+
+def test_prompt_batches_cover_each_epoch_once_and_a_resume_sees_the_same_prompts():
+    rows = [{"prompt": f"q{i}"} for i in range(7)]
+    straight = list(itertools.islice(prompt_batches(rows, 3, seed=0), 6))
+    # 7 rows in batches of 3: two batches an epoch, the odd row left out; each epoch a new order, no repeats inside
+    first_epoch = prompts(straight[0] + straight[1])
+    assert len(set(first_epoch)) == 6 and prompts(straight[2] + straight[3]) != first_epoch
+    # a run resumed after step 3 sees what the uninterrupted run saw at steps 4, 5, 6
+    assert list(itertools.islice(prompt_batches(rows, 3, seed=0, start_step=3), 3)) == straight[3:]
+    other = list(itertools.islice(prompt_batches(rows, 3, seed=1), 6))
+    assert other != straight  # another seed, another order
+    with pytest.raises(ValueError, match="prompts_per_step=8"):
+        next(prompt_batches(rows, 8, seed=0))
 
 
 def test_sizes_clamp_to_what_exists(tmp_path):

@@ -7,7 +7,7 @@ objects as the built-in engine, so the run store, live curves and comparison wor
 - A workbench step is one rollout of prompts_per_step × G completions followed by num_iterations (μ) optimizer
   passes over it; in TRL that is μ optimizer steps (`steps_per_generation=1`), so TRL's `max_steps` is ours × μ and
   one StepResult is emitted every μ TRL steps.
-- Prompts reach TRL in the order `grpo.prompt_batches` gives the built-in engine (`shuffle_dataset=False`), so the
+- Prompts reach TRL in the order `tasks.prompt_batches` gives the built-in engine (`shuffle_dataset=False`), so the
   two engines see the same prompts at the same step.
 - Episodes: each reward fn is wrapped to record what TRL gives it (prompts, completions, completion token ids,
   scores); totals and advantages are recomputed from those scores with `grpo.advantages` (TRL 1.16's formulas).
@@ -34,11 +34,11 @@ import numpy as np
 import torch
 
 from .config import RunSpec
-from .grpo import Episode, NonFiniteError, RewardFunctionError, StepResult, prompt_batches
+from .grpo import Episode, NonFiniteError, RewardFunctionError, StepResult
 from .grpo.advantages import group_advantages, to_floats, weighted_rewards
 from .models import encode_prompt, load_model, pick_device, pick_dtype, stop_ids
 from .rewards import build_rewards, completion_text, prompt_text
-from .tasks import chat_messages
+from .tasks import chat_messages, prompt_batches
 
 _SUMMARY_KEYS = ("train_runtime", "train_loss")  # keys of the end-of-training log, not a step
 

@@ -3,7 +3,7 @@
     python -m workbench worker RUN_ID        # started by workbench.runner; not meant to be typed
 
 It loads the spec from the store, the task, and the engine (ours, or TRL's when spec.engine == "trl"); resumes from
-the run's latest checkpoint if there is one (prompt_batches(start_step=...) gives the same prompts an uninterrupted
+the run's latest checkpoint if there is one (tasks.prompt_batches(start_step=...) gives the same prompts an uninterrupted
 run would have seen); appends every step to the store; saves a checkpoint every `save_every` steps and at the end,
 then the final adapter. Between steps it honours a stop request (the store's stop file, or SIGTERM/SIGINT).
 Any failure ends the run as "failed" with a one-line reason; the traceback goes to worker.log (its stdout/stderr).
@@ -165,15 +165,13 @@ def train(
     run: Run, should_stop: Callable[[], bool], engine_factory: Callable | None = None
 ) -> tuple[str, str]:
     """Train `run` to its target steps (or until stopped). Returns (final state, reason); failures raise."""
-    from .tasks import load_task
+    from .tasks import load_task, prompt_batches
 
     spec = run.spec
     fault = Fault(os.environ.get(FAULT_ENV))
     task = load_task(spec, Limits.from_env())
     if spec.engine == "trl":
         return _train_trl(run, spec, task, should_stop)
-    from .grpo import prompt_batches
-
     engine = (engine_factory or build_engine)(spec, task, fault)
     ckpt = run.latest_checkpoint()
     if ckpt is not None:

@@ -6,14 +6,17 @@ It knows nothing of files, processes or UI: the worker drives it, the store keep
     engine = GRPOEngine.from_spec(spec, task)
     result = engine.step(rows)        # a StepResult: every episode and TRL-named metrics
 
-Modules: `types` (Episode, StepResult, errors, prompt_batches), `sampler` (the fast rollout decoder), `forward`
-(log-probs at completion positions, prompt shared by its group), `loss` (advantages and TRL 1.16's policy losses),
-`engine` (GRPOEngine: one step, checkpoints).
+Which rows a step trains on is the task's business: `workbench.tasks.prompt_batches`.
+
+Modules: `types` (Episode, StepResult, errors), `advantages` (the reward total and group advantages, torch-free),
+`loss` (TRL 1.16's policy losses), `llama` (the Llama-style plumbing the next three share), `sampler` (the rollout
+samplers behind one protocol), `fused` (frozen projections fused for training), `forward` (log-probs at completion
+positions, prompt shared by its group), `engine` (GRPOEngine: one step, checkpoints).
 """
 
-from .types import Episode, NonFiniteError, RewardFunctionError, StepResult, prompt_batches
+from .types import Episode, NonFiniteError, RewardFunctionError, StepResult
 
-__all__ = ["Episode", "GRPOEngine", "NonFiniteError", "RewardFunctionError", "StepResult", "prompt_batches"]
+__all__ = ["Episode", "GRPOEngine", "NonFiniteError", "RewardFunctionError", "StepResult"]
 
 
 def __getattr__(name: str):

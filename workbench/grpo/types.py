@@ -1,13 +1,8 @@
-"""What the engine hands out: one `Episode` per completion, one `StepResult` per optimizer step; its errors; and
-`prompt_batches`, the one definition of which prompts a step trains on (the built-in engine, TRL and a resumed run
-all draw from it, so they see the same prompts at the same step)."""
+"""What the engine hands out: one `Episode` per completion, one `StepResult` per optimizer step; and its errors."""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 
 @dataclass
@@ -44,22 +39,3 @@ class RewardFunctionError(RuntimeError):
 
 class NonFiniteError(FloatingPointError):
     """A reward, the loss or the gradient norm is NaN or infinite: the run stops rather than train on it."""
-
-
-def prompt_batches(
-    rows: list[dict[str, Any]], prompts_per_step: int, seed: int, start_step: int = 0
-) -> Iterator[list[dict[str, Any]]]:
-    """Endless batches of `prompts_per_step` rows: each epoch a fresh seeded shuffle, the incomplete tail dropped.
-
-    `start_step=k` yields what an uninterrupted run would yield from its (k+1)-th batch on (a resume).
-    """
-    if prompts_per_step < 1 or len(rows) < prompts_per_step:
-        raise ValueError(f"need at least prompts_per_step={prompts_per_step} rows, got {len(rows)}")
-    per_epoch = len(rows) // prompts_per_step
-    epoch, skip = divmod(start_step, per_epoch)
-    while True:
-        order = list(range(len(rows)))
-        random.Random(seed * 100_003 + epoch).shuffle(order)
-        for b in range(skip, per_epoch):
-            yield [rows[i] for i in order[b * prompts_per_step : (b + 1) * prompts_per_step]]
-        epoch, skip = epoch + 1, 0

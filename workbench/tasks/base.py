@@ -1,4 +1,5 @@
-"""What a task is, how its rows are checked, and how they split into train and held-out eval.
+"""What a task is, how its rows are checked, how they split into train and held-out eval, and in which order
+training steps draw the train rows (`prompt_batches`).
 
 A row is a dict with "prompt" (text, or a list of chat messages) plus reference columns such as "answer". The split
 is deterministic from the seed, the two parts never share a prompt, and the eval part is taken first so it does not
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,3 +152,25 @@ def check_split(
     if any(prompt_key(r["prompt"]) in keys for r in train):  # dedupe guarantees this never happens
         raise RuntimeError(f"{source}: train and eval share a prompt; this is a bug in the split")
     return train, eval_
+
+
+def prompt_batches(
+    rows: list[dict[str, Any]], prompts_per_step: int, seed: int, start_step: int = 0
+) -> Iterator[list[dict[str, Any]]]:
+    """Endless batches of `prompts_per_step` rows: each epoch a fresh seeded shuffle, the incomplete tail dropped.
+
+    The one definition of which prompts a training step sees: the built-in engine, TRL and a resumed run all draw
+    from it, so they see the same prompts at the same step.
+
+    `start_step=k` yields what an uninterrupted run would yield from its (k+1)-th batch on (a resume).
+    """
+    if prompts_per_step < 1 or len(rows) < prompts_per_step:
+        raise ValueError(f"need at least prompts_per_step={prompts_per_step} rows, got {len(rows)}")
+    per_epoch = len(rows) // prompts_per_step
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        order = list(range(len(rows)))
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+        for b in range(skip, per_epoch):
+            yield [rows[i] for i in order[b * prompts_per_step : (b + 1) * prompts_per_step]]
+        epoch, skip = epoch + 1, 0
