@@ -131,7 +131,7 @@ def run_trl(total: int) -> dict:
     import torch
 
     from workbench.tasks import load_task
-    from workbench.trl_engine import _build_trainer
+    from workbench.trl_engine import build_trainer
 
     spec = make_spec(total).replace(engine="trl")
     task = load_task(spec)
@@ -147,7 +147,7 @@ def run_trl(total: int) -> dict:
         out["lengths"].append([e.length for e in res.episodes])
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _build_trainer(spec, task, on_step, lambda: False, tmp)
+        trainer = build_trainer(spec, task, on_step, lambda: False, tmp)
         # TRL copies GRPOConfig.generation_kwargs into a GenerationConfig at __init__ and also passes the dict
         # to unwrap_model_for_generation (it overrides the model's generation config): set both.
         trainer.generation_config.min_new_tokens = NEW_TOKENS

@@ -101,12 +101,12 @@ def trl_trainer(tmp_path_factory):
     """A real TRL GRPOTrainer over the tiny model (LoRA), built from a run spec by the TRL engine."""
     from workbench.config import RewardSpec, RunSpec
     from workbench.tasks import load_task
-    from workbench.trl_engine import _build_trainer
+    from workbench.trl_engine import build_trainer
 
     spec = RunSpec(model="tiny-random", task="concise", train_size=8, eval_size=2, max_steps=2, num_generations=4,
                    max_completion_length=6, dtype="float32", device="cpu", engine="trl", temperature=0.8,
                    rewards=[RewardSpec("length", 1.0, {"target": 20, "unit": "chars"})])  # fmt: skip
-    trainer = _build_trainer(
+    trainer = build_trainer(
         spec, load_task(spec), lambda r: None, lambda: False, tmp_path_factory.mktemp("trl")
     )
     torch.manual_seed(1)

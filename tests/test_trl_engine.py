@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from workbench.config import RewardSpec, RunSpec
-from workbench.trl_engine import export_trl, grpo_config_kwargs, lora_kwargs, train_with_trl
+from workbench.trl_engine import build_trainer, train_with_trl
+from workbench.trl_export import export_trl, grpo_config_kwargs
 
 # Character length varies a lot between random-token completions, so advantages are non-zero and LoRA moves.
 REWARDS = [RewardSpec("length", 1.0, {"target": 20, "unit": "chars"})]
@@ -108,10 +109,10 @@ def test_one_step_is_prompts_times_generations_and_mu_passes(tmp_path):
 
 
 def test_lora_settings():
-    assert lora_kwargs(RunSpec(use_lora=False)) is None
-    kw = lora_kwargs(RunSpec(lora_r=8, lora_alpha=16, lora_target_modules="q_proj, v_proj"))
+    assert RunSpec(use_lora=False).lora_kwargs() is None
+    kw = RunSpec(lora_r=8, lora_alpha=16, lora_target_modules="q_proj, v_proj").lora_kwargs()
     assert kw["r"] == 8 and kw["lora_alpha"] == 16 and kw["target_modules"] == ["q_proj", "v_proj"]
-    assert lora_kwargs(RunSpec())["target_modules"] == "all-linear"
+    assert RunSpec().lora_kwargs()["target_modules"] == "all-linear"
 
 
 # --- training on TRL ---------------------------------------------------------------------------------------------
@@ -179,11 +180,10 @@ def test_stop_ends_after_the_current_step_and_still_saves(tmp_path):
 def test_mu_passes_make_one_step_and_episodes_match_trl(tmp_path):
     """num_iterations=2: two TRL optimizer steps make one workbench step; our advantages are TRL's."""
     from workbench.tasks import load_task
-    from workbench.trl_engine import _build_trainer
 
     spec = tiny_spec(max_steps=1, num_iterations=2)
     results = []
-    trainer = _build_trainer(spec, load_task(spec), results.append, lambda: False, tmp_path)
+    trainer = build_trainer(spec, load_task(spec), results.append, lambda: False, tmp_path)
     trainer.train()
     assert trainer.state.global_step == 2 and [r.step for r in results] == [1]
     eps = results[0].episodes

@@ -240,7 +240,7 @@ def cmd_export(args: argparse.Namespace) -> Result:
     run = open_run(args.run)
     if args.trl:
         from .tasks import load_task
-        from .trl_engine import export_trl
+        from .trl_export import export_trl
 
         out = export_trl(run.spec, load_task(run.spec), Path(args.trl))
         return 0, {"run_id": run.id, "trl": str(out)}, f"TRL script written to {out}"

@@ -1,7 +1,7 @@
-"""The same run spec on TRL's GRPOTrainer: `engine="trl"` runs, and export to a TRL + accelerate script.
+"""The same run spec on TRL's GRPOTrainer: what `engine="trl"` runs.
 
-`train_with_trl` maps every RunSpec field onto a `GRPOConfig` (TRL 1.16 semantics, which the built-in engine
-follows), trains with the same reward functions and task data, and streams each step into the same `StepResult`
+`train_with_trl` maps every RunSpec field onto a `GRPOConfig` (`trl_export.grpo_config_kwargs`, TRL 1.16 semantics,
+which the built-in engine follows), trains with the same reward functions and task data, and streams each step into the same `StepResult`
 objects as the built-in engine, so the run store, live curves and comparison work unchanged.
 
 - A workbench step is one rollout of prompts_per_step × G completions followed by num_iterations (μ) optimizer
@@ -13,10 +13,7 @@ objects as the built-in engine, so the run store, live curves and comparison wor
   scores); totals and advantages are recomputed from those scores with `grpo.advantages` (TRL 1.16's formulas).
 - TRL 1.16 has no max_prompt_length: prompts over it are used whole (a note is printed).
 
-`export_trl` writes a self-contained folder (train.py, train.jsonl, eval.jsonl, accelerate_config.yaml, README.md):
-
-    workbench export RUN --trl DIR
-    cd DIR && accelerate launch --config_file accelerate_config.yaml train.py
+The same spec as a script for `accelerate launch` on GPUs: `trl_export.export_trl`.
 """
 
 from __future__ import annotations
@@ -38,52 +35,10 @@ from .grpo import Episode, NonFiniteError, RewardFunctionError, StepResult
 from .grpo.advantages import group_advantages, to_floats, weighted_rewards
 from .models import encode_prompt, load_model, pick_device, pick_dtype, stop_ids
 from .rewards import build_rewards, completion_text, prompt_text
-from .tasks import chat_messages, prompt_batches
+from .tasks import prompt_batches
+from .trl_export import grpo_config_kwargs, trl_rows
 
 _SUMMARY_KEYS = ("train_runtime", "train_loss")  # keys of the end-of-training log, not a step
-
-
-# --- the spec as TRL settings (shared by training and export) ---------------------------------------------------
-
-
-def grpo_config_kwargs(spec: RunSpec, reward_weights: list[float]) -> dict[str, Any]:
-    """GRPOConfig keyword arguments for every GRPO field of `spec`, one process (precision and I/O left out)."""
-    mu = spec.num_iterations
-    return {
-        "num_generations": spec.num_generations,
-        "per_device_train_batch_size": spec.prompts_per_step * spec.num_generations,  # completions per step
-        "max_completion_length": spec.max_completion_length,
-        "temperature": spec.temperature,
-        "top_p": spec.top_p,
-        "learning_rate": spec.learning_rate,
-        "lr_scheduler_type": spec.scheduler_name,
-        "warmup_steps": spec.warmup_steps * mu,  # TRL counts optimizer steps: μ per workbench step
-        "max_steps": spec.max_steps * mu,
-        "max_grad_norm": spec.max_grad_norm,
-        "weight_decay": spec.weight_decay,
-        "loss_type": spec.loss_type,
-        "beta": spec.beta,
-        "epsilon": spec.epsilon,
-        "epsilon_high": spec.epsilon_high,
-        "num_iterations": mu,
-        "scale_rewards": spec.scale_rewards,
-        "mask_truncated_completions": spec.mask_truncated_completions,
-        "reward_weights": [float(w) for w in reward_weights],
-        "seed": spec.seed,
-    }
-
-
-def lora_kwargs(spec: RunSpec) -> dict[str, Any] | None:
-    """peft LoraConfig keyword arguments, or None for full fine-tuning (the spec's own mapping)."""
-    return spec.lora_kwargs()
-
-
-def trl_rows(rows: list[dict], system_prompt: str) -> list[dict]:
-    """Task rows as TRL wants them: a conversational "prompt" (system prompt included) plus reference columns."""
-    return [
-        {"prompt": chat_messages(r, system_prompt), **{k: v for k, v in r.items() if k != "prompt"}}
-        for r in rows
-    ]
 
 
 # --- streaming TRL's steps into StepResults ---------------------------------------------------------------------
@@ -249,7 +204,7 @@ def _note_long_prompts(tok, rows: list[dict], limit: int) -> None:
         )
 
 
-def _build_trainer(spec: RunSpec, task: Any, on_step, should_stop, output_dir: Path):
+def build_trainer(spec: RunSpec, task: Any, on_step, should_stop, output_dir: Path):
     """A GRPOTrainer for `spec`, its reward fns wrapped to record episodes, with the streaming callback."""
     from peft import LoraConfig
     from transformers.trainer_callback import PrinterCallback
@@ -290,7 +245,7 @@ def _build_trainer(spec: RunSpec, task: Any, on_step, should_stop, output_dir: P
     wrapped = [_RecordedReward(n, fn, rollout, first=i == 0) for i, (n, fn, _) in enumerate(rewards)]
     ends = set(stop_ids(tok, model)) | ({tok.pad_token_id} - {None})  # TRL also counts a final pad as an end
     callback = _stream_callback(spec, names, weights, rollout, on_step, should_stop, ends)
-    lora = lora_kwargs(spec)
+    lora = spec.lora_kwargs()
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=wrapped,
@@ -318,23 +273,8 @@ def train_with_trl(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    trainer = _build_trainer(spec, task, on_step, should_stop, output_dir)
+    trainer = build_trainer(spec, task, on_step, should_stop, output_dir)
     trainer.train()
     final = output_dir / "adapter"
     trainer.save_model(str(final))
     return final
-
-
-# --- export ------------------------------------------------------------------------------------------------------
-
-
-def export_trl(spec: RunSpec, task: Any, out_dir: Path) -> Path:
-    """Write a self-contained TRL + accelerate training folder for `spec` on `task`; return the folder.
-
-    train.py (GRPOConfig with the spec's values, rewards by registry name), train.jsonl / eval.jsonl,
-    accelerate_config.yaml, README.md with the launch command, run_spec.json. Rewards are checked here, so an
-    unknown name fails now rather than on the GPU machine.
-    """
-    from .export_template import write_export  # the templates import this module's mapping
-
-    return write_export(spec, task, Path(out_dir))

@@ -1,8 +1,12 @@
-"""The TRL export: the folder `workbench export RUN --trl DIR` writes, and the templates it is made from.
+"""The run spec as TRL settings, and the TRL export: the folder `workbench export RUN --trl DIR` writes.
 
-`write_export` (called by `trl_engine.export_trl`) fills the `$placeholders` (string.Template) with literal values
-from the run spec, so the exported train.py reads like a hand-written TRL script: one GRPOConfig dict, the rewards
-by registry name, a LoRA config. The spec → GRPOConfig mapping itself lives in trl_engine, shared with training.
+    workbench export RUN --trl DIR
+    cd DIR && accelerate launch --config_file accelerate_config.yaml train.py
+
+`grpo_config_kwargs` (the spec → GRPOConfig mapping) and `trl_rows` (task rows as TRL's conversational prompts) are
+shared with `trl_engine`, which trains on TRL in-process; this module depends on the spec, never on the TRL engine.
+`export_trl` fills the `$placeholders` (string.Template) with literal values from the run spec, so the exported
+train.py reads like a hand-written TRL script: one GRPOConfig dict, the rewards by registry name, a LoRA config.
 """
 
 from __future__ import annotations
@@ -12,10 +16,49 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from .config import RunSpec
-from .models import BUNDLED, TINY_MODEL
+from .config import BUNDLED, TINY_MODEL, RunSpec
 from .rewards import build_rewards
-from .trl_engine import grpo_config_kwargs, lora_kwargs, trl_rows
+from .tasks import chat_messages
+
+# --- the spec as TRL settings (shared with trl_engine) ----------------------------------------------------------
+
+
+def grpo_config_kwargs(spec: RunSpec, reward_weights: list[float]) -> dict[str, Any]:
+    """GRPOConfig keyword arguments for every GRPO field of `spec`, one process (precision and I/O left out)."""
+    mu = spec.num_iterations
+    return {
+        "num_generations": spec.num_generations,
+        "per_device_train_batch_size": spec.prompts_per_step * spec.num_generations,  # completions per step
+        "max_completion_length": spec.max_completion_length,
+        "temperature": spec.temperature,
+        "top_p": spec.top_p,
+        "learning_rate": spec.learning_rate,
+        "lr_scheduler_type": spec.scheduler_name,
+        "warmup_steps": spec.warmup_steps * mu,  # TRL counts optimizer steps: μ per workbench step
+        "max_steps": spec.max_steps * mu,
+        "max_grad_norm": spec.max_grad_norm,
+        "weight_decay": spec.weight_decay,
+        "loss_type": spec.loss_type,
+        "beta": spec.beta,
+        "epsilon": spec.epsilon,
+        "epsilon_high": spec.epsilon_high,
+        "num_iterations": mu,
+        "scale_rewards": spec.scale_rewards,
+        "mask_truncated_completions": spec.mask_truncated_completions,
+        "reward_weights": [float(w) for w in reward_weights],
+        "seed": spec.seed,
+    }
+
+
+def trl_rows(rows: list[dict], system_prompt: str) -> list[dict]:
+    """Task rows as TRL wants them: a conversational "prompt" (system prompt included) plus reference columns."""
+    return [
+        {"prompt": chat_messages(r, system_prompt), **{k: v for k, v in r.items() if k != "prompt"}}
+        for r in rows
+    ]
+
+
+# --- the export -------------------------------------------------------------------------------------------------
 
 TRAIN_PY = Template('''\
 """GRPO with TRL + accelerate: run "$title", exported by GRPO Workbench.
@@ -240,8 +283,13 @@ _PRECISION = {
 _MIXED = {"auto": "bf16", "bfloat16": "bf16", "float16": "fp16", "float32": "no"}
 
 
-def write_export(spec: RunSpec, task: Any, out_dir: Path) -> Path:
-    """The body of `trl_engine.export_trl`: fill the templates with the spec's values and write the folder."""
+def export_trl(spec: RunSpec, task: Any, out_dir: Path) -> Path:
+    """Write a self-contained TRL + accelerate training folder for `spec` on `task`; return the folder.
+
+    train.py (GRPOConfig with the spec's values, rewards by registry name), train.jsonl / eval.jsonl,
+    accelerate_config.yaml, README.md with the launch command, run_spec.json. Rewards are checked here, so an
+    unknown name fails now rather than on the GPU machine.
+    """
     import trl
 
     out = Path(out_dir)
@@ -256,7 +304,7 @@ def write_export(spec: RunSpec, task: Any, out_dir: Path) -> Path:
     cfg.pop("seed")
     model = _hub_model(spec.model)
     values = {k: _lit(v) for k, v in cfg.items()}
-    lora = lora_kwargs(spec)
+    lora = spec.lora_kwargs()
     fill = {
         **values,
         "title": f"{spec.task} on {spec.model}",
