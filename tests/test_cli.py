@@ -146,6 +146,10 @@ def test_runs_and_show_print_one_json_document(capsys):
     assert doc["spec"]["max_steps"] == 3 and "torch" in doc["versions"]
     assert cli.main(["show", run.id]) == 0
     assert f"run {run.id}: stopped, 1/3 steps" in capsys.readouterr().out
+    # the store keeps the reason as a fact; the CLI adds the command that continues a stopped run
+    run.set_status("stopped", "stopped at step 1/3")
+    assert cli.main(["show", run.id]) == 0
+    assert f"(stopped at step 1/3; continue it with `workbench resume {run.id}`)" in capsys.readouterr().out
 
 
 def test_export_copies_the_adapter_with_the_run_spec_and_refuses_a_full_folder(tmp_path, capsys):

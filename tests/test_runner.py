@@ -163,7 +163,7 @@ def test_stop_saves_the_adapter_and_resume_reaches_the_target():
     _wait_for(lambda: open_run(a).steps_done() >= 2, what="two steps")
     runner.stop_run(a)
     st = runner.wait(a, timeout=120)
-    assert st["state"] == "stopped" and "workbench resume" in st["reason"], st
+    assert st["state"] == "stopped" and st["reason"] == f"stopped at step {st['steps_done']}/40", st
     n = st["steps_done"]
     assert 2 <= n < 40
     run = open_run(a)
@@ -270,7 +270,7 @@ def test_worker_loop_checkpoints_stops_and_resumes_on_the_same_prompts():
     spec = RunSpec(model="tiny-random", max_steps=7, save_every=3, train_size=16)
     run = create_run(spec, status="running")
     state, reason = _train(run, FakeEngine(), stop_after=4)
-    assert state == "stopped" and "workbench resume" in reason
+    assert state == "stopped" and reason == "stopped at step 4/7"
     assert [p.name for p in run.checkpoints()] == ["step-000003", "step-000004"] and run.final_adapter()
     # as if killed after step 5: a step past the last checkpoint, which the resume must redo
     from workbench.grpo import StepResult

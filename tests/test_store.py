@@ -14,7 +14,7 @@ import pytest
 
 from workbench import osutil, store
 from workbench.config import RunSpec
-from workbench.store import RunNotFound, create_run, delete_run, list_runs, open_run
+from workbench.store import RESUMABLE, RunNotFound, create_run, delete_run, list_runs, open_run
 
 
 @dataclass
@@ -148,7 +148,8 @@ def test_a_running_run_whose_worker_died_or_whose_pid_was_reused_reads_as_interr
     p.wait()
     run.set_status("running", pid=p.pid, pid_start=None)
     st = run.status()
-    assert st["state"] == "interrupted" and "workbench resume" in st["reason"]
+    assert st["state"] == "interrupted" and st["state"] in RESUMABLE
+    assert st["reason"].startswith("the worker process ended") and "`" not in st["reason"]  # no command
     assert run.raw_status()["state"] == "running"  # reading does not write; runner.reconcile() does
     me = osutil.process_start_time(os.getpid())
     run.set_status("running", pid=os.getpid(), pid_start=me)

@@ -125,6 +125,14 @@ def test_status_card_counts_steps_gives_an_eta_and_escapes():
     assert "+0.300 since step 1" in card
 
 
+def test_a_run_that_can_go_on_points_at_the_runs_tab():
+    # the store keeps the reason as a fact; the browser adds where to continue (the CLI adds its own command)
+    st = {"state": "interrupted", "reason": "killed by the user", "steps_done": 2, "max_steps": 10}
+    assert views.ui_reason(st) == "killed by the user; resume it on the Runs tab"
+    assert views.run_row("r1", st, {}, [])["reason"] == "killed by the user; resume it on the Runs tab"
+    assert views.ui_reason({"state": "failed", "reason": "reward length: boom"}) == "reward length: boom"
+
+
 def test_groups_html_escapes_text_and_colours_rows_by_advantage():
     eps = fake_step(1, [[0.0, 1.0, 0.5, 0.5], [0.3, 0.3, 0.3, 0.3]]).episodes
     html = insights.groups_html(eps, step=1)

@@ -83,25 +83,34 @@ def follow(run_id: str, since: int = 0) -> Result:
     return _run_result(run)
 
 
+def reason_text(run_id: str, st: dict) -> str:
+    """A run's stored reason in the CLI's words: a run that can go on says which command continues it."""
+    from .store import RESUMABLE
+
+    reason = st.get("reason") or ""
+    if st.get("state") in RESUMABLE:
+        reason += ("; " if reason else "") + f"continue it with `workbench resume {run_id}`"
+    return reason
+
+
 def _run_result(run) -> Result:
     st = run.status()
+    reason = reason_text(run.id, st)
     doc = {
         "run_id": run.id,
         "dir": str(run.dir),
         "status": st["state"],
-        "reason": st.get("reason"),
+        "reason": reason or None,
         "steps_done": st["steps_done"],
         "max_steps": st["max_steps"],
         "final_metrics": run.last_metrics(),
         "adapter": str(run.final_adapter()) if run.final_adapter() else None,
     }
-    text = f"{st['state']}: {st['steps_done']}/{st['max_steps']} steps" + (
-        f" ({st['reason']})" if st.get("reason") else ""
-    )
+    text = f"{st['state']}: {st['steps_done']}/{st['max_steps']} steps" + (f" ({reason})" if reason else "")
     if doc["adapter"]:
         text += f"\nadapter: {doc['adapter']}\ncompare with the base model: workbench compare {run.id}"
     if st["state"] in ("failed", "interrupted"):
-        print(f"error: run {run.id} {st['state']}: {st.get('reason')}", file=sys.stderr)
+        print(f"error: run {run.id} {st['state']}: {reason}", file=sys.stderr)
         return 2, doc, text
     return 0, doc, text
 
@@ -175,9 +184,10 @@ def cmd_show(args: argparse.Namespace) -> Result:
         "episodes": run.episodes(),
     }
     st = doc["status"]
+    reason = reason_text(run.id, st)
     lines = [
         f"run {run.id}: {st['state']}, {st['steps_done']}/{st['max_steps']} steps"
-        + (f" ({st['reason']})" if st.get("reason") else ""),
+        + (f" ({reason})" if reason else ""),
         f"  folder  {run.dir}",
         f"  model   {doc['model']}   task {doc['task']}   engine {doc['engine']}",
         f"  adapter {doc['adapter'] or '-'}   latest checkpoint {doc['latest_checkpoint'] or '-'}",

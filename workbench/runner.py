@@ -26,7 +26,7 @@ from pathlib import Path
 from .config import Limits, RunSpec
 from .errors import RunnerBusy
 from .osutil import file_lock, pid_alive, process_start_time
-from .store import Run, create_run, dead_worker_reason, list_runs, open_run, runs_dir
+from .store import RESUMABLE, Run, create_run, dead_worker_reason, list_runs, open_run, runs_dir
 
 # Popen objects of the workers this process started: polled so that dead children do not linger as zombies.
 _CHILDREN: dict[str, subprocess.Popen] = {}
@@ -153,7 +153,7 @@ def resume_run(run_id: str, limits: Limits | None = None) -> str:
     with _lock():
         _mark_dead_interrupted()
         st = run.status()
-        if st["state"] not in ("interrupted", "stopped"):
+        if st["state"] not in RESUMABLE:
             hint = {
                 "finished": "it already reached its target steps",
                 "failed": "a failed run would fail again: fix the setting its reason names and start a new run "
@@ -195,7 +195,7 @@ def kill_run(run_id: str) -> None:
                 time.sleep(0.02)
             run.set_status(
                 "interrupted",
-                f"killed by the user; continue it with `workbench resume {run_id}`",
+                "killed by the user",
                 only_if=("running",),
             )
         else:

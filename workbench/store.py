@@ -43,6 +43,7 @@ from .osutil import file_lock, pid_alive, replace_dir, write_json_atomic
 
 STATES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
 TERMINAL = ("finished", "stopped", "failed", "interrupted")
+RESUMABLE = ("stopped", "interrupted")  # a resume continues these from their latest checkpoint
 RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 # the latest and the one before it (a resume needs one; the other guards against a bad disk)
 KEEP_CHECKPOINTS = 2
@@ -320,10 +321,9 @@ def _as_text(v: Any) -> str:
 
 
 def dead_worker_reason(run: Run) -> str:
-    return (
-        "the worker process ended without finishing (killed, out of memory, or the machine restarted); "
-        f"continue it with `workbench resume {run.id}`"
-    )
+    """Why a run marked running has no worker. Reasons are plain facts: how to go on (the state says whether it
+    can) is for the CLI and the UI to phrase."""
+    return "the worker process ended without finishing (killed, out of memory, or the machine restarted)"
 
 
 def _check_id(run_id: str) -> str:

@@ -199,10 +199,7 @@ def train(
     if n >= spec.max_steps:
         return "finished", None
     if should_stop():
-        return (
-            "stopped",
-            f"stopped at step {n}/{spec.max_steps}; continue it with `workbench resume {run.id}`",
-        )
+        return "stopped", f"stopped at step {n}/{spec.max_steps}"
     return "finished", f"the task ran out of prompt batches at step {n}/{spec.max_steps}"
 
 

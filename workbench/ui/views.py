@@ -10,13 +10,13 @@ from __future__ import annotations
 import html
 import json
 import math
-import re
 import time
 from typing import Any
 
 import pandas as pd
 
 from ..config import RunSpec
+from ..store import RESUMABLE
 
 
 def esc(x: Any) -> str:
@@ -59,11 +59,12 @@ def prompt_display(prompt: Any) -> str:
     return "" if prompt is None else str(prompt)
 
 
-def ui_reason(reason: str | None) -> str:
-    """A run's reason in the browser's words: the store writes CLI hints (`workbench resume RUN`)."""
-    text = str(reason or "")
-    text = re.sub(r"(continue|resume) it with `workbench resume [^`]+`", "resume it on the Runs tab", text)
-    return re.sub(r"`workbench stop [^`]+`", "the Stop button", text)
+def ui_reason(status: dict) -> str:
+    """A run's stored reason in the browser's words: a run that can go on points at the Runs tab's Resume."""
+    reason = str(status.get("reason") or "")
+    if status.get("state") in RESUMABLE:
+        reason += ("; " if reason else "") + "resume it on the Runs tab"
+    return reason
 
 
 # --- progress of one run -------------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ def status_html(run_id: str | None, status: dict | None, metrics: list[dict], sp
             d = last["reward"] - first["reward"]
             change = f' <span class="{"wb-up" if d >= 0 else "wb-down"}">{d:+.3f} since step {first["step"]}</span>'
         stats.append(f"<div>reward <b>{last['reward']:.3f}</b>{change}</div>")
-    reason = ui_reason(status.get("reason"))
+    reason = ui_reason(status)
     if state == "queued":
         note = f"{reason or 'Waiting for a free slot'}. It starts by itself; this page follows it."
     elif state == "running":
@@ -167,7 +168,7 @@ def run_row(run_id: str, status: dict, spec: dict, metrics: list[dict], now: flo
         "reward (first → last)": reward,
         "duration": duration(p["elapsed"]),
         "started": clock(status.get("started")),
-        "reason": "" if status.get("state") in ("running", "finished") else ui_reason(status.get("reason")),
+        "reason": "" if status.get("state") in ("running", "finished") else ui_reason(status),
     }
 
 
