@@ -127,6 +127,16 @@ def test_a_comparison_error_is_shown_as_written_and_anything_else_with_its_type(
     assert capsys.readouterr().err == "error: KeyError: 'x'\n"
 
 
+def test_stop_and_kill_take_a_queued_run_out_of_the_queue(capsys):
+    a, b = create_run(RunSpec(model="tiny-random")), create_run(RunSpec(model="tiny-random"))
+    assert cli.main(["stop", a.id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"run_id": a.id, "action": "stop"}
+    assert cli.main(["kill", b.id]) == 0
+    assert capsys.readouterr().out.strip() == f"run {b.id} killed"
+    assert a.status()["reason"] == "stopped before it started"
+    assert b.status()["reason"] == "killed before it started"
+
+
 def test_runs_and_show_print_one_json_document(capsys):
     assert cli.main(["runs", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []

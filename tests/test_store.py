@@ -175,14 +175,14 @@ def test_checkpoints_appear_whole_and_only_the_latest_are_kept():
     run = create_run(RunSpec())
     assert run.latest_checkpoint() is None and run.final_adapter() is None
     for step in (2, 4, 6):
-        tmp = run.checkpoint_dir(step)
+        tmp = run.new_checkpoint_tmp(step)
         (tmp / "adapter_model.safetensors").write_bytes(b"x" * 10)
         assert run.latest_checkpoint() != tmp  # not visible while being written
         run.commit_checkpoint(tmp, step)
     assert [p.name for p in run.checkpoints()] == ["step-000004", "step-000006"]
     assert store.Run.checkpoint_step(run.latest_checkpoint()) == 6
     # re-saving a step (after a resume) replaces it whole
-    tmp = run.checkpoint_dir(6)
+    tmp = run.new_checkpoint_tmp(6)
     (tmp / "marker").write_text("new")
     run.commit_checkpoint(tmp, 6)
     assert (run.latest_checkpoint() / "marker").read_text() == "new"

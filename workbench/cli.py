@@ -144,11 +144,19 @@ def cmd_resume(args: argparse.Namespace) -> Result:
 
 
 def cmd_stop(args: argparse.Namespace) -> Result:
+    """Ask the run to stop after its current step (it saves its adapter)."""
     from . import runner
 
-    (runner.kill_run if args.command == "kill" else runner.stop_run)(args.run)
-    verb = "killed" if args.command == "kill" else "asked to stop after its current step"
-    return 0, {"run_id": args.run, "action": args.command}, f"run {args.run} {verb}"
+    runner.stop_run(args.run)
+    return 0, {"run_id": args.run, "action": "stop"}, f"run {args.run} asked to stop after its current step"
+
+
+def cmd_kill(args: argparse.Namespace) -> Result:
+    """End the run's worker now; steps and checkpoints written so far stay."""
+    from . import runner
+
+    runner.kill_run(args.run)
+    return 0, {"run_id": args.run, "action": "kill"}, f"run {args.run} killed"
 
 
 def cmd_runs(args: argparse.Namespace) -> Result:
@@ -319,7 +327,7 @@ COMMANDS = {
     "show": cmd_show,
     "resume": cmd_resume,
     "stop": cmd_stop,
-    "kill": cmd_stop,
+    "kill": cmd_kill,
     "compare": cmd_compare,
     "export": cmd_export,
     "models": cmd_models,

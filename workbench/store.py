@@ -235,7 +235,7 @@ class Run:
         return rows
 
     # --- checkpoints and the final adapter: written into a temp folder, renamed into place
-    def checkpoint_dir(self, step: int) -> Path:
+    def new_checkpoint_tmp(self, step: int) -> Path:
         """A fresh temp folder to save the checkpoint of `step` into; pass it to commit_checkpoint()."""
         root = self.dir / "checkpoints"
         root.mkdir(exist_ok=True)

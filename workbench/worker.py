@@ -152,7 +152,7 @@ def _progress(result: Any, max_steps: int) -> None:
 
 def _save(run: Run, engine: Any, step: int, adapter: bool) -> None:
     if run.latest_checkpoint() is None or Run.checkpoint_step(run.latest_checkpoint()) != step:
-        tmp = run.checkpoint_dir(step)
+        tmp = run.new_checkpoint_tmp(step)
         engine.save_checkpoint(tmp)
         run.commit_checkpoint(tmp, step)
     if adapter:
