@@ -1,7 +1,7 @@
 """The app in a real browser (Playwright driving Debian's chromium; never a downloaded browser): open the page,
 launch a run on a tiny model, watch the reward plot appear and gain points, stop, compare; save screenshots.
 
-    WORKBENCH_UI_TEST_MODEL=smollm2-135m-instruct pytest tests/test_browser.py   # also refreshes docs/*.png
+    WORKBENCH_UI_TEST_MODEL=smollm2-135m-instruct pytest tests/test_browser.py   # also refreshes assets/*.png
 
 On the tiny model (the default, and CI) the screenshots stay in the test's temp folder; on a real model they become
 the README's pictures.
@@ -21,7 +21,7 @@ from workbench.config import Limits
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"  # the README's pictures
 # Points on the total-reward curve: the plotly div keeps its traces in `.data`.
 POINTS_JS = """() => {
   const div = document.querySelector('#wb-reward-plot .js-plotly-plot');
@@ -109,9 +109,9 @@ def test_train_watch_stop_compare_in_chromium(app_url, page, tmp_path):
     page.wait_for_function(f"({POINTS_JS})() >= {steps}", timeout=30_000)
     page.screenshot(path=str(tmp_path / "screenshot.png"), full_page=False)
     if model != "tiny-random":
-        DOCS.mkdir(exist_ok=True)
-        shutil.copy(tmp_path / "screenshot.png", DOCS / "screenshot.png")
-        shutil.copy(tmp_path / "compare.png", DOCS / "screenshot-compare.png")
+        ASSETS.mkdir(exist_ok=True)
+        shutil.copy(tmp_path / "screenshot.png", ASSETS / "screenshot.png")
+        shutil.copy(tmp_path / "compare.png", ASSETS / "screenshot-compare.png")
     print(
         f"first curve point {first_point_s:.1f}s after the run started; {steps} steps before the stop landed"
     )
