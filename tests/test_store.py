@@ -228,3 +228,21 @@ def test_stop_request_file():
     assert run.stop_requested()
     run.clear_stop()
     assert not run.stop_requested()
+
+
+def test_json_safe_gives_what_a_strict_json_reader_takes():
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+
+    # numpy scalars and arrays unwrapped, NaN/inf/NA as None (browsers reject NaN), keys as text, the rest as str
+    doc = {
+        1: [np.float32(0.5), math.nan, np.array([1, 2]), pd.NA],
+        "x": (math.inf, None, True),
+        "p": Path("/a"),
+    }
+    want = {"1": [0.5, None, [1, 2], None], "x": [None, None, True], "p": "/a"}
+    assert osutil.json_safe(doc) == want
+    assert json.loads(json.dumps(osutil.json_safe(doc), allow_nan=False)) == want

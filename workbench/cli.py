@@ -28,6 +28,7 @@ from typing import Any
 
 from .cli_args import UsageError, build_parser, spec_from_args
 from .errors import ConfigError, UserError
+from .osutil import json_safe
 
 __all__ = ["COMMANDS", "build_parser", "main", "spec_from_args"]
 
@@ -335,18 +336,6 @@ COMMANDS = {
 }
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (str, int, bool)) or x is None:
-        return x
-    return str(x)
-
-
 def _fail(msg: str, as_json: bool) -> int:
     print(f"error: {msg}", file=sys.stderr)
     if as_json:
@@ -373,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = (str(e).strip() or type(e).__name__).splitlines()[0]
         return _fail(msg if isinstance(e, UserError) else f"{type(e).__name__}: {msg}", as_json)
     if args.json:
-        print(json.dumps(_jsonable(doc)))
+        print(json.dumps(json_safe(doc)))
     elif text:
         print(text)
     return code

@@ -13,8 +13,6 @@ handful of prompts gives an honest, wide interval rather than a confident-lookin
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ import pandas as pd
 from .checks import CHECKS, reference_grader
 from .errors import CompareError
 from .models import encode_prompt, load_model, merge_adapter, pick_device, pick_dtype
+from .osutil import json_safe
 from .rewards import build_rewards, prompt_text
 from .scoring import generate, naturalness, score_answers
 from .stats import SUMMARY_COLUMNS, as_score, paired_summary
@@ -34,18 +33,6 @@ from .verdict import Verdict, judge
 
 MODES = ("greedy", "sampled")
 SIDES = ("base", "tuned")
-
-
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if hasattr(v, "tolist"):  # numpy scalars and arrays (reference columns read from Parquet)
-        return _json_safe(v.tolist())
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 @dataclass
@@ -109,7 +96,7 @@ class Comparison:
             "degenerate": {s: int(self.table[f"{s}:degenerate"].sum()) for s in SIDES},
             "rows": self.table.to_dict(orient="records"),
         }
-        return json.loads(json.dumps(_json_safe(doc), allow_nan=False, default=str))
+        return json_safe(doc)
 
 
 # --- models and generation --------------------------------------------------------------------------------------

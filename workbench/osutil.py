@@ -1,6 +1,8 @@
-"""What the run store and the runner need from the operating system, so that several processes can share a folder.
+"""What the run store and the runner need from the operating system, so that several processes can share a folder;
+and the one JSON cleaner every writer of JSON uses.
 
     write_json_atomic(path, data)    # readers see the old file or the new one, never half of one
+    json_safe(value)                 # plain JSON values: numpy/torch unwrapped, NaN/inf/NA as None
     replace_dir(tmp, final)          # a finished folder renamed into place (a checkpoint, an adapter)
     with file_lock(path): ...        # one process at a time (flock; freed when the holder dies, even by SIGKILL)
     pid_alive(pid, start)            # is the process we recorded still running, and still the same one?
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import secrets
 import shutil
@@ -36,6 +39,24 @@ def write_json_atomic(path: Path, data: Any) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def json_safe(v: Any) -> Any:
+    """`v` in plain JSON values: numpy and torch scalars and arrays unwrapped, NaN/inf/NA as None (strict JSON
+    readers such as browsers reject NaN), keys as text, anything else as its str."""
+    if hasattr(v, "tolist"):  # numpy and torch scalars and arrays (e.g. a list column read from Parquet)
+        v = v.tolist()
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if v is None or isinstance(v, (str, int)):  # bool is an int
+        return v
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if type(v).__name__ in ("NAType", "NaTType"):  # pandas' missing values
+        return None
+    return str(v)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import secrets
@@ -39,7 +38,7 @@ from typing import Any
 from . import __version__
 from .config import RunSpec, workbench_home
 from .errors import RunNotFound, StoreError
-from .osutil import file_lock, pid_alive, replace_dir, write_json_atomic
+from .osutil import file_lock, json_safe, pid_alive, replace_dir, write_json_atomic
 
 STATES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
 TERMINAL = ("finished", "stopped", "failed", "interrupted")
@@ -75,13 +74,6 @@ def library_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def _clean(x: Any) -> Any:
-    """JSON-safe metric values: NaN/inf become None (strict JSON readers such as browsers reject NaN)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 class Run:
@@ -181,12 +173,12 @@ class Run:
         step, rows = int(result.step), []
         for i, ep in enumerate(result.episodes):
             e = asdict(ep) if is_dataclass(ep) else dict(ep)
-            rewards = json.dumps({k: _clean(_num(v)) for k, v in (e.get("rewards") or {}).items()})
+            rewards = json.dumps({k: json_safe(v) for k, v in (e.get("rewards") or {}).items()})
             rows.append((step, i, int(e.get("group", 0)), _as_text(e.get("prompt", "")),
-                         _as_text(e.get("completion", "")), rewards, _clean(_num(e.get("reward"))),
-                         _clean(_num(e.get("advantage"))), int(e.get("length") or 0),
+                         _as_text(e.get("completion", "")), rewards, json_safe(e.get("reward")),
+                         json_safe(e.get("advantage")), int(e.get("length") or 0),
                          int(bool(e.get("truncated")))))  # fmt: skip
-        metrics = json.dumps({k: _clean(_num(v)) for k, v in result.metrics.items()})
+        metrics = json.dumps({k: json_safe(v) for k, v in result.metrics.items()})
         with self._db() as con:  # the step and all its episodes, or nothing
             con.execute("DELETE FROM episodes WHERE step = ?", (step,))
             con.execute("INSERT OR REPLACE INTO steps VALUES (?, ?, ?)", (step, time.time(), metrics))
@@ -303,16 +295,6 @@ class Run:
             "latest_checkpoint": str(self.latest_checkpoint()) if self.latest_checkpoint() else None,
             "log": str(self.log_path),
         }
-
-
-def _num(v: Any) -> Any:
-    """Tensors and numpy scalars to plain floats/ints for JSON and SQLite."""
-    if v is None or isinstance(v, (int, float, str)):
-        return v
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return str(v)
 
 
 def _as_text(v: Any) -> str:

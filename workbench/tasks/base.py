@@ -97,21 +97,6 @@ def _check_messages(msgs: list, where: str) -> list[dict]:
     return out
 
 
-def plain(v: Any) -> Any:
-    """A JSON-able Python value: numpy scalars and arrays unwrapped, NaN/NA as None."""
-    if hasattr(v, "tolist"):
-        v = v.tolist()
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    if v is not None and type(v).__name__ in ("NAType", "NaTType"):
-        return None
-    if isinstance(v, dict):
-        return {str(k): plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [plain(x) for x in v]
-    return v
-
-
 def dedupe(rows: list[dict]) -> list[dict]:
     """Drop rows whose prompt repeats an earlier one: a duplicate could land in train and eval both."""
     seen, out = set(), []

@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 
 from ..config import Limits, RewardSpec, RunSpec
+from ..osutil import json_safe
 from ..rewards import to_number
-from .base import Task, TaskError, check_prompt, plain, split_rows
+from .base import Task, TaskError, check_prompt, split_rows
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 # rows read from a hub dataset (streamed): enough for any run here, without downloading it all
@@ -119,7 +120,7 @@ def frame_rows(df, source: str, where) -> list[dict]:
     """Validated rows: each prompt checked (the error names the row); other columns as JSON-able values."""
     rows = []
     for i, rec in enumerate(df.to_dict("records")):
-        row = {k: plain(v) for k, v in rec.items() if k != "prompt"}
+        row = {k: json_safe(v) for k, v in rec.items() if k != "prompt"}
         rows.append({"prompt": check_prompt(rec["prompt"], where(i)), **row})
     if not rows:
         raise TaskError(f"{source} has a prompt column but no rows: add some")
