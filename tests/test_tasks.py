@@ -82,6 +82,11 @@ def test_concise_bundled_set():
     ((name, fn, _),) = build_rewards(t.rewards)
     short, long_ = fn(None, ["Paris is the capital.", "Well, " + "it is a long story " * 10])
     assert short > long_  # the suggested reward prefers the concise answer
+    # a run without rewards or a system prompt of its own takes the task's; one with its own keeps them
+    plain = spec("concise")
+    assert t.rewards_for(plain) == t.rewards and t.system_prompt_for(plain) == t.system_prompt
+    mine = spec("concise", rewards=[RewardSpec("format")], system_prompt="Be brief.")
+    assert t.rewards_for(mine) == [RewardSpec("format")] and t.system_prompt_for(mine) == "Be brief."
 
 
 def test_arithmetic_rewards_agree_with_references():

@@ -145,8 +145,8 @@ def compare(
             "no prompts to compare: give at least one prompt, or use the run's held-out prompts"
         )
     rows = [{**r, "prompt": check_prompt(r.get("prompt"), f"prompt {i}")} for i, r in enumerate(rows, 1)]
-    system_prompt = spec.system_prompt or task.system_prompt
-    rewards = build_rewards(spec.rewards or task.rewards)
+    system_prompt = task.system_prompt_for(spec)
+    rewards = build_rewards(task.rewards_for(spec))
     messages = [chat_messages(r, system_prompt) for r in rows]
     col_names = list(dict.fromkeys(k for r in rows for k in r if k != "prompt"))
     columns = {c: [r.get(c) for r in rows] for c in col_names}
@@ -179,7 +179,7 @@ def compare(
     natural["tuned"] = naturalness(model, prompts, answers["tuned"].ids, tok.pad_token_id, batch_size)
     del model
 
-    grader = reference_grader(rows, spec.rewards or task.rewards)
+    grader = reference_grader(rows, task.rewards_for(spec))
     scores = {side: score_answers(rewards, grader and grader[1], rows, messages, answers[side], natural[side])
               for side in SIDES}  # fmt: skip
     table = pd.DataFrame({"prompt": [prompt_text(m) for m in messages]})

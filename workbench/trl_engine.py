@@ -216,9 +216,9 @@ def build_trainer(spec: RunSpec, task: Any, on_step, should_stop, output_dir: Pa
     model, tok = load_model(
         spec.model, dtype="float32" if dtype == torch.float16 else spec.dtype, device=device
     )
-    rewards = build_rewards(spec.rewards or task.rewards)
+    rewards = build_rewards(task.rewards_for(spec))
     names, weights = [n for n, _, _ in rewards], [w for _, _, w in rewards]
-    system_prompt = spec.system_prompt or task.system_prompt
+    system_prompt = task.system_prompt_for(spec)
     dataset, n_batches = _train_dataset(spec, task, system_prompt)
     _note_long_prompts(tok, dataset.to_list()[: spec.prompts_per_step * 8], spec.max_prompt_length)
     kwargs = grpo_config_kwargs(spec, weights)

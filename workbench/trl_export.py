@@ -294,9 +294,9 @@ def export_trl(spec: RunSpec, task: Any, out_dir: Path) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    reward_specs = spec.rewards or task.rewards
+    reward_specs = task.rewards_for(spec)
     weights = [w for _, _, w in build_rewards(reward_specs)]
-    system_prompt = spec.system_prompt or task.system_prompt
+    system_prompt = task.system_prompt_for(spec)
     for name, rows in (("train", task.train), ("eval", task.eval)):
         lines = [json.dumps(r, ensure_ascii=False, default=str) for r in trl_rows(rows, system_prompt)]
         (out / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -108,10 +108,10 @@ class GRPOEngine:
         from ..rewards import build_rewards
 
         model, tok = load_model(spec.model, spec.dtype, spec.device)
-        fns = build_rewards(spec.rewards or task.rewards)
+        fns = build_rewards(task.rewards_for(spec))
         if wrap_rewards is not None:
             fns = wrap_rewards(fns)
-        return cls(spec, model, tok, fns, spec.system_prompt or task.system_prompt)
+        return cls(spec, model, tok, fns, task.system_prompt_for(spec))
 
     def _trainable(self, model):
         spec = self.spec

@@ -41,6 +41,14 @@ class Task:
             seen.update((k, None) for k in row if k != "prompt")
         return list(seen)
 
+    def rewards_for(self, spec: RunSpec) -> list[RewardSpec]:
+        """What a run of `spec` is rewarded by: the run's rewards, else the task's."""
+        return spec.rewards or self.rewards
+
+    def system_prompt_for(self, spec: RunSpec) -> str:
+        """The system prompt a run of `spec` puts first: the run's, else the task's."""
+        return spec.system_prompt or self.system_prompt
+
 
 def chat_messages(row: dict, system_prompt: str = "") -> list[dict]:
     """The messages to feed the chat template: the system prompt first when non-empty and the row has none."""
