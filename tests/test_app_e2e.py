@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,9 @@ RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
 
 
 @pytest.fixture
-def app_url(free_port: int):
-    """The whole app on a free local port, torn down after the test."""
-    from workbench.ui import build_app, launch_options
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        demo = build_app(Limits(max_steps=20))
-        opts = {**launch_options(Limits()), "server_port": free_port, "server_name": "127.0.0.1"}
-        demo.queue().launch(prevent_thread_lock=True, quiet=True, **opts)
-    yield f"http://127.0.0.1:{opts['server_port']}/"
-    demo.close()
+def app_limits() -> Limits:
+    """This module's server caps runs at 20 steps (conftest's app_url builds the app with them)."""
+    return Limits(max_steps=20)
 
 
 def wait_for(pred, timeout: float, what: str):

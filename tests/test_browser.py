@@ -12,12 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import pytest
-
-from workbench.config import Limits
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
@@ -29,19 +26,6 @@ POINTS_JS = """() => {
   const mean = (div._fullData || []).find(t => t.name === 'mean');  // decoded traces (x may be base64 in .data)
   return mean ? mean._length : 0;
 }"""
-
-
-@pytest.fixture
-def app_url(free_port: int):
-    from workbench.ui import build_app, launch_options
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        demo = build_app(Limits())
-        opts = {**launch_options(Limits()), "server_port": free_port, "server_name": "127.0.0.1"}
-        demo.queue().launch(prevent_thread_lock=True, quiet=True, **opts)
-    yield f"http://127.0.0.1:{opts['server_port']}/"
-    demo.close()
 
 
 @pytest.fixture

@@ -104,16 +104,16 @@ def test_same_seed_same_first_step_completions():
 
 @pytest.mark.slow
 def test_a_tiny_model_learns_to_prefer_a_token_pattern():
-    engine = tiny_engine([], use_lora=False, num_generations=8, prompts_per_step=4, max_completion_length=16,
-                         temperature=0.5, max_steps=20)  # fmt: skip
     # The pattern: tokens whose (tied) embedding has a positive first coordinate, half the vocabulary. A random
     # model samples them half the time; the policy can learn them by moving its last hidden state along one axis.
-    preferred = (engine.model.get_input_embeddings().weight[:, 0] > 0).tolist()
+    preferred: list[bool] = []  # filled from the engine's model below, before the first step
 
     def pattern(prompts, completions, completion_ids, **kw):
         return [sum(preferred[t] for t in ids) / max(len(ids), 1) for ids in completion_ids]
 
-    engine.names, engine.fns, engine.weights = ["pattern"], [pattern], torch.tensor([1.0])
+    engine = tiny_engine([("pattern", pattern, 1.0)], use_lora=False, num_generations=8, prompts_per_step=4,
+                         max_completion_length=16, temperature=0.5, max_steps=20)  # fmt: skip
+    preferred += (engine.model.get_input_embeddings().weight[:, 0] > 0).tolist()
     rewards = [
         engine.step(rows).metrics["reward"] for rows in itertools.islice(prompt_batches(ROWS, 4, 0), 20)
     ]

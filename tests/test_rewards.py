@@ -314,9 +314,9 @@ def test_reward_model_scores_batched_and_cached(tiny_rm):
     assert a == pytest.approx(b, abs=1e-5)
     # The prompt is part of what is scored.
     assert R(f"reward_model,model={tiny_rm},with_prompt=false")(prompts, comps) != pytest.approx(a)
-    from workbench.rewards.model import _load
+    from workbench.rewards.model import load_reward_model
 
-    assert _load(str(tiny_rm), "cpu") is _load(str(tiny_rm), "cpu")  # loaded once per process
+    assert load_reward_model(str(tiny_rm), "cpu") is load_reward_model(str(tiny_rm), "cpu")  # loaded once
 
 
 def test_reward_model_missing_is_a_clear_error(tmp_path):

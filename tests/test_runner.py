@@ -30,19 +30,6 @@ def _wait_for(pred, timeout: float = 180, what: str = "condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-@pytest.fixture
-def stand_in(monkeypatch):
-    """Workers that only sleep: the queue logic without loading a model. Killed after the test."""
-    monkeypatch.setattr(
-        runner, "_worker_argv", lambda run_id: [sys.executable, "-c", "import time; time.sleep(60)"]
-    )
-    yield
-    for p in list(runner._CHILDREN.values()):
-        p.kill()
-        p.wait()
-    runner._CHILDREN.clear()
-
-
 def _state(run_id: str) -> str:
     return open_run(run_id).status()["state"]
 

@@ -294,18 +294,6 @@ def test_a_second_tab_follows_the_run_another_tab_started():
     assert train.pick_run(old.id) == new.id  # watching a finished run, a new one starts: switch to it
 
 
-@pytest.fixture
-def stand_in(monkeypatch):
-    monkeypatch.setattr(
-        runner, "_worker_argv", lambda run_id: [sys.executable, "-c", "import time; time.sleep(30)"]
-    )
-    yield
-    for p in list(runner._CHILDREN.values()):
-        p.kill()
-        p.wait()
-    runner._CHILDREN.clear()
-
-
 def test_launch_starts_then_queues_then_says_the_queue_is_full(stand_in):
     limits = Limits(queue_size=1, max_steps=50)
     spec = controls.preset_spec("quick", limits).replace(model="tiny-random")

@@ -59,7 +59,7 @@ def _active_and_queued() -> tuple[list[Run], list[Run]]:
     return active, queued
 
 
-def _worker_argv(run_id: str) -> list[str]:
+def worker_argv(run_id: str) -> list[str]:
     """The worker's command line: an argument list, never a shell string (tests swap in a stand-in)."""
     return [sys.executable, "-m", "workbench", "worker", run_id]
 
@@ -76,7 +76,7 @@ def _launch(run: Run) -> None:
         log.flush()
         try:
             p = subprocess.Popen(
-                _worker_argv(run.id),
+                worker_argv(run.id),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,6 +1,6 @@
 """A learned reward: the score of any sequence-classification model (a hub id or a local folder), batched.
 
-The model is loaded once per process and kept (`_load` is cached), so a run pays the load once, not per step.
+The model is loaded once per process and kept (`load_reward_model` is cached), so a run pays the load once, not per step.
 A one-output model (a reward model proper) gives its raw logit; a classifier with several classes gives the
 probability of one class (`label`, e.g. POSITIVE for a sentiment model). When the tokenizer has a chat template the
 prompt and completion are scored as a conversation, as reward models are trained; otherwise as a text pair.
@@ -16,7 +16,8 @@ from .base import Param, RewardError, RewardInfo, binder, positive
 
 
 @functools.lru_cache(maxsize=2)
-def _load(name: str, device: str):
+def load_reward_model(name: str, device: str):
+    """(model, tokenizer) of a sequence-classification reward model, loaded once per process and device."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -80,7 +81,7 @@ def _inputs(tok, prompt: Any, text: str, with_prompt: bool):
 def _score_reward_model(texts, prompts, cols, *, model, batch_size, max_length, label, with_prompt, device):
     import torch
 
-    net, tok = _load(model, _device(device))
+    net, tok = load_reward_model(model, _device(device))
     idx = _class_index(net, str(label)) if net.config.num_labels > 1 else 0
     out: list[float] = []
     for i in range(0, len(texts), batch_size):
