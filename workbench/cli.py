@@ -95,6 +95,8 @@ def reason_text(run_id: str, st: dict) -> str:
 
 
 def _run_result(run) -> Result:
+    from .store import FAILED
+
     st = run.status()
     reason = reason_text(run.id, st)
     doc = {
@@ -110,7 +112,7 @@ def _run_result(run) -> Result:
     text = f"{st['state']}: {st['steps_done']}/{st['max_steps']} steps" + (f" ({reason})" if reason else "")
     if doc["adapter"]:
         text += f"\nadapter: {doc['adapter']}\ncompare with the base model: workbench compare {run.id}"
-    if st["state"] in ("failed", "interrupted"):
+    if st["state"] in FAILED:
         print(f"error: run {run.id} {st['state']}: {reason}", file=sys.stderr)
         return 2, doc, text
     return 0, doc, text
@@ -182,7 +184,7 @@ def cmd_runs(args: argparse.Namespace) -> Result:
 
 
 def cmd_show(args: argparse.Namespace) -> Result:
-    from .store import open_run
+    from .store import FAILED, open_run
 
     run = open_run(args.run)
     doc = {
@@ -209,7 +211,7 @@ def cmd_show(args: argparse.Namespace) -> Result:
         )
     for e in doc["episodes"][:4]:
         lines.append(f"  [{_f(e['reward'], '+.2f')}] {e['completion'][:100]!r}")
-    if st["state"] in ("failed", "interrupted") and run.log_path.exists():
+    if st["state"] in FAILED and run.log_path.exists():
         lines += ["  last lines of worker.log:"] + [
             "    " + x for x in run.log_path.read_text(errors="replace").splitlines()[-5:]
         ]

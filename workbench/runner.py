@@ -26,7 +26,17 @@ from pathlib import Path
 from .config import Limits, RunSpec
 from .errors import RunnerBusy
 from .osutil import file_lock, pid_alive, process_start_time
-from .store import RESUMABLE, Run, create_run, dead_worker_reason, list_runs, open_run, runs_dir
+from .store import (
+    RESUMABLE,
+    TERMINAL,
+    Run,
+    create_run,
+    dead_worker_reason,
+    list_runs,
+    open_run,
+    runs_dir,
+    worker_alive,
+)
 
 # Popen objects of the workers this process started: polled so that dead children do not linger as zombies.
 _CHILDREN: dict[str, subprocess.Popen] = {}
@@ -42,15 +52,11 @@ def _reap() -> None:
             del _CHILDREN[run_id]
 
 
-def _alive(st: dict) -> bool:
-    return st.get("state") == "running" and pid_alive(st.get("pid"), st.get("pid_start"))
-
-
 def _active_and_queued() -> tuple[list[Run], list[Run]]:
     active, queued = [], []
     for run in list_runs():
         st = run.raw_status()
-        if _alive(st):
+        if worker_alive(st):
             active.append(run)
         elif st.get("state") == "queued":
             queued.append(run)
@@ -186,7 +192,7 @@ def kill_run(run_id: str) -> None:
     run = open_run(run_id)
     with _lock():
         st = run.raw_status()
-        if _alive(st):
+        if worker_alive(st):
             _signal(st, signal.SIGKILL, group=True)
             for _ in range(50):  # a SIGKILLed process is gone within milliseconds; wait so status is final
                 if not pid_alive(st["pid"], st.get("pid_start")):
@@ -220,7 +226,7 @@ def active_run() -> str | None:
     """The id of a run whose worker is alive now (the oldest, if several), else None."""
     _reap()
     for run in list_runs():
-        if _alive(run.raw_status()):
+        if worker_alive(run.raw_status()):
             return run.id
     return None
 
@@ -230,7 +236,7 @@ def _mark_dead_interrupted() -> list[str]:
     marked = []
     for run in list_runs():
         st = run.raw_status()
-        dead = st.get("state") == "running" and not _alive(st)
+        dead = st.get("state") == "running" and not worker_alive(st)
         if dead and run.set_status("interrupted", dead_worker_reason(run), only_if=("running",)):
             marked.append(run.id)
     return marked
@@ -259,7 +265,7 @@ def wait(run_id: str, timeout: float | None = None, poll: float = 0.5) -> dict:
     while True:
         _reap()
         st = run.status()
-        if st["state"] in ("finished", "stopped", "failed", "interrupted"):
+        if st["state"] in TERMINAL:
             return st
         if deadline is not None and time.monotonic() > deadline:
             return st

@@ -43,6 +43,7 @@ from .osutil import file_lock, json_safe, pid_alive, replace_dir, write_json_ato
 STATES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
 TERMINAL = ("finished", "stopped", "failed", "interrupted")
 RESUMABLE = ("stopped", "interrupted")  # a resume continues these from their latest checkpoint
+FAILED = ("failed", "interrupted")  # ended by an error, or by losing its worker
 RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 # the latest and the one before it (a resume needs one; the other guards against a bad disk)
 KEEP_CHECKPOINTS = 2
@@ -113,7 +114,7 @@ class Run:
         """{state, reason, pid, started, ended, steps_done, max_steps, updated, ...}. A run marked running whose
         worker is gone reads as interrupted (runner.reconcile() writes that down)."""
         st = self.raw_status()
-        if st.get("state") == "running" and not pid_alive(st.get("pid"), st.get("pid_start")):
+        if st.get("state") == "running" and not worker_alive(st):
             st["state"] = "interrupted"
             st["reason"] = dead_worker_reason(self)
         st.setdefault("reason", None)
@@ -302,6 +303,11 @@ def _as_text(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v)
 
 
+def worker_alive(status: dict[str, Any]) -> bool:
+    """True when a status (raw_status()) says running and its worker is alive: the very process recorded."""
+    return status.get("state") == "running" and pid_alive(status.get("pid"), status.get("pid_start"))
+
+
 def dead_worker_reason(run: Run) -> str:
     """Why a run marked running has no worker. Reasons are plain facts: how to go on (the state says whether it
     can) is for the CLI and the UI to phrase."""
@@ -367,7 +373,7 @@ def delete_run(run_id: str) -> None:
     """Remove a run's folder. Refuses a run whose worker is alive: stop it first."""
     run = open_run(run_id)
     st = run.raw_status()
-    if st.get("state") == "running" and pid_alive(st.get("pid"), st.get("pid_start")):
+    if worker_alive(st):
         raise StoreError(f"run {run_id} is running: stop it first (`workbench stop {run_id}`)")
     trash = run.dir.with_name(f".trash-{run_id}-{secrets.token_hex(3)}")
     os.replace(run.dir, trash)  # gone from listings at once; the slow delete happens after

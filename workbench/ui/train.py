@@ -18,13 +18,10 @@ import pandas as pd
 from .. import runner
 from ..config import PRESETS, Limits, RunSpec
 from ..rewards import REGISTRY, build_reward
-from ..store import RunNotFound, list_runs, open_run
+from ..store import TERMINAL, RunNotFound, list_runs, open_run
 from ..tasks import BUILTIN_TASKS, load_task
 from . import access, controls, insights, plots, uploads, views
 from .common import UploadError, guarded, skips
-
-ACTIVE = ("running", "queued")
-
 
 # --- plain functions (tested without a server) ---------------------------------------------------------------
 
@@ -44,7 +41,7 @@ def pick_run(watched: str | None) -> str | None:
     else the one it watched, else the newest run (so a reload lands on the latest curves)."""
     if watched:
         try:
-            if open_run(watched).status()["state"] in ACTIVE:
+            if open_run(watched).status()["state"] not in TERMINAL:
                 return watched
         except RunNotFound:
             watched = None
@@ -330,7 +327,7 @@ def poll(watched: str | None, seen: str | None):
     sig = signature(run_id, st)
     if sig == seen:
         return skips(9)
-    stop = gr.update(interactive=st["state"] in ACTIVE)
+    stop = gr.update(interactive=st["state"] not in TERMINAL)
     same_step = (seen or "").split("|")[:2] == sig.split("|")[:2]
     if same_step:  # only the state or reason changed: redraw the status card, leave the plots alone
         run = open_run(run_id)
