@@ -41,7 +41,8 @@ def _fmt_secs(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def _f(x: Any, spec: str = ".3f") -> str:
+def _fmt_num(x: Any, spec: str = ".3f") -> str:
+    """A metric for a terminal line: formatted with `spec`, or "-" when missing or not finite."""
     return format(x, spec) if isinstance(x, (int, float)) and math.isfinite(x) else "-"
 
 
@@ -66,8 +67,8 @@ def follow(run_id: str, since: int = 0) -> Result:
                 times.append(m.get("step_time") or 0.0)
                 avg = sum(times[-5:]) / len(times[-5:])
                 print(
-                    f"step {last:>4}/{st['max_steps']}  reward {_f(m.get('reward'))} "
-                    f"(std {_f(m.get('reward_std'))})  length {_f(m.get('completions/mean_length'), '.1f')}  "
+                    f"step {last:>4}/{st['max_steps']}  reward {_fmt_num(m.get('reward'))} "
+                    f"(std {_fmt_num(m.get('reward_std'))})  length {_fmt_num(m.get('completions/mean_length'), '.1f')}  "
                     f"{avg:.1f} s/step  ETA {_fmt_secs(avg * (st['max_steps'] - last))}",
                     flush=True,
                 )
@@ -175,7 +176,7 @@ def cmd_runs(args: argparse.Namespace) -> Result:
                      "model": spec.model, "dir": str(run.dir)})  # fmt: skip
     lines = [f"{'RUN':22} {'STATE':11} {'STEPS':>9} {'REWARD':>7}  TASK / MODEL"]
     lines += [
-        f"{r['id']:22} {r['state']:11} {r['steps_done']:>4}/{r['max_steps']:<4} {_f(r['reward']):>7}  "
+        f"{r['id']:22} {r['state']:11} {r['steps_done']:>4}/{r['max_steps']:<4} {_fmt_num(r['reward']):>7}  "
         f"{r['task']} / {r['model']}"
         for r in rows
     ]
@@ -206,11 +207,11 @@ def cmd_show(args: argparse.Namespace) -> Result:
     m = doc["last_metrics"]
     if m:
         lines.append(
-            f"  step {m['step']}: reward {_f(m.get('reward'))}, kl {_f(m.get('kl'))}, "
-            f"length {_f(m.get('completions/mean_length'), '.1f')}"
+            f"  step {m['step']}: reward {_fmt_num(m.get('reward'))}, kl {_fmt_num(m.get('kl'))}, "
+            f"length {_fmt_num(m.get('completions/mean_length'), '.1f')}"
         )
     for e in doc["episodes"][:4]:
-        lines.append(f"  [{_f(e['reward'], '+.2f')}] {e['completion'][:100]!r}")
+        lines.append(f"  [{_fmt_num(e['reward'], '+.2f')}] {e['completion'][:100]!r}")
     if st["state"] in FAILED and run.log_path.exists():
         lines += ["  last lines of worker.log:"] + [
             "    " + x for x in run.log_path.read_text(errors="replace").splitlines()[-5:]

@@ -40,8 +40,8 @@ def workbench_home() -> Path:
     return Path(os.environ.get("WORKBENCH_HOME") or Path.home() / ".cache" / "grpo-workbench").expanduser()
 
 
-def _f(default: Any, help: str, range: tuple | None = None, choices: tuple | None = None, **meta: Any):
-    """A dataclass field with the metadata UI and CLI are generated from."""
+def knob(default: Any, help: str, range: tuple | None = None, choices: tuple | None = None, **meta: Any):
+    """A RunSpec field: its default, with the help, range and choices that UI and CLI are generated from."""
     md = {"help": help, "range": range, "choices": choices, **meta}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: json.loads(json.dumps(default)), metadata=md)
@@ -66,7 +66,7 @@ class RewardSpec:
             if "=" not in kv:
                 raise ConfigError(f"reward parameter {kv!r} in {text!r} must look like key=value")
             k, v = kv.split("=", 1)
-            params[k.strip()] = _coerce(v.strip())
+            params[k.strip()] = parse_scalar(v.strip())
         try:
             w = float(weight) if weight else 1.0
         except ValueError:
@@ -79,7 +79,8 @@ class RewardSpec:
         return ",".join([f"{self.name}:{self.weight:g}"] + [f"{k}={v}" for k, v in self.params.items()])
 
 
-def _coerce(v: str) -> Any:
+def parse_scalar(v: str) -> Any:
+    """Text from `key=value` as the value it spells: an int, a float, true/false, else the text itself."""
     for t in (int, float):
         try:
             return t(v)
@@ -93,93 +94,95 @@ class RunSpec:
     """Everything that defines a GRPO run. Names follow TRL's GRPOConfig where TRL has the same knob."""
 
     # --- what to train, on what
-    model: str = _f(DEFAULT_MODEL, "Model: the bundled 'smollm2-135m-instruct', a hub id, or a local folder.")
-    task: str = _f(
+    model: str = knob(
+        DEFAULT_MODEL, "Model: the bundled 'smollm2-135m-instruct', a hub id, or a local folder."
+    )
+    task: str = knob(
         "concise",
         "Prompts: a built-in task ('concise', 'arithmetic'), 'rg:<reasoning-gym dataset>', "
         "'file:<path to csv/jsonl/parquet>' or 'hub:<dataset id>'.",
     )
-    train_size: int = _f(256, "How many training prompts to draw from the task.", (4, 100_000))
-    eval_size: int = _f(24, "How many held-out prompts (never trained on) for the comparison.", (1, 1000))
-    system_prompt: str = _f("", "System prompt put before every prompt; empty = the task's own.")
-    rewards: list[RewardSpec] = _f(
+    train_size: int = knob(256, "How many training prompts to draw from the task.", (4, 100_000))
+    eval_size: int = knob(24, "How many held-out prompts (never trained on) for the comparison.", (1, 1000))
+    system_prompt: str = knob("", "System prompt put before every prompt; empty = the task's own.")
+    rewards: list[RewardSpec] = knob(
         [], "Reward functions with weights, 'name:weight,key=value'; empty = the task's suggested rewards."
     )
     # --- sampling (the rollout)
-    num_generations: int = _f(
+    num_generations: int = knob(
         4, "G: completions sampled per prompt; advantages are relative within a group.", (2, 64)
     )
-    prompts_per_step: int = _f(
+    prompts_per_step: int = knob(
         2, "Prompts per optimizer step; a step trains on prompts_per_step × G completions.", (1, 64)
     )
-    max_prompt_length: int = _f(256, "Prompts longer than this (tokens) are cut from the left.", (16, 8192))
-    max_completion_length: int = _f(
+    max_prompt_length: int = knob(256, "Prompts longer than this (tokens) are cut from the left.", (16, 8192))
+    max_completion_length: int = knob(
         48, "Most new tokens per completion; longer ones are truncated.", (4, 4096)
     )
-    temperature: float = _f(1.0, "Sampling temperature for the rollout.", (0.05, 2.0))
-    top_p: float = _f(
+    temperature: float = knob(1.0, "Sampling temperature for the rollout.", (0.05, 2.0))
+    top_p: float = knob(
         1.0, "Nucleus sampling: keep the smallest token set with this much probability.", (0.05, 1.0)
     )
     # --- optimisation
-    learning_rate: float = _f(2e-4, "AdamW learning rate.", (1e-7, 1e-2))
-    lr_scheduler: str = _f(
+    learning_rate: float = knob(2e-4, "AdamW learning rate.", (1e-7, 1e-2))
+    lr_scheduler: str = knob(
         "constant", "Learning-rate schedule after warm-up.", choices=("constant", "linear", "cosine")
     )
-    warmup_steps: int = _f(0, "Steps of linear warm-up from 0 to the learning rate.", (0, 10_000))
-    max_steps: int = _f(30, "Optimizer steps in the run.", (1, 100_000))
-    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this; 0 = no clipping.", (0.0, 1000.0))
-    weight_decay: float = _f(0.0, "AdamW weight decay.", (0.0, 1.0))
+    warmup_steps: int = knob(0, "Steps of linear warm-up from 0 to the learning rate.", (0, 10_000))
+    max_steps: int = knob(30, "Optimizer steps in the run.", (1, 100_000))
+    max_grad_norm: float = knob(1.0, "Clip the gradient norm to this; 0 = no clipping.", (0.0, 1000.0))
+    weight_decay: float = knob(0.0, "AdamW weight decay.", (0.0, 1.0))
     # --- what is trained
-    use_lora: bool = _f(True, "Train a LoRA adapter (fast, small); off = full fine-tuning.")
-    lora_r: int = _f(16, "LoRA rank.", (1, 256))
-    lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).", (1, 1024))
-    lora_dropout: float = _f(0.0, "Dropout on the LoRA input.", (0.0, 0.9))
-    lora_target_modules: str = _f(
+    use_lora: bool = knob(True, "Train a LoRA adapter (fast, small); off = full fine-tuning.")
+    lora_r: int = knob(16, "LoRA rank.", (1, 256))
+    lora_alpha: int = knob(32, "LoRA alpha (scale = alpha / r).", (1, 1024))
+    lora_dropout: float = knob(0.0, "Dropout on the LoRA input.", (0.0, 0.9))
+    lora_target_modules: str = knob(
         "all-linear", "Modules LoRA wraps: 'all-linear' or comma-separated names, e.g. 'q_proj,v_proj'."
     )
     # --- the GRPO objective (TRL 1.16 semantics)
-    loss_type: str = _f(
+    loss_type: str = knob(
         "dapo",
         "How token losses are averaged: grpo (per sequence), dr_grpo (by max length), dapo (by tokens in the "
         "batch), bnpo (by tokens in the local batch).",
         choices=("grpo", "dr_grpo", "dapo", "bnpo"),
     )
-    beta: float = _f(
+    beta: float = knob(
         0.0, "KL penalty to the reference (the base model, adapter disabled); 0 = no KL.", (0.0, 10.0)
     )
-    epsilon: float = _f(0.2, "Lower clipping bound of the probability ratio (1 - epsilon).", (0.0, 1.0))
-    epsilon_high: float = _f(
+    epsilon: float = knob(0.2, "Lower clipping bound of the probability ratio (1 - epsilon).", (0.0, 1.0))
+    epsilon_high: float = knob(
         0.2, "Upper clipping bound of the probability ratio (1 + epsilon_high).", (0.0, 10.0)
     )
-    num_iterations: int = _f(
+    num_iterations: int = knob(
         1, "μ: optimizer passes over each generated batch (>1 makes clipping active).", (1, 16)
     )
-    scale_rewards: str = _f(
+    scale_rewards: str = knob(
         "group",
         "Divide advantages by the reward std of the group, of the whole batch, or not at all.",
         choices=("group", "batch", "none"),
     )
-    mask_truncated_completions: bool = _f(
+    mask_truncated_completions: bool = knob(
         False, "Leave completions that hit max_completion_length out of the loss."
     )
     # --- run
-    seed: int = _f(
+    seed: int = knob(
         0,
         "Random seed: the same seed on the same machine gives the same first-step completions.",
         (0, 2**31 - 1),
     )
-    dtype: str = _f(
+    dtype: str = knob(
         "auto",
         "Weights dtype: auto = bf16 where the hardware runs it fast, else fp32.",
         choices=("auto", "float32", "bfloat16", "float16"),
     )
-    device: str = _f("auto", "auto = CUDA if present, else CPU.", choices=("auto", "cpu", "cuda"))
-    engine: str = _f(
+    device: str = knob("auto", "auto = CUDA if present, else CPU.", choices=("auto", "cpu", "cuda"))
+    engine: str = knob(
         "builtin",
         "builtin = the workbench's fast engine; trl = TRL's GRPOTrainer.",
         choices=("builtin", "trl"),
     )
-    save_every: int = _f(10, "Save an adapter checkpoint every N steps (and at the end).", (1, 100_000))
+    save_every: int = knob(10, "Save an adapter checkpoint every N steps (and at the end).", (1, 100_000))
 
     def __post_init__(self) -> None:
         self.rewards = [r if isinstance(r, RewardSpec) else _reward_from(r) for r in self.rewards]

@@ -50,7 +50,7 @@ __all__ = [
 REGISTRY: dict[str, RewardInfo] = {r.name: r for m in (text, answers, model) for r in m.REWARDS}
 
 
-def _coerce(reward: str, key: str, p: Param, v: Any) -> Any:
+def coerce_param(reward: str, key: str, p: Param, v: Any) -> Any:
     """Bring a value (often text from a CLI flag or a form) to the type of the parameter's default."""
     want = type(p.default)
     bad = RewardError(
@@ -100,7 +100,7 @@ def build_reward(spec: RewardSpec) -> Reward:
         raise RewardError(
             f"reward {spec.name!r} has no parameter {', '.join(unknown)}; its parameters: {valid}"
         )
-    params = {k: _coerce(spec.name, k, p, spec.params.get(k, p.default)) for k, p in info.params.items()}
+    params = {k: coerce_param(spec.name, k, p, spec.params.get(k, p.default)) for k, p in info.params.items()}
     return info.factory(**params)
 
 

@@ -110,7 +110,8 @@ def values_from_spec(spec: RunSpec) -> list[Any]:
     return [getattr(spec, n) for n in field_order()]
 
 
-def _coerce(name: str, v: Any) -> Any:
+def coerce_field(name: str, v: Any) -> Any:
+    """A control's value as the type of RunSpec field `name`; ConfigError when it is empty or not a number."""
     f = FIELDS[name]
     rng = f.metadata.get("range")
     if f.type == "bool":
@@ -133,7 +134,7 @@ def _coerce(name: str, v: Any) -> Any:
 
 def spec_from_values(names: list[str], values: list[Any], rewards: list[RewardSpec]) -> RunSpec:
     """Build (and so validate) a RunSpec from control values; ConfigError says which setting to change."""
-    d = {n: _coerce(n, v) for n, v in zip(names, values, strict=True)}
+    d = {n: coerce_field(n, v) for n, v in zip(names, values, strict=True)}
     d["rewards"] = rewards
     return RunSpec.from_dict(d)
 
