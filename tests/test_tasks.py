@@ -94,7 +94,11 @@ def test_arithmetic_rewards_agree_with_references():
     assert "<think>" in t.system_prompt and "<answer>" in t.system_prompt
     fns = build_rewards(t.rewards)
     row = t.eval[0]
-    right = f"<think>compute {row['prompt']}</think><answer>{row['answer']}</answer>"
+    # the question comes after one worked example turn, the format the rewards look for
+    example, question = row["prompt"][:-1], row["prompt"][-1]
+    assert example[-1]["role"] == "assistant" and "</think><answer>" in example[-1]["content"]
+    assert question["role"] == "user" and question["content"].startswith("Calculate")
+    right = f"<think>compute {question['content']}</think><answer>{row['answer']}</answer>"
     wrong = f"<think>guess</think><answer>{int(row['answer']) + 1}</answer>"
     cols = {"answer": [row["answer"]] * 2, "rg_entry": [row["rg_entry"]] * 2}
     scores = {n: fn([row["prompt"]] * 2, [right, wrong], **cols) for n, fn, _ in fns}

@@ -54,13 +54,29 @@ def load_concise(spec: RunSpec) -> Task:
     )
 
 
+# One worked example as an earlier chat turn. Why: a 135M model copies a format it has seen answered far more readily
+# than it follows an instruction, and GRPO can only reinforce what the model samples. Measured on the bundled model
+# (8 held-out prompts × 6 samples): <answer> tags in 0–8% of samples with the instruction alone, 35% with this turn.
+ARITHMETIC_EXAMPLE = (
+    {"role": "user", "content": "Calculate 7 + 5 * 2."},
+    {"role": "assistant", "content": "<think>5 * 2 = 10, and 7 + 10 = 17</think><answer>17</answer>"},
+)
+
+
+def with_example(row: dict) -> dict:
+    """The row with its question asked after ARITHMETIC_EXAMPLE's worked turn (a chat-message prompt)."""
+    return {**row, "prompt": [*map(dict, ARITHMETIC_EXAMPLE), {"role": "user", "content": row["prompt"]}]}
+
+
 def load_arithmetic(spec: RunSpec) -> Task:
     train, eval_ = generate_rg("basic_arithmetic", ARITHMETIC_CONFIG, spec)
+    train, eval_ = [with_example(r) for r in train], [with_example(r) for r in eval_]
     return Task(
         name="arithmetic",
         description=(
             "Arithmetic with a reasoning format: reasoning-gym basic_arithmetic (2–3 terms, 1–2 digits, + - *), "
-            "rewarded for the <think>/<answer> format and a correct answer (math-verify)."
+            "asked after one worked example turn, rewarded for the <think>/<answer> format and a correct answer "
+            "(math-verify)."
         ),
         train=train,
         eval=eval_,
