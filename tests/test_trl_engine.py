@@ -254,3 +254,15 @@ def test_exported_script_trains_two_steps_on_the_cpu(tmp_path, tiny):
     assert (tmp_path / "run" / "final" / "adapter_model.safetensors").exists()
     # TRL prints one dict per logged step: exactly the two steps asked for, overriding the spec's 30.
     assert proc.stdout.count("'rewards/length/mean'") == 2, proc.stdout[-2000:]
+
+
+def test_trl_rows_give_every_row_every_column():
+    # datasets.Dataset.from_list takes its columns from the first row: a first row without an answer would drop
+    # the column for every row (the concise task answers 273 of its 400 prompts)
+    from datasets import Dataset
+
+    from workbench.trl_export import trl_rows
+
+    rows = trl_rows([{"prompt": "Suggest a name."}, {"prompt": "Capital of Chile?", "answer": ["Santiago"]}], "")
+    assert [r["answer"] for r in rows] == [None, ["Santiago"]]
+    assert Dataset.from_list(rows)["answer"] == [None, ["Santiago"]]

@@ -51,11 +51,13 @@ def grpo_config_kwargs(spec: RunSpec, reward_weights: list[float]) -> dict[str, 
 
 
 def trl_rows(rows: list[dict], system_prompt: str) -> list[dict]:
-    """Task rows as TRL wants them: a conversational "prompt" (system prompt included) plus reference columns."""
-    return [
-        {"prompt": chat_messages(r, system_prompt), **{k: v for k, v in r.items() if k != "prompt"}}
-        for r in rows
-    ]
+    """Task rows as TRL wants them: a conversational "prompt" (system prompt included) plus reference columns.
+
+    Every row carries every column (None where it has no value): `datasets.Dataset.from_list` takes its columns from
+    the first row, so a first row without an "answer" would silently drop the column for all rows.
+    """
+    columns = list(dict.fromkeys(k for r in rows for k in r if k != "prompt"))
+    return [{"prompt": chat_messages(r, system_prompt), **{k: r.get(k) for k in columns}} for r in rows]
 
 
 # --- the export -------------------------------------------------------------------------------------------------
