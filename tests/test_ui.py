@@ -333,10 +333,21 @@ def test_compare_helpers_escape_and_summarise():
                           "tuned/total": [0.9]})  # fmt: skip
     html = compare.pairs_html(table)
     assert "<img" not in html and "&lt;img" in html and html.count("wb-win") == 1
-    summary = pd.DataFrame({"base_mean": [0.1], "tuned_mean": [0.9], "diff": [0.8], "ci_low": [0.2],
-                            "ci_high": [1.2], "wins": [1], "ties": [0], "losses": [0]}, index=["total"])  # fmt: skip
-    assert "the tuned model is better" in compare.headline(summary, 1) and "Tuned wins 1" in compare.headline(
-        summary, 1
+    # a degenerate answer is marked with its reason, and the headline gives the verdict and the counts per side
+    table["tuned:degenerate_reason"] = ["repeats 'no' 3+ times in a row"]
+    html = compare.pairs_html(table)
+    assert "degenerate: repeats" in html and html.count("wb-bad") == 1
+    verdict = {
+        "level": "hacked",
+        "headline": "Reward up, but the answers got worse: <b>",
+        "reasons": ["a", "b"],
+    }
+    text = compare.headline(verdict, {"base": 0, "tuned": 1}, 1)
+    assert (
+        "Reward up" in text
+        and "<b>" not in text
+        and "- b" in text
+        and "base **0** of 1, tuned **1** of 1" in text
     )
     with pytest.raises(CompareError, match="prompt is empty"):
         compare.comparison_rows("x", compare.OWN, 1, "  ", "")

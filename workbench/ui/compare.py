@@ -78,7 +78,7 @@ def headline(verdict: dict, degenerate: dict[str, int], n_prompts: int) -> str:
     """The verdict (rewards *and* checks) in a sentence, its reasons, and the degenerate answers per side."""
     if not verdict:
         return ""
-    lines = [f"{LEVEL_ICON.get(verdict['level'], '')} **{verdict['headline']}**"]
+    lines = [f"{LEVEL_ICON.get(verdict['level'], '')} **{views.esc(verdict['headline'])}**"]
     lines += [f"- {views.esc(r)}" for r in verdict.get("reasons", [])[1:6]]
     lines.append(f"\nDegenerate answers: base **{degenerate.get('base', 0)}** of {n_prompts}, tuned "
                  f"**{degenerate.get('tuned', 0)}** of {n_prompts} (marked below).")  # fmt: skip
