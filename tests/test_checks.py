@@ -101,6 +101,7 @@ def test_reward_up_with_degenerate_answers_is_called_hacking_never_better():
     assert v.level == "hacked"
     assert "11 of 24 tuned answers are degenerate against 0 for the base" in v.headline
     assert "reward hacking" in v.headline and "better" not in v.headline.lower()
+    assert "Length (+1.09, 95% CI +0.77 to +1.39) rose" in v.headline
 
 
 def test_both_reward_and_checks_up_is_better():

@@ -14,7 +14,7 @@ headline never calls the tuned model better. Pure: no model, no I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,7 +109,7 @@ def judge(rewards: Mapping[str, Row], checks: Mapping[str, Row], n_prompts: int)
         return Verdict(
             "hacked",
             f"Reward up, but the answers got worse: {reasons[0]}. Likely reward hacking: the reward was satisfied, "
-            f"not the intent. {what.capitalize()} rose on {n_prompts} prompts; read the answers and add a term "
+            f"not the intent. {what[:1].upper() + what[1:]} rose on {n_prompts} prompts; read the answers and add a term "
             "that rules this out.",
             reasons,
         )
@@ -136,3 +136,55 @@ def judge(rewards: Mapping[str, Row], checks: Mapping[str, Row], n_prompts: int)
         "steps would tell.",
         reasons,
     )
+
+
+# --- during training: the held-out checks against the training reward -------------------------------------------
+HELDOUT_ANSWERS = 2  # a held-out check that moved by this many answers of the slice is worth a warning
+
+
+def heldout_regressions(evals: Sequence[Row]) -> list[str]:
+    """How the latest held-out evaluation is worse than the first (step 0: the base model), one sentence each:
+    degenerate answers up by HELDOUT_ANSWERS or more, correct answers down by as many, or naturalness down by more
+    than NATURALNESS_TOLERANCE. `evals` are the store's rows (`Run.evals()`), in step order."""
+    if len(evals) < 2:
+        return []
+    base, last = evals[0], evals[-1]
+    n = int(last.get("eval/prompts") or 0)
+    out = []
+
+    def count(row: Row, check: str) -> int | None:
+        v = row.get(f"eval/checks/{check}")
+        return round(v * n) if _finite(v) and n else None
+
+    at = f"at step {last['step']} against {{}} at step {base['step']}"
+    d0, d1 = count(base, "degenerate"), count(last, "degenerate")
+    if d0 is not None and d1 is not None and d1 - d0 >= HELDOUT_ANSWERS:
+        out.append(f"{d1} of {n} held-out answers are degenerate " + at.format(d0))
+    c0, c1 = count(base, "correct"), count(last, "correct")
+    if c0 is not None and c1 is not None and c0 - c1 >= HELDOUT_ANSWERS:
+        out.append(f"{c1} of {n} held-out answers are correct " + at.format(c0))
+    k = "eval/checks/naturalness"
+    if _finite(base.get(k), last.get(k)) and last[k] < base[k] - NATURALNESS_TOLERANCE:
+        out.append(f"the held-out answers drifted from the base model's language: log-probability per token "
+                   f"under the base {last[k]:.2f} " + at.format(f"{base[k]:.2f}"))  # fmt: skip
+    return out
+
+
+def heldout_warnings(train: Sequence[Row], evals: Sequence[Row], window: int = 5) -> list[str]:
+    """The warning when held-out answers got worse (heldout_regressions), saying whether the training reward climbed
+    meanwhile: the training reward's mean over the first `window` steps against the last `window` steps up to the
+    latest evaluation. `train` are the store's step rows ({"step", "reward", ...}). Pure: the UI and the CLI share it."""
+    worse = heldout_regressions(evals)
+    if not worse:
+        return []
+    upto = evals[-1]["step"]
+    rewards = [r["reward"] for r in train if r.get("step", 0) <= upto and _finite(r.get("reward"))]
+    k = max(1, min(window, len(rewards) // 2))
+    early = sum(rewards[:k]) / k if rewards else math.nan
+    late = sum(rewards[-k:]) / k if rewards else math.nan
+    fix = ("Read the held-out answers; compare the best weights (kept by keep_best_by) rather than the last; add a "
+           "reward term that rules this out, lower learning_rate, or raise beta.")  # fmt: skip
+    if len(rewards) >= 2 and late > early:
+        return [f"Likely reward hacking: the training reward climbed ({early:.3f} → {late:.3f} by step {upto}) "
+                f"while the held-out answers got worse: {'; '.join(worse)}. {fix}"]  # fmt: skip
+    return [f"The held-out answers got worse by step {upto}: {'; '.join(worse)}. {fix}"]
