@@ -248,25 +248,37 @@ def _train(run, engine, stop_after: int | None = None):
     from workbench import worker
 
     stop = (lambda: engine.step_count >= stop_after) if stop_after else (lambda: False)
-    return worker.train(run, stop, engine_factory=lambda spec, task, fault: engine)
+    return worker.train(run, stop, engine_factory=lambda spec, task, fault: engine, evaluate=_fake_eval)
+
+
+def _fake_eval(engine, rows, grader):
+    """A held-out evaluation whose reward is the step count: each one is the best so far."""
+    from workbench.heldout import EvalResult
+
+    metrics = {"eval/reward": float(engine.step_count), "eval/prompts": float(len(rows))}
+    return EvalResult(metrics, [{"prompt": str(r["prompt"]), "answer": "ok"} for r in rows])
 
 
 def test_worker_loop_checkpoints_stops_and_resumes_on_the_same_prompts():
     from workbench.store import create_run
 
-    spec = RunSpec(model="tiny-random", max_steps=7, save_every=3, train_size=16)
+    spec = RunSpec(model="tiny-random", max_steps=7, save_every=3, train_size=16, eval_every=3)
     run = create_run(spec, status="running")
     state, reason = _train(run, FakeEngine(), stop_after=4)
     assert state == "stopped" and reason == "stopped at step 4/7"
     assert [p.name for p in run.checkpoints()] == ["step-000003", "step-000004"] and run.final_adapter()
-    # as if killed after step 5: a step past the last checkpoint, which the resume must redo
+    assert [e["step"] for e in run.evals()] == [0, 3]  # the baseline, then every 3 steps (none at a stop)
+    # as if killed after step 5 and an evaluation: past the last checkpoint, which the resume must redo
     from workbench.grpo import StepResult
 
     run.append_step(StepResult(5, [], {"reward": -1.0}))
+    run.append_eval(5, {"eval/reward": -1.0}, [])
     resumed = FakeEngine()
     assert _train(run, resumed) == ("finished", None)
     assert [m["step"] for m in run.metrics()] == list(range(1, 8)) and run.metrics()[4]["reward"] == 1.0
     assert [p.name for p in run.checkpoints()] == ["step-000006", "step-000007"]
+    assert [e["step"] for e in run.evals()] == [0, 3, 6, 7]  # none lost, none twice, the stray one gone
+    assert run.best_info()["step"] == 7 and (run.best_weights() / "adapter_config.json").exists()
     straight = FakeEngine()
     _train(create_run(spec, status="running"), straight)
     assert resumed.batches == straight.batches[4:]  # same data order as an uninterrupted run

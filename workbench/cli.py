@@ -185,7 +185,9 @@ def cmd_runs(args: argparse.Namespace) -> Result:
 
 
 def cmd_show(args: argparse.Namespace) -> Result:
+    from .heldout import heldout_lines
     from .store import FAILED, open_run
+    from .verdict import heldout_warnings
 
     run = open_run(args.run)
     doc = {
@@ -194,7 +196,10 @@ def cmd_show(args: argparse.Namespace) -> Result:
         "versions": run.versions(),
         "metrics": run.metrics(),
         "episodes": run.episodes(),
+        "evals": run.evals(),
+        "eval_answers": run.eval_answers(),
     }
+    doc["warnings"] = heldout_warnings(doc["metrics"], doc["evals"])
     st = doc["status"]
     reason = reason_text(run.id, st)
     lines = [
@@ -212,6 +217,7 @@ def cmd_show(args: argparse.Namespace) -> Result:
         )
     for e in doc["episodes"][:4]:
         lines.append(f"  [{_fmt_num(e['reward'], '+.2f')}] {e['completion'][:100]!r}")
+    lines += heldout_lines(doc["evals"], run.best_info()) + [f"  warning: {w}" for w in doc["warnings"]]
     if st["state"] in FAILED and run.log_path.exists():
         lines += ["  last lines of worker.log:"] + [
             "    " + x for x in run.log_path.read_text(errors="replace").splitlines()[-5:]
@@ -221,12 +227,13 @@ def cmd_show(args: argparse.Namespace) -> Result:
 
 def cmd_compare(args: argparse.Namespace) -> Result:
     from .evaluate import compare
+    from .heldout import best_text
     from .store import open_run
 
     run = open_run(args.run)
     cmp = compare(
         run.id,
-        run.require_weights(),
+        run.require_weights(args.weights),
         mode=args.mode,
         seed=args.seed,
         max_new_tokens=args.max_new_tokens,
@@ -234,7 +241,9 @@ def cmd_compare(args: argparse.Namespace) -> Result:
     )
     if args.csv:
         cmp.to_csv(args.csv)
-    return 0, cmp.to_dict(), compare_text(cmp)
+    best = run.best_info() if args.weights == "best" else None
+    doc = {**cmp.to_dict(), "weights_from": {"weights": args.weights, **(best or {})}}
+    return 0, doc, (f"tuned = {best_text(best)}\n" if best else "") + compare_text(cmp)
 
 
 def compare_text(cmp) -> str:
@@ -269,7 +278,7 @@ def cmd_export(args: argparse.Namespace) -> Result:
     dest = Path(args.to).expanduser()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ConfigError(f"{dest} exists and is not empty: choose a new folder")
-    src = run.require_weights()
+    src = run.require_weights(args.weights)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
@@ -286,6 +295,7 @@ def cmd_export(args: argparse.Namespace) -> Result:
             "run_id": run.id,
             "source": str(src.relative_to(run.dir)),
             "merged": bool(args.merged),
+            "best": run.best_info() if args.weights == "best" else None,
             "spec": run.spec.to_dict(),
             "versions": run.versions(),
         }

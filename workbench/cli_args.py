@@ -63,6 +63,13 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     return RunSpec.from_dict(d)
 
 
+WEIGHTS = ("last", "best")
+WEIGHTS_HELP = (
+    "which weights: last (the final adapter, else the latest checkpoint; the default) or best (those with the best "
+    "held-out score during training, by the run's keep_best_by)"
+)
+
+
 # --- the parser ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="workbench", description="GRPO Workbench: try GRPO on a small model.")
@@ -97,11 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-new-tokens", type=int, default=None, help="default: the run's max_completion_length"
     )
     c.add_argument("--csv", metavar="FILE", help="also write the per-prompt table to FILE")
+    c.add_argument("--weights", choices=WEIGHTS, default="last", help=WEIGHTS_HELP)
     e = cmd("export", "write the adapter (or the merged model), or a TRL training script", run=True)
     to = e.add_mutually_exclusive_group(required=True)
     to.add_argument("--to", metavar="DIR", help="folder for the adapter (a new or empty folder)")
     to.add_argument("--trl", metavar="DIR", help="folder for a TRL script of this run's spec")
     e.add_argument("--merged", action="store_true", help="with --to: merge the adapter into the base model")
+    e.add_argument("--weights", choices=WEIGHTS, default="last", help=WEIGHTS_HELP)
     m = cmd("models", "list models; --prepare converts the bundled one")
     m.add_argument("--prepare", action="store_true", help="convert the bundled model now (once)")
     cmd("worker", "internal: the training process of a run", run=True)

@@ -165,6 +165,23 @@ class RunSpec:
     mask_truncated_completions: bool = knob(
         False, "Leave completions that hit max_completion_length out of the loss."
     )
+    # --- held-out checks during training (the rewards and checks of Compare, on a slice the run never trains on)
+    eval_every: int = knob(
+        10,
+        "Every N steps the policy answers a held-out slice greedily; its rewards and checks are logged "
+        "(also at step 0, the base model's baseline, and at the last step). 0 = off.",
+        (0, 100_000),
+    )
+    eval_prompts: int = knob(
+        8, "Held-out prompts in that slice (the first ones of the task's held-out split, at most eval_size).",
+        (1, 256),
+    )  # fmt: skip
+    keep_best_by: str = knob(
+        "reward",
+        "Which held-out score picks the best checkpoint, kept beside the last: reward (held-out total reward), "
+        "correct, naturalness (higher is better), degenerate, repetition (lower is better).",
+        choices=("reward", "correct", "naturalness", "degenerate", "repetition"),
+    )
     # --- run
     seed: int = knob(
         0,
@@ -221,6 +238,11 @@ class RunSpec:
             )
         if self.lora_target_modules.strip() == "":
             raise ConfigError("lora_target_modules is empty: use 'all-linear' or names like 'q_proj,v_proj'")
+        if self.eval_every and self.keep_best_by == "naturalness" and not self.use_lora and self.beta == 0:
+            raise ConfigError(
+                "keep_best_by='naturalness' scores answers under the base model, which full fine-tuning keeps only "
+                "when beta > 0: turn use_lora on, set beta > 0, or pick another keep_best_by"
+            )
         for r in self.rewards:
             if not r.name:
                 raise ConfigError("a reward has no name: write it as 'name:weight', e.g. 'length:1.0'")

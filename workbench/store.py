@@ -39,6 +39,7 @@ from . import __version__
 from .config import RunSpec, workbench_home
 from .errors import RunNotFound, StoreError
 from .osutil import file_lock, json_safe, pid_alive, replace_dir, write_json_atomic
+from .store_evals import HeldOutRecords
 
 STATES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
 TERMINAL = ("finished", "stopped", "failed", "interrupted")
@@ -77,7 +78,7 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
-class Run:
+class Run(HeldOutRecords):
     """One run's folder. Cheap to construct; every read goes to disk, so any process sees the latest state."""
 
     def __init__(self, path: Path):
@@ -186,10 +187,11 @@ class Run:
             con.executemany("INSERT INTO episodes VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
 
     def truncate_steps(self, after: int) -> None:
-        """Forget steps after `after` (a resume redoes them from the checkpoint, with the same prompts)."""
+        """Forget steps and held-out evals after `after` (a resume redoes them from the checkpoint, same prompts)."""
         with self._db() as con:
             con.execute("DELETE FROM episodes WHERE step > ?", (after,))
             con.execute("DELETE FROM steps WHERE step > ?", (after,))
+            self._truncate_evals(con, after)
 
     def steps_done(self) -> int:
         with self._db() as con:
@@ -271,8 +273,10 @@ class Run:
         """What to compare or export: the final adapter, else the latest checkpoint (None before the first save)."""
         return self.final_adapter() or self.latest_checkpoint()
 
-    def require_weights(self) -> Path:
-        """latest_weights(), or a StoreError that says when a run has some."""
+    def require_weights(self, which: str = "last") -> Path:
+        """latest_weights() ("last") or best_weights() ("best"), or a StoreError that says when a run has them."""
+        if which != "last":
+            return self.require_best(which)
         src = self.latest_weights()
         if src is None:
             raise StoreError(

@@ -162,9 +162,15 @@ def _save(run: Run, engine: Any, step: int, adapter: bool) -> None:
 
 
 def train(
-    run: Run, should_stop: Callable[[], bool], engine_factory: Callable | None = None
+    run: Run,
+    should_stop: Callable[[], bool],
+    engine_factory: Callable | None = None,
+    evaluate: Callable | None = None,
 ) -> tuple[str, str]:
-    """Train `run` to its target steps (or until stopped). Returns (final state, reason); failures raise."""
+    """Train `run` to its target steps (or until stopped). Returns (final state, reason); failures raise.
+    `engine_factory(spec, task, fault)` and `evaluate(engine, rows, grader)` (heldout.evaluate_policy) stand in
+    for the real ones in tests."""
+    from .heldout import HeldOutChecks, evaluate_policy
     from .tasks import load_task, prompt_batches
 
     spec = run.spec
@@ -179,7 +185,10 @@ def train(
         print(f"resumed from {ckpt.name} (step {engine.step_count})", flush=True)
     start = engine.step_count
     run.truncate_steps(after=start)  # steps after the checkpoint are redone, on the same prompts
+    heldout = HeldOutChecks(run, spec, task, evaluate or evaluate_policy) if spec.eval_every else None
     run.set_status("running", "training", phase="training")
+    if heldout:
+        heldout.maybe(engine, start)  # step 0: the base model's baseline (or a resume whose eval is missing)
     batches = prompt_batches(task.train, spec.prompts_per_step, spec.seed, start_step=start)
     while engine.step_count < spec.max_steps and not should_stop():
         rows = next(batches, None)
@@ -190,9 +199,14 @@ def train(
         run.append_step(result)
         _progress(result, spec.max_steps)
         n = engine.step_count
+        if heldout:
+            heldout.add_training_time(result.metrics.get("step_time"))
+            heldout.maybe(engine, n)  # before the checkpoint: a checkpoint at a due step implies its eval
         if n % spec.save_every == 0 and n < spec.max_steps:
             _save(run, engine, n, adapter=False)
     n = engine.step_count
+    if heldout and n > 0 and not should_stop():  # also when the task ran out of prompts before max_steps
+        heldout.maybe(engine, n, force=True)
     if n > 0:
         run.set_status("running", "saving", phase="saving")
         _save(run, engine, n, adapter=True)
@@ -207,6 +221,8 @@ def _train_trl(run: Run, spec: RunSpec, task: Any, should_stop: Callable[[], boo
     from .trl_engine import train_with_trl
 
     run.truncate_steps(after=0)  # TRL runs restart from the beginning: its checkpoints are not ours
+    if spec.eval_every:
+        print("held-out checks during training need the built-in engine (engine=builtin)", flush=True)
     run.set_status("running", "training", phase="training")
 
     def on_step(result: Any) -> None:
