@@ -161,6 +161,23 @@ def test_none_rewards_are_left_out_and_failures_name_the_function():
         )
 
 
+def test_a_batch_without_references_gets_none_not_a_missing_column_error():
+    # The concise task answers 273 of its 400 prompts: a step of two open-ended prompts must still train, with the
+    # correctness reward saying "does not apply" (None) rather than failing on a column the batch lacks.
+    from workbench.rewards import build_rewards
+
+    spec = RunSpec(model="tiny-random", task="concise", train_size=16, eval_size=2, num_generations=4,
+                   prompts_per_step=2, max_completion_length=8, dtype="float32", device="cpu")  # fmt: skip
+    task = load_task(spec)
+    assert "answer" in task.columns
+    fns = build_rewards([RewardSpec("contains_answer"), RewardSpec("length")])
+    model, tok = load_model("tiny-random", dtype="float32", device="cpu")
+    engine = GRPOEngine(spec, model, tok, fns, columns=tuple(task.columns))
+    r = engine.step(ROWS[:2])  # no row carries an answer
+    assert all(e.rewards["contains_answer"] is None for e in r.episodes)
+    assert all(e.rewards["length"] is not None for e in r.episodes)
+
+
 def test_truncated_completions_can_be_masked_out():
     r = tiny_engine(
         [("low_ids", low_ids, 1.0)], mask_truncated_completions=True, max_completion_length=4

@@ -65,11 +65,14 @@ class GRPOEngine:
     """Trains `model` (wrapped in LoRA when spec.use_lora) with GRPO on batches of task rows."""
 
     def __init__(self, spec: RunSpec, model, tokenizer, reward_fns: list[tuple[str, Any, float]],
-                 system_prompt: str = ""):  # fmt: skip
+                 system_prompt: str = "", columns: tuple[str, ...] = ()):  # fmt: skip
         from transformers import get_scheduler
 
         keep_freed_memory()
         self.spec, self.tok, self.system_prompt = spec, tokenizer, system_prompt
+        # The task's reference columns: a batch whose rows all lack one (an open-ended prompt has no "answer")
+        # still passes it, as None, so a reward says "does not apply" instead of failing on a missing column.
+        self.columns = tuple(columns)
         self.names = [n for n, _, _ in reward_fns]
         self.fns = [f for _, f, _ in reward_fns]
         self.weights = torch.tensor([float(w) for _, _, w in reward_fns])
@@ -111,7 +114,7 @@ class GRPOEngine:
         fns = build_rewards(task.rewards_for(spec))
         if wrap_rewards is not None:
             fns = wrap_rewards(fns)
-        return cls(spec, model, tok, fns, task.system_prompt_for(spec))
+        return cls(spec, model, tok, fns, task.system_prompt_for(spec), tuple(task.columns))
 
     def _trainable(self, model):
         spec = self.spec
@@ -142,10 +145,8 @@ class GRPOEngine:
     def score(self, rows: list[dict], msgs: list, texts: list[str], ids: list[list[int]]) -> torch.Tensor:
         """Per-function rewards (N, F), NaN where a function returned None. Raises naming the failing function."""
         G = self.spec.num_generations
-        cols = {
-            k: [r.get(k) for r in rows for _ in range(G)] for k in dict.fromkeys(k for r in rows for k in r)
-        }
-        cols.pop("prompt", None)
+        names = dict.fromkeys([*self.columns, *(k for r in rows for k in r)])
+        cols = {k: [r.get(k) for r in rows for _ in range(G)] for k in names if k != "prompt"}
         prompts = [m for m in msgs for _ in range(G)]
         completions = [
             [{"role": "assistant", "content": t}] for t in texts

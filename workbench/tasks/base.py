@@ -37,7 +37,7 @@ class Task:
     def columns(self) -> list[str]:
         """Reference columns the rows carry besides "prompt" (what rewards can read)."""
         seen: dict[str, None] = {}
-        for row in self.train[:1] + self.eval[:1]:
+        for row in self.train + self.eval:  # all rows: a reference may be missing from the first ones
             seen.update((k, None) for k in row if k != "prompt")
         return list(seen)
 
