@@ -183,3 +183,35 @@ def test_a_tiny_run_evaluates_keeps_the_best_and_resumes_without_losing_evals(tm
     assert cli.main(["compare", run.id, "--weights", "best", "--max-new-tokens", "4", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["adapter"].endswith("best") and doc["weights_from"] == {"weights": "best", **info}
+
+
+# --- the Train tab ----------------------------------------------------------------------------------------------
+def test_the_train_tab_draws_held_out_checks_and_redraws_them_only_when_an_eval_lands():
+    pytest.importorskip("gradio")
+    import pandas as pd
+    from test_ui import SKIP, fake_step, make_run
+
+    from workbench.ui import insights, plots, train
+
+    assert "off" in plots.heldout_figure(None, None, off=True).layout.annotations[0].text
+    run = make_run(steps=2, state="running", alive=True)
+    out = train.poll(None, "")
+    assert "Waiting for the first held-out evaluation" in out[9].layout.annotations[0].text
+    run.append_eval(0, _eval(0), [{"prompt": "Say <hi>", "answer": "hi hi hi", "degenerate_reason": "repeats",
+                                   "correct": 0.0, "reference": "hello"}])  # fmt: skip
+    again = train.poll(run.id, out[1])
+    assert again[3:7] == (SKIP,) * 4 and again[9] != SKIP  # no new step: only the held-out outputs are sent
+    names = {t.name for t in again[9].data}
+    assert {"training reward", "held-out reward", "held-out degenerate", "held-out correct"} <= names
+    assert (
+        "Say &lt;hi&gt;" in again[10]
+        and "degenerate: repeats" in again[10]
+        and "1 of 1 degenerate" in again[10]
+    )
+    run.append_step(fake_step(3, [[0.0, 1.0, 0.0, 1.0]]))
+    third = train.poll(run.id, again[1])
+    assert third[3] != SKIP and third[9:] == (SKIP, SKIP)  # a new step, no new eval: the held-out plot stays
+    # the hacking warning reaches the Train tab's warnings
+    evals = [_eval(0), _eval(10, degenerate=4)]
+    text = " ".join(insights.run_warnings(pd.DataFrame(CLIMBING), evals=evals))
+    assert "Likely reward hacking" in text and "4 of 8 held-out answers are degenerate" in text

@@ -278,7 +278,7 @@ def test_poll_redraws_only_when_a_new_step_lands():
     run = make_run(steps=1, state="running", alive=True)
     out = train.poll(None, "")
     assert out[0] == run.id and "1</b> / 10 steps" in out[2] and len(out[3].data) >= 3  # reattached + drawn
-    assert train.poll(run.id, out[1]) == tuple([SKIP] * 9)  # nothing new: nothing sent
+    assert train.poll(run.id, out[1]) == tuple([SKIP] * 11)  # nothing new: nothing sent
     run.append_step(fake_step(2, [[0.0, 1.0, 0.0, 1.0]]))
     again = train.poll(run.id, out[1])
     assert again[1] != out[1] and list(again[3].data[2].x) == [1, 2] and "step 2" in again[6].lower()

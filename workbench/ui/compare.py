@@ -18,6 +18,7 @@ import gradio as gr
 import pandas as pd
 
 from ..errors import CompareError
+from ..heldout import best_text
 from ..stats import SUMMARY_COLUMNS
 from ..store import list_runs, open_run
 from ..tasks import load_task
@@ -40,8 +41,9 @@ def run_choices() -> list[tuple[str, str]]:
     return out
 
 
-def adapter_for(run_id: str) -> Path:
-    return open_run(run_id).require_weights()
+def adapter_for(run_id: str, weights: str = "last") -> Path:
+    """The run's last weights, or the best by its held-out score during training (a clear error before they exist)."""
+    return open_run(run_id).require_weights(weights or "last")
 
 
 def comparison_rows(run_id: str, source: str, n: int, prompt: str, answer: str) -> list[dict] | None:
@@ -59,7 +61,8 @@ def comparison_rows(run_id: str, source: str, n: int, prompt: str, answer: str) 
 
 
 def run_comparison(run_id: str, source: str, n: int, prompt: str, answer: str, mode: str, seed: int,
-                   max_new_tokens: int | None, progress: Callable[[float, str], None] | None = None):  # fmt: skip
+                   max_new_tokens: int | None, progress: Callable[[float, str], None] | None = None,
+                   weights: str = "last"):  # fmt: skip
     """Plain function behind the Compare button: returns an evaluate.Comparison."""
     from ..evaluate import compare  # imports torch: only when a comparison is asked for
 
@@ -67,7 +70,7 @@ def run_comparison(run_id: str, source: str, n: int, prompt: str, answer: str, m
         raise CompareError("no run chosen: pick a run that has a checkpoint or a final adapter")
     rows = comparison_rows(run_id, source, n, prompt, answer)
     tokens = int(max_new_tokens) if max_new_tokens else None
-    return compare(run_id, adapter_for(run_id), rows=rows, mode=mode, seed=int(seed or 0), max_new_tokens=tokens,
+    return compare(run_id, adapter_for(run_id, weights), rows=rows, mode=mode, seed=int(seed or 0), max_new_tokens=tokens,
                    progress=progress)  # fmt: skip
 
 
@@ -175,6 +178,9 @@ def build_compare_tab(train: dict) -> dict[str, Any]:
         c["max_new_tokens"] = gr.Number(value=0, precision=0, minimum=0, label="max new tokens",
                                         info="0 = the run's max_completion_length.")  # fmt: skip
         c["seed"] = gr.Number(value=0, precision=0, label="seed", minimum=0)
+        c["weights"] = gr.Radio(["last", "best"], value="last", label="weights", elem_id="wb-compare-weights",
+                                info="last: the final adapter or latest checkpoint; best: the best held-out score "
+                                "during training (the run's keep_best_by).")  # fmt: skip
     with gr.Row(visible=False) as own_row:
         c["prompt"] = gr.Textbox(label="your prompt", lines=3, scale=3, elem_id="wb-compare-prompt")
         c["answer"] = gr.Textbox(label="reference answer (optional; correctness rewards read it)", scale=2)
@@ -205,18 +211,21 @@ def build_compare_tab(train: dict) -> dict[str, Any]:
     c["tab_refresh"] = refresh
 
     @guarded(5)
-    def go(run_id, source, n, prompt, answer, mode, seed, max_new_tokens, progress=gr.Progress()):  # noqa: B008
+    def go(run_id, source, n, prompt, answer, mode, seed, max_new_tokens, weights="last",
+           progress=gr.Progress()):  # noqa: B008  # fmt: skip
         progress(0.0, desc="Loading the models…")
         result = run_comparison(run_id, source, n, prompt, answer, mode, seed, max_new_tokens,
-                                progress=lambda f, msg: progress(f, desc=msg))  # fmt: skip
+                                progress=lambda f, msg: progress(f, desc=msg), weights=weights)  # fmt: skip
         out = Path(tempfile.mkdtemp(prefix="wb-compare-")) / f"compare-{run_id}.csv"
         files = result.to_csv(out)
         doc, stats = result.to_dict(), result.statistics()
-        return (headline(doc["verdict"], doc["degenerate"], len(result.table)),
+        best = open_run(run_id).best_info() if weights == "best" else None
+        which = f"*Tuned = {views.esc(best_text(best))}.*\n\n" if best else ""
+        return (which + headline(doc["verdict"], doc["degenerate"], len(result.table)),
                 plots.summary_figure(chart_frame(stats)), summary_table(stats), [str(f) for f in files],
                 pairs_html(result.table))  # fmt: skip
 
     c["go"].click(go, [c["run"], c["source"], c["n"], c["prompt"], c["answer"], c["mode"], c["seed"],
-                       c["max_new_tokens"]], [c["headline"], c["chart"], c["table"], c["csv"], c["pairs"]],
+                       c["max_new_tokens"], c["weights"]], [c["headline"], c["chart"], c["table"], c["csv"], c["pairs"]],
                   api_name="compare", concurrency_limit=1)  # fmt: skip
     return c

@@ -26,6 +26,7 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ("LoRA", ("use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")),
     ("Objective", ("loss_type", "beta", "epsilon", "epsilon_high", "num_iterations", "scale_rewards",
                    "mask_truncated_completions")),
+    ("Held-out checks during training", ("eval_every", "eval_prompts", "keep_best_by")),
     ("Run", ("seed", "dtype", "device", "engine", "save_every")),
 ]  # fmt: skip
 SPECIAL = ("rewards",)  # has its own picker

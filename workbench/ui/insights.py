@@ -14,6 +14,7 @@ from statistics import mean, median
 import pandas as pd
 
 from ..grpo.advantages import group_advantages, nanmean, nanstd
+from ..verdict import heldout_warnings
 from .plots import reward_names
 from .views import esc, num, prompt_display
 
@@ -93,8 +94,9 @@ def _finite(x) -> bool:
 # --- warnings ------------------------------------------------------------------------------------------------
 
 
-def run_warnings(df: pd.DataFrame, cap: int | None = None, window: int = 10) -> list[str]:
-    """Things a practitioner would want pointed out, each with what to change. Empty when all looks normal."""
+def run_warnings(df: pd.DataFrame, cap: int | None = None, window: int = 10, evals: list[dict] | None = None) -> list[str]:  # fmt: skip
+    """Things a practitioner would want pointed out, each with what to change. Empty when all looks normal.
+    `evals` (the store's held-out evaluations) add the warning of held-out answers getting worse (`verdict`)."""
     if df is None or df.empty:
         return []
     out: list[str] = []
@@ -126,6 +128,7 @@ def run_warnings(df: pd.DataFrame, cap: int | None = None, window: int = 10) -> 
                 "from the base model fast. Lower learning_rate, or raise beta to hold it closer."
             )
     out += _tradeoffs(df, window)
+    out += heldout_warnings(df.to_dict("records"), evals or [])
     for col in ("loss", "reward"):
         # NaN is stored as null: flag it when the metric is normally logged (a finite value earlier)
         if col in df and not _finite(last.get(col)) and df[col].iloc[:-1].notna().any():
@@ -157,6 +160,31 @@ def _tradeoffs(df: pd.DataFrame, window: int, threshold: float = 0.05) -> list[s
         f"'{u}' is rising ({change[u]:+.2f} over the last {len(tail)} steps) while '{d}' falls ({change[d]:+.2f}): "
         f"the model may be trading one for the other. Check the weights, or whether '{u}' can be gamed."
     ]
+
+
+def heldout_answers_html(answers: list[dict], step: int | None = None, max_chars: int = 500) -> str:
+    """The held-out answers of the latest evaluation during training: each prompt, the policy's greedy answer, its
+    reference, and marks for degenerate and (in)correct answers, so the numbers on the curve can be read."""
+    if not answers:
+        return ('<div class="wb-empty">The held-out answers appear here after each evaluation (step 0, then every '
+                "eval_every steps).</div>")  # fmt: skip
+    rows = []
+    for i, a in enumerate(answers):
+        why = a.get("degenerate_reason") or ""
+        flag = f'<span class="wb-degenerate">degenerate: {esc(why)}</span>' if why else ""
+        ok = {1.0: "✓", 0.0: "✗"}.get(a.get("correct"), "–")
+        cut = ' <span class="wb-flag">hit the cap</span>' if a.get("truncated") else ""
+        rows.append(
+            f'<tr><td class="wb-num">{i + 1}</td><td>{esc(_clip(prompt_display(a.get("prompt")), 300))}</td>'
+            f'<td class="wb-completion">{esc(_clip(str(a.get("answer", "")), max_chars))}{cut} {flag}</td>'
+            f"<td>{esc(a.get('reference') or '–')}</td><td class='wb-num'>{ok}</td>"
+            f"<td class='wb-num'>{num(a.get('reward'))}</td><td class='wb-num'>{num(a.get('naturalness'), '.2f')}</td></tr>"
+        )
+    bad = sum(1 for a in answers if a.get("degenerate_reason"))
+    return (f'<div class="wb-groups"><div class="wb-groups-title">Held-out answers at step {esc(step)} (greedy, never '
+            f"trained on): {bad} of {len(answers)} degenerate.</div><table class='wb-table'><thead><tr><th>#</th>"
+            "<th>prompt</th><th>answer</th><th>reference</th><th>correct</th><th>reward</th><th>naturalness</th>"
+            f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")  # fmt: skip
 
 
 def warnings_html(items: list[str]) -> str:

@@ -259,3 +259,50 @@ def advantage_figure(rewards: list[float], advantages: list[float], height: int 
     fig.update_xaxes(title_text="completion")
     fig.update_yaxes(title_text="reward")
     return _layout(fig, title, height, hovermode="closest", showlegend=False)
+
+
+def heldout_figure(df: pd.DataFrame, evals: pd.DataFrame, off: bool = False, height: int = 340) -> go.Figure:
+    """Training reward per step against the held-out evaluations: the held-out reward on the same axis, the shares
+    of held-out answers that are degenerate and correct on a second (0–100%), naturalness in the hover. A reward
+    that climbs while the degenerate share climbs too (or correctness falls) is the picture of reward hacking."""
+    title = "Training reward vs held-out checks"
+    if off:
+        return placeholder(title, "Held-out evaluation is off for this run (eval_every = 0)", height)
+    if evals is None or evals.empty or not _has(evals, "eval/reward"):
+        return placeholder(
+            title, "Waiting for the first held-out evaluation (step 0: the base model)…", height
+        )
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    if df is not None and not df.empty and _has(df, "reward"):
+        fig.add_trace(go.Scatter(x=df["step"], y=df["reward"], mode="lines", name="training reward",
+                                 line={"color": PRIMARY, "width": 1.5, "dash": "dot"}, opacity=0.6))  # fmt: skip
+
+    def col(name: str) -> pd.Series:
+        return evals[name].astype(float) if name in evals else pd.Series([math.nan] * len(evals))
+
+    x, n = evals["step"], col("eval/prompts")
+    nat, deg, cor = col("eval/checks/naturalness"), col("eval/checks/degenerate"), col("eval/checks/correct")
+    hover = [
+        f"naturalness {a:.2f}<br>degenerate {_of(d, k)}<br>correct {_of(c, k)}"
+        if math.isfinite(a) else f"degenerate {_of(d, k)}<br>correct {_of(c, k)}"
+        for a, d, c, k in zip(nat, deg, cor, n, strict=True)
+    ]  # fmt: skip
+    fig.add_trace(go.Scatter(x=x, y=col("eval/reward"), mode="lines+markers", name="held-out reward",
+                             line={"color": PRIMARY, "width": 2.5}, marker={"size": 8}, text=hover,
+                             hovertemplate="%{y:.3f}<br>%{text}"))  # fmt: skip
+    for series, name, colour in ((deg, "held-out degenerate", BAD), (cor, "held-out correct", GOOD)):
+        if series.notna().any():
+            fig.add_trace(go.Scatter(x=x, y=series, mode="lines+markers", name=name, marker={"size": 7},
+                                     line={"color": colour, "width": 2, "dash": "dash"}), secondary_y=True)  # fmt: skip
+    fig.update_yaxes(title_text="reward", secondary_y=False)
+    fig.update_yaxes(title_text="share of held-out answers", range=[-0.05, 1.05], tickformat=".0%",
+                     secondary_y=True, showgrid=False)  # fmt: skip
+    fig.update_xaxes(title_text="step")
+    return _layout(fig, title, height)
+
+
+def _of(share: float, n: float) -> str:
+    """A share of the held-out answers as a count, "3 of 8" (the share alone when the count is unknown)."""
+    if not math.isfinite(share):
+        return "–"
+    return f"{round(share * n)} of {int(n)}" if math.isfinite(n) and n > 0 else f"{share:.0%}"

@@ -59,9 +59,10 @@ def run_view(run_id: str | None) -> dict[str, Any]:
     if run_id is None:
         return {"status": views.status_html(None, None, []), "reward": plots.reward_figure(None),
                 "rewards": plots.reward_functions_figure(None), "diag": plots.diagnostics_figure(None),
-                "groups": insights.groups_html([]), "warnings": "", "state": None, "sig": "none"}  # fmt: skip
+                "groups": insights.groups_html([]), "warnings": "", "state": None, "sig": "none",
+                "heldout": plots.heldout_figure(None, None), "answers": insights.heldout_answers_html([])}  # fmt: skip
     run = open_run(run_id)
-    st, spec, metrics = run.status(), run.spec, run.metrics()
+    st, spec, metrics, evals = run.status(), run.spec, run.metrics(), run.evals()
     df = pd.DataFrame(metrics)
     episodes = run.episodes() if metrics else []
     step = metrics[-1]["step"] if metrics else None
@@ -72,15 +73,17 @@ def run_view(run_id: str | None) -> dict[str, Any]:
         "rewards": plots.reward_functions_figure(df),
         "diag": plots.diagnostics_figure(df, cap=cap),
         "groups": insights.groups_html(episodes, step=step, cap=cap),
-        "warnings": insights.warnings_html(insights.run_warnings(df, cap=cap)),
+        "warnings": insights.warnings_html(insights.run_warnings(df, cap=cap, evals=evals)),
+        "heldout": plots.heldout_figure(df, pd.DataFrame(evals), off=not spec.eval_every),
+        "answers": insights.heldout_answers_html(run.eval_answers(), evals[-1]["step"] if evals else None),
         "state": st["state"],
-        "sig": signature(run_id, st),
+        "sig": signature(run_id, st, len(evals)),
     }
 
 
-def signature(run_id: str, st: dict) -> str:
-    """What decides a redraw: run, steps done, state and reason. Equal signatures → nothing to send."""
-    return f"{run_id}|{st.get('steps_done')}|{st.get('state')}|{st.get('reason')}"
+def signature(run_id: str, st: dict, evals: int = 0) -> str:
+    """What decides a redraw: run, steps done, state, reason and held-out evaluations. Equal → nothing to send."""
+    return f"{run_id}|{st.get('steps_done')}|{st.get('state')}|{st.get('reason')}|{evals}"
 
 
 def suggested_rewards(task: str, seed: int = 0) -> list:
@@ -214,16 +217,20 @@ def build_watch_panel(c: dict[str, Any]) -> None:
     with gr.Row(equal_height=True):
         c["plot_reward"] = gr.Plot(view["reward"], show_label=False, elem_id="wb-reward-plot")
         c["plot_rewards"] = gr.Plot(view["rewards"], show_label=False, elem_id="wb-rewards-plot")
+    c["plot_heldout"] = gr.Plot(view["heldout"], show_label=False, elem_id="wb-heldout-plot")
     c["plot_diag"] = gr.Plot(view["diag"], show_label=False, elem_id="wb-diag-plot")
     with gr.Accordion("Latest step: every group, its completions, rewards and advantages", open=True):
         c["groups"] = gr.HTML(view["groups"], elem_id="wb-groups", max_height=900)
+    with gr.Accordion("Latest held-out evaluation: the policy's greedy answers to prompts it never trains on",
+                      open=False):  # fmt: skip
+        c["heldout"] = gr.HTML(view["answers"], elem_id="wb-heldout", max_height=900)
 
 
 def wire_train_tab(c: dict[str, Any], limits: Limits, token: gr.BrowserState) -> None:
     fields, names = c["fields"], c["names"]
     field_list = [fields[n] for n in names]
     c["watch_out"] = watch_out = [c["watch"], c["seen"], c["status"], c["plot_reward"], c["plot_rewards"], c["plot_diag"],
-                 c["groups"], c["warnings"], c["stop"]]  # fmt: skip
+                 c["groups"], c["warnings"], c["stop"], c["plot_heldout"], c["heldout"]]  # fmt: skip
 
     @guarded(len(field_list) + 2 + len(c["reward_vals"]))
     def apply_preset(name):
@@ -313,35 +320,39 @@ def wire_train_tab(c: dict[str, Any], limits: Limits, token: gr.BrowserState) ->
                     api_name="poll")  # fmt: skip
 
 
-@guarded(9, quiet=True)  # a failing tick must not toast every second; the next tick tries again
+@guarded(11, quiet=True)  # a failing tick must not toast every second; the next tick tries again
 def poll(watched: str | None, seen: str | None):
-    """Timer tick: which run to show, and (only when it changed) its status, plots, groups and warnings."""
+    """Timer tick: which run to show, and (only when it changed) its status, plots, groups and warnings; the held-out
+    plot and answers only when a new held-out evaluation landed."""
     run_id = pick_run(watched)
     if run_id is None:
         if seen == "none":
-            return skips(9)
+            return skips(11)
         v = run_view(None)
         return (None, "none", v["status"], v["reward"], v["rewards"], v["diag"], v["groups"], "",
-                gr.update(interactive=False))  # fmt: skip
-    st = open_run(run_id).status()
-    sig = signature(run_id, st)
+                gr.update(interactive=False), v["heldout"], v["answers"])  # fmt: skip
+    run = open_run(run_id)
+    st = run.status()
+    sig = signature(run_id, st, len(run.evals()))
     if sig == seen:
-        return skips(9)
+        return skips(11)
     stop = gr.update(interactive=st["state"] not in TERMINAL)
-    same_step = (seen or "").split("|")[:2] == sig.split("|")[:2]
-    if same_step:  # only the state or reason changed: redraw the status card, leave the plots alone
-        run = open_run(run_id)
+    before = (seen or "").split("|")
+    if _same(before, sig, steps=True) and _same(before, sig, steps=False):
+        # only the state or reason changed: redraw the status card, leave the plots alone
         card = views.status_html(run_id, st, run.metrics(), run.spec.to_dict())
-        return (run_id, sig, card, *skips(5), stop)
+        return (run_id, sig, card, *skips(5), stop, *skips(2))
     v = run_view(run_id)
-    return (
-        run_id,
-        v["sig"],
-        v["status"],
-        v["reward"],
-        v["rewards"],
-        v["diag"],
-        v["groups"],
-        v["warnings"],
-        stop,
+    steps = (
+        skips(4)
+        if _same(before, v["sig"], steps=True)
+        else (v["reward"], v["rewards"], v["diag"], v["groups"])
     )
+    held = skips(2) if _same(before, v["sig"], steps=False) else (v["heldout"], v["answers"])
+    return (run_id, v["sig"], v["status"], *steps, v["warnings"], stop, *held)
+
+
+def _same(before: list[str], sig: str, steps: bool) -> bool:
+    """Whether the run and its steps done (steps=True), or its held-out evaluations, are as drawn before."""
+    now = sig.split("|")
+    return before[:2] == now[:2] if steps else (before[:1] == now[:1] and before[4:] == now[4:])
