@@ -29,7 +29,7 @@ ARITHMETIC_CONFIG = {
     "min_terms": 2,
     "max_terms": 3,
     "min_digits": 1,
-    "max_digits": 2,
+    "max_digits": 1,  # with two digits the bundled model answered 12% right (greedy), with one 25%
     "operators": ["+", "-", "*"],
     "allow_parentheses": False,
     "allow_negation": False,
@@ -74,7 +74,7 @@ def load_arithmetic(spec: RunSpec) -> Task:
     return Task(
         name="arithmetic",
         description=(
-            "Arithmetic with a reasoning format: reasoning-gym basic_arithmetic (2–3 terms, 1–2 digits, + - *), "
+            "Arithmetic with a reasoning format: reasoning-gym basic_arithmetic (2–3 one-digit terms, + - *), "
             "asked after one worked example turn, rewarded for the <think>/<answer> format and a correct answer "
             "(math-verify)."
         ),
