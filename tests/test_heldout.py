@@ -215,3 +215,34 @@ def test_the_train_tab_draws_held_out_checks_and_redraws_them_only_when_an_eval_
     evals = [_eval(0), _eval(10, degenerate=4)]
     text = " ".join(insights.run_warnings(pd.DataFrame(CLIMBING), evals=evals))
     assert "Likely reward hacking" in text and "4 of 8 held-out answers are degenerate" in text
+
+
+@pytest.mark.slow
+def test_the_base_models_baseline_is_worked_out_once_across_runs(tmp_path, monkeypatch):
+    from workbench import scoring
+    from workbench.grpo import GRPOEngine
+    from workbench.heldout import BaseMemo, evaluate_policy
+    from workbench.models import load_model
+
+    spec = RunSpec(model="tiny-random", max_completion_length=6, dtype="float32", device="cpu")
+    rows = [{"prompt": "Name a colour."}, {"prompt": "Say hi.", "answer": "hi"}]
+
+    def engine():
+        model, tok = load_model("tiny-random", dtype="float32", device="cpu")
+        return GRPOEngine(
+            spec, model, tok, [("length", lambda completions, **kw: [1.0] * len(completions), 1.0)]
+        )
+
+    first = evaluate_policy(engine(), rows, None, memo=BaseMemo(tmp_path))
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    monkeypatch.setattr(scoring, "generate", lambda *a, **kw: pytest.fail("the baseline was generated again"))
+    monkeypatch.setattr(
+        scoring, "naturalness", lambda *a, **kw: pytest.fail("naturalness was computed again")
+    )
+    again = evaluate_policy(
+        engine(), rows, None, memo=BaseMemo(tmp_path)
+    )  # a new run: same model, prompts, cap
+    assert [a["answer"] for a in again.answers] == [a["answer"] for a in first.answers]
+    assert {k: v for k, v in again.metrics.items() if k != "eval/time"} == {
+        k: v for k, v in first.metrics.items() if k != "eval/time"
+    }

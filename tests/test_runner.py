@@ -251,7 +251,7 @@ def _train(run, engine, stop_after: int | None = None):
     return worker.train(run, stop, engine_factory=lambda spec, task, fault: engine, evaluate=_fake_eval)
 
 
-def _fake_eval(engine, rows, grader):
+def _fake_eval(engine, rows, grader, **kw):
     """A held-out evaluation whose reward is the step count: each one is the best so far."""
     from workbench.heldout import EvalResult
 

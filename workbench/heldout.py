@@ -13,18 +13,28 @@ answers), `eval/prompts`, `eval/time` (seconds, saving the best weights included
 evaluations so far over all training steps so far). Each evaluation goes to the store's `evals` table with its answers;
 when the `keep_best_by` score is the best so far (ties go to the later, more trained, weights), the weights are saved
 as the run's best/ beside the last. Greedy decoding draws no random numbers: training is the same with or without it.
+
+What it costs is a greedy generation of eval_prompts answers and one forward pass for their naturalness, about half a
+training step with the defaults. `BaseMemo` spares what need not be redone: an unchanged answer's naturalness, and
+the step-0 baseline (the base model's own answers) of a model, prompts and cap already evaluated in an earlier run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .checks import CHECKS, reference_grader
+from .config import workbench_home
 from .errors import ConfigError
+from .osutil import write_json_atomic
 
 # What keep_best_by reads, and which way is better.
 BEST_BY = {"reward": ("eval/reward", "higher"),
@@ -47,21 +57,85 @@ def _mean(values: list) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def evaluate_policy(engine: Any, rows: list[dict], grader: Callable | None) -> EvalResult:
+class BaseMemo:
+    """What the base model does is the same at every evaluation, and in every run of the same model, prompts and
+    length cap, so it is worked out once: how likely the base finds an answer (naturalness, per prompt and answer
+    token ids, so an answer the policy gives unchanged costs no forward pass), and its own greedy answers at step 0,
+    kept across runs in `folder` (a learner runs the same preset again and again) under a key made of the base
+    weights' fingerprint, dtype, device, sampler, prompt token ids and the cap."""
+
+    def __init__(self, folder: Path | None = None):
+        self.folder, self.natural = folder, {}
+
+    def baseline_file(self, engine: Any, prompts: list[list[int]]) -> Path | None:
+        if self.folder is None:
+            return None
+        import torch
+
+        sample = [(n, p.detach().flatten()[:: max(1, p.numel() // 64)].float().tolist())
+                  for n, p in engine.model.named_parameters() if "lora_" not in n]  # fmt: skip
+        key = {"weights": sample, "dtype": str(next(engine.model.parameters()).dtype), "device": str(engine.device),
+               "sampler": type(engine.sampler).__name__, "prompts": prompts, "eos": list(engine.eos_ids),
+               "cap": engine.spec.max_completion_length, "natural": _scorer(engine) is not None,
+               "torch": torch.__version__}  # fmt: skip
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        return self.folder / f"{digest}.json"
+
+
+def _scorer(engine: Any):
+    """The base model to score naturalness under: the policy with its adapter off (LoRA), else full fine-tuning's
+    reference copy (kept only when beta > 0), else None."""
+    return engine.model if engine.spec.use_lora else engine.ref_model
+
+
+def _naturalness(engine: Any, prompts: list[list[int]], ids: list[list[int]], memo: BaseMemo) -> list:
+    from .scoring import naturalness
+
+    model = _scorer(engine)
+    if model is None:
+        return [None] * len(prompts)
+    keys = [(tuple(p), tuple(a)) for p, a in zip(prompts, ids, strict=True)]
+    todo = [i for i, k in enumerate(keys) if k not in memo.natural]
+    if todo:
+        off = engine.model.disable_adapter() if engine.spec.use_lora else contextlib.nullcontext()
+        with off:
+            vals = naturalness(model, [prompts[i] for i in todo], [ids[i] for i in todo], engine.pad_id)
+        memo.natural.update(zip([keys[i] for i in todo], vals, strict=True))
+    return [memo.natural[k] for k in keys]
+
+
+def _answers(engine: Any, prompts: list[list[int]], memo: BaseMemo):
+    """The policy's greedy answers; at step 0 (the base model) from the cross-run memo when it has them."""
+    from .scoring import Answers, generate
+
+    path = memo.baseline_file(engine, prompts) if engine.step_count == 0 else None
+    if path is not None and path.is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # unreadable: work it out again
+            d = json.loads(path.read_text())
+            memo.natural.update(
+                ((tuple(p), tuple(a)), v) for p, a, v in zip(prompts, d["ids"], d["natural"], strict=True)
+            )
+            texts = [engine.tok.decode(i, skip_special_tokens=True) for i in d["ids"]]
+            return Answers(texts, d["ids"], d["truncated"])
+    answers = generate(engine.model, engine.tok, prompts, max_new_tokens=engine.spec.max_completion_length,
+                       greedy=True, sampler=engine.sampler)  # fmt: skip
+    if path is not None:
+        natural = _naturalness(engine, prompts, answers.ids, memo)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"ids": answers.ids, "truncated": answers.truncated, "natural": natural})
+    return answers
+
+
+def evaluate_policy(engine: Any, rows: list[dict], grader: Callable | None, memo: BaseMemo | None = None) -> EvalResult:  # fmt: skip
     """Greedy answers of `engine`'s current policy to `rows`, scored with the run's rewards and every check."""
     from .rewards import prompt_text
-    from .scoring import Answers, generate, naturalness, score_answers
+    from .scoring import score_answers
 
     t0 = time.perf_counter()
+    memo = memo or BaseMemo()
     prompts, msgs = engine.encode(rows)
-    answers: Answers = generate(engine.model, engine.tok, prompts, max_new_tokens=engine.spec.max_completion_length,
-                                greedy=True, sampler=engine.sampler)  # fmt: skip
-    natural: list = [None] * len(rows)
-    if engine.spec.use_lora:  # the base model is the policy with its adapter switched off
-        with engine.model.disable_adapter():
-            natural = naturalness(engine.model, prompts, answers.ids, engine.pad_id)
-    elif engine.ref_model is not None:
-        natural = naturalness(engine.ref_model, prompts, answers.ids, engine.pad_id)
+    answers = _answers(engine, prompts, memo)
+    natural = _naturalness(engine, prompts, answers.ids, memo)
     rewards = list(zip(engine.names, engine.fns, engine.weights.tolist(), strict=True))
     scores = score_answers(rewards, grader, rows, msgs, answers, natural)
     m: dict[str, float | None] = {"eval/reward": _mean(scores["rewards"]["total"])}
@@ -139,6 +213,7 @@ class HeldOutChecks:
 
     def __init__(self, run: Any, spec: Any, task: Any, evaluate: Callable = evaluate_policy):
         self.run, self.spec, self.evaluate = run, spec, evaluate
+        self.memo = BaseMemo(workbench_home() / "cache" / "heldout-baselines")
         self.rows = eval_rows(spec, task)
         if not self.rows:
             raise ConfigError(f"task {spec.task!r} has no held-out prompts to evaluate: raise eval_size")
@@ -172,7 +247,7 @@ class HeldOutChecks:
 
     def evaluate_now(self, engine: Any, step: int) -> None:
         t0 = time.perf_counter()
-        res = self.evaluate(engine, self.rows, self.grader)
+        res = self.evaluate(engine, self.rows, self.grader, memo=self.memo)
         m = res.metrics
         saved = self._keep_best(engine, step, m)
         spent = time.perf_counter() - t0
