@@ -186,6 +186,9 @@ def test_repetition_penalty():
     # all distinct -> 0; a single word has no bigram -> 0; empty -> 0
     assert fn(None, ["a b a b a b", "one two three four", "word", ""]) == pytest.approx([-0.6, 0.0, 0.0, 0.0])
     assert R("repetition,ngram=1")(None, ["la la la la"]) == [-0.75]  # 1 unique word of 4
+    # punctuation does not hide a repeat, and emoji are units: spam is repetition too
+    assert R("repetition,ngram=1")(None, ["No, no, no, no."]) == [-0.75]
+    assert fn(None, ["🌱🌱🌱🌱🌱"]) == [-0.75]  # bigrams: 4, 1 unique
 
 
 def test_soft_overlong_punishment_matches_dapo():

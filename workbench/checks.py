@@ -17,12 +17,12 @@ computes it. Correctness reuses the rewards' own grading (`rewards.answers`): on
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .config import RewardSpec
+from .rewards.text import is_symbol, units
 
 
 @dataclass(frozen=True)
@@ -75,28 +75,6 @@ SYMBOL_SHARE = 0.3  # or symbols are more than 30% of the visible characters (at
 _JOINERS = {"\u200d", "\ufe0f", "\ufe0e"}  # zero-width joiner and variation selectors inside emoji sequences
 
 
-def _is_symbol(ch: str) -> bool:
-    # "So" is emoji and pictographs; maths operators (Sm) and currency (Sc) appear in ordinary answers.
-    return unicodedata.category(ch) in ("So", "Cs", "Co")
-
-
-def units(text: str) -> list[str]:
-    """Words (runs of letters, digits, apostrophes) lower-cased, and each symbol or emoji as a unit of its own."""
-    out, word = [], []
-    for ch in text.lower():
-        if ch.isalnum() or (ch in "'’" and word):
-            word.append(ch)
-            continue
-        if word:
-            out.append("".join(word))
-            word = []
-        if _is_symbol(ch):
-            out.append(ch)
-    if word:
-        out.append("".join(word))
-    return out
-
-
 def _repeated_phrase(seq: Sequence[str]) -> str | None:
     """The first word or phrase (≤ MAX_PHRASE_WORDS units) said REPEATS times back to back, or None."""
     n = len(seq)
@@ -134,7 +112,7 @@ def degenerate_reason(text: str) -> str | None:
             return f"'{ch}' repeated {LETTER_RUN}+ times"
         if not ch.isalnum() and run >= OTHER_RUN:
             return f"'{ch}' repeated {OTHER_RUN}+ times"
-        if _is_symbol(ch):
+        if is_symbol(ch):
             symbols, sym_run = symbols + 1, sym_run + 1
             if sym_run >= SYMBOL_RUN:
                 return "symbol or emoji run"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 
 from ..config import DEFAULT_MODEL
 from .base import Param, RewardError, RewardInfo, binder, positive
@@ -132,12 +133,35 @@ def _score_keywords(texts, prompts, cols, *, words, mode, ignore_case):
 # --- repetition and overlong --------------------------------------------------------------------------------------
 
 
+def is_symbol(ch: str) -> bool:
+    # "So" is emoji and pictographs; maths operators (Sm) and currency (Sc) appear in ordinary answers.
+    return unicodedata.category(ch) in ("So", "Cs", "Co")
+
+
+def units(text: str) -> list[str]:
+    """Words (runs of letters, digits, apostrophes) lower-cased, and each symbol or emoji as a unit of its own."""
+    out, word = [], []
+    for ch in text.lower():
+        if ch.isalnum() or (ch in "'’" and word):
+            word.append(ch)
+            continue
+        if word:
+            out.append("".join(word))
+            word = []
+        if is_symbol(ch):
+            out.append(ch)
+    if word:
+        out.append("".join(word))
+    return out
+
+
 def _score_repetition(texts, prompts, cols, *, ngram, max_penalty):
-    # TRL's repetition penalty (Demystifying Long CoT, App. C.2) over words instead of token ids, so it reads the
-    # same for every model: (1 - unique/total n-grams) * max_penalty; 0 when there are fewer than n words.
+    # TRL's repetition penalty (Demystifying Long CoT, App. C.2) over `units` (words and single emoji or symbols)
+    # instead of token ids, so it reads the same for every model: (1 - unique/total n-grams) * max_penalty; 0 when
+    # there are fewer than n units. Emoji count (they are tokens in TRL's version too): "🌱🌱🌱🌱" is repetition.
     out = []
     for t in texts:
-        w = _WORD.findall(t.lower())
+        w = units(t)
         grams = list(zip(*[w[i:] for i in range(ngram)], strict=False))
         out.append((1 - len(set(grams)) / len(grams)) * max_penalty if grams else 0.0)
     return [v + 0.0 for v in out]  # + 0.0 turns -0.0 into 0.0
