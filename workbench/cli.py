@@ -198,6 +198,7 @@ def cmd_show(args: argparse.Namespace) -> Result:
         "episodes": run.episodes(),
         "evals": run.evals(),
         "eval_answers": run.eval_answers(),
+        "best": run.best_info(),
     }
     doc["warnings"] = heldout_warnings(doc["metrics"], doc["evals"])
     st = doc["status"]
@@ -217,7 +218,7 @@ def cmd_show(args: argparse.Namespace) -> Result:
         )
     for e in doc["episodes"][:4]:
         lines.append(f"  [{_fmt_num(e['reward'], '+.2f')}] {e['completion'][:100]!r}")
-    lines += heldout_lines(doc["evals"], run.best_info()) + [f"  warning: {w}" for w in doc["warnings"]]
+    lines += heldout_lines(doc["evals"], doc["best"]) + [f"  warning: {w}" for w in doc["warnings"]]
     if st["state"] in FAILED and run.log_path.exists():
         lines += ["  last lines of worker.log:"] + [
             "    " + x for x in run.log_path.read_text(errors="replace").splitlines()[-5:]

@@ -9,6 +9,10 @@ Each summary row holds base_mean, tuned_mean, diff, ci_low, ci_high (a paired bo
 A change counts only when its CI excludes zero. The rule the product lives by: when a reward rose but a check that
 judges quality (`checks.CHECKS[...].judges_quality`) got significantly worse, the verdict is "hacked" and the
 headline never calls the tuned model better. Pure: no model, no I/O.
+
+During training the same rule has a live form: `heldout_warnings(steps, evals)` warns when the held-out checks the
+worker logs (`heldout.py`) got worse than at step 0 while the training reward climbed; the Train tab and
+`workbench show` both use it.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 
 It loads the spec from the store, the task, and the engine (ours, or TRL's when spec.engine == "trl"); resumes from
 the run's latest checkpoint if there is one (tasks.prompt_batches(start_step=...) gives the same prompts an uninterrupted
-run would have seen); appends every step to the store; saves a checkpoint every `save_every` steps and at the end,
+run would have seen); appends every step to the store; evaluates a held-out slice at step 0, every `eval_every` steps
+and at the end, keeping the best weights (`heldout.py`); saves a checkpoint every `save_every` steps and at the end,
 then the final adapter. Between steps it honours a stop request (the store's stop file, or SIGTERM/SIGINT).
 Any failure ends the run as "failed" with a one-line reason; the traceback goes to worker.log (its stdout/stderr).
 When it exits it starts the next queued run.

@@ -162,7 +162,8 @@ def _tradeoffs(df: pd.DataFrame, window: int, threshold: float = 0.05) -> list[s
     ]
 
 
-def heldout_answers_html(answers: list[dict], step: int | None = None, max_chars: int = 500) -> str:
+def heldout_answers_html(answers: list[dict], step: int | None = None, cost: float | None = None,
+                         max_chars: int = 500) -> str:  # fmt: skip
     """The held-out answers of the latest evaluation during training: each prompt, the policy's greedy answer, its
     reference, and marks for degenerate and (in)correct answers, so the numbers on the curve can be read."""
     if not answers:
@@ -181,8 +182,9 @@ def heldout_answers_html(answers: list[dict], step: int | None = None, max_chars
             f"<td class='wb-num'>{num(a.get('reward'))}</td><td class='wb-num'>{num(a.get('naturalness'), '.2f')}</td></tr>"
         )
     bad = sum(1 for a in answers if a.get("degenerate_reason"))
+    spent = f" Evaluating has cost {cost:.1%} of the training time so far." if _finite(cost) else ""
     return (f'<div class="wb-groups"><div class="wb-groups-title">Held-out answers at step {esc(step)} (greedy, never '
-            f"trained on): {bad} of {len(answers)} degenerate.</div><table class='wb-table'><thead><tr><th>#</th>"
+            f"trained on): {bad} of {len(answers)} degenerate.{spent}</div><table class='wb-table'><thead><tr><th>#</th>"
             "<th>prompt</th><th>answer</th><th>reference</th><th>correct</th><th>reward</th><th>naturalness</th>"
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")  # fmt: skip
 

@@ -67,6 +67,7 @@ def run_view(run_id: str | None) -> dict[str, Any]:
     episodes = run.episodes() if metrics else []
     step = metrics[-1]["step"] if metrics else None
     cap = spec.max_completion_length
+    last = evals[-1] if evals else {}  # the latest held-out evaluation
     return {
         "status": views.status_html(run_id, st, metrics, spec.to_dict()),
         "reward": plots.reward_figure(df),
@@ -75,7 +76,9 @@ def run_view(run_id: str | None) -> dict[str, Any]:
         "groups": insights.groups_html(episodes, step=step, cap=cap),
         "warnings": insights.warnings_html(insights.run_warnings(df, cap=cap, evals=evals)),
         "heldout": plots.heldout_figure(df, pd.DataFrame(evals), off=not spec.eval_every),
-        "answers": insights.heldout_answers_html(run.eval_answers(), evals[-1]["step"] if evals else None),
+        "answers": insights.heldout_answers_html(
+            run.eval_answers(), last.get("step"), last.get("eval/time_share")
+        ),
         "state": st["state"],
         "sig": signature(run_id, st, len(evals)),
     }
