@@ -114,7 +114,11 @@ def test_both_reward_and_checks_up_is_better():
 
 def test_noise_is_unclear():
     v = judge({"length": row(-1.0, -0.95, -0.2, 0.3)}, {"degenerate": row(0.0, 0.04, 0.0, 0.12)}, 24)
-    assert v.level == "unclear" and "spans zero" in v.headline
+    assert v.level == "unclear" and "beyond its 95% CI" in v.headline
+    # fewer repeats alone, rewards flat, are no reason to call the model better; more correct answers are
+    fewer_repeats = judge({"length": FLAT}, {"repetition": row(0.02, 0.0, -0.04, -0.01)}, 24)
+    more_correct = judge({"length": FLAT}, {"correct": row(0.25, 0.6, 0.1, 0.5)}, 24)
+    assert fewer_repeats.level == "unclear" and more_correct.level == "better"
 
 
 def test_small_naturalness_drift_is_not_held_against_the_model_but_a_large_one_is():

@@ -121,8 +121,9 @@ def judge(rewards: Mapping[str, Row], checks: Mapping[str, Row], n_prompts: int)
         return Verdict("worse", f"The tuned model is worse: {reasons[0]}.", reasons)
     if significant(main) < 0:
         return Verdict("worse", f"The tuned model is worse on {what}, over {n_prompts} prompts.", reasons)
-    if reward_up or better:
-        gained = what if reward_up else describe_check(better[0], checks[better[0]], n_prompts)
+    # Without a reward gain, only more correct answers make a model better: fewer repeats alone are no gain.
+    if reward_up or "correct" in better:
+        gained = what if reward_up else describe_check("correct", checks["correct"], n_prompts)
         caveat = f" ({', '.join(down)} fell)" if down else ""
         return Verdict(
             "better" if not down else "mixed",
@@ -136,8 +137,8 @@ def judge(rewards: Mapping[str, Row], checks: Mapping[str, Row], n_prompts: int)
         )
     return Verdict(
         "unclear",
-        f"No clear difference on {n_prompts} prompts: every 95% CI spans zero. More prompts or more training "
-        "steps would tell.",
+        f"No clear difference on {n_prompts} prompts: no reward and no check of answer quality moved beyond its "
+        "95% CI. More prompts or more training steps would tell.",
         reasons,
     )
 
