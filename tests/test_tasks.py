@@ -74,14 +74,20 @@ def test_concise_bundled_set():
     assert (
         len(rows) == 280
         and "400 bundled" in t.description
+        and "273 factual ones carry reference answers" in t.description
         and set(BUILTIN_TASKS) >= {"concise", "arithmetic"}
     )
     assert len({r["category"] for r in rows}) >= 12  # many kinds of prompts
     assert all(isinstance(r["prompt"], str) and r["prompt"].strip() for r in rows)
     assert t.rewards[0].name == "length" and t.rewards[0].params["unit"] == "words"
-    ((name, fn, _),) = build_rewards(t.rewards)
-    short, long_ = fn(None, ["Paris is the capital.", "Well, " + "it is a long story " * 10])
-    assert short > long_  # the suggested reward prefers the concise answer
+    assert [r.name for r in t.rewards] == ["length", "contains_answer", "repetition"]
+    fns = build_rewards(t.rewards)
+    ramble = ("Well, the capital of Australia is Canberra, which many people mistake for Sydney because Sydney is the "
+              "largest city; it was chosen as a compromise between Sydney and Melbourne.")  # fmt: skip
+    texts = ["Canberra is the capital.", ramble, "🌱🌱🌱🌱🌱🌱", "Sydney."]
+    totals = [sum(w * (fn(None, [x], answer=[["Canberra"]])[0] or 0) for _, fn, w in fns) for x in texts]
+    # the suggested rewards prefer the concise right answer to the rambling one, and both to spam or a short wrong one
+    assert totals[0] > totals[1] > max(totals[2], totals[3]), totals
     # a run without rewards or a system prompt of its own takes the task's; one with its own keeps them
     plain = spec("concise")
     assert t.rewards_for(plain) == t.rewards and t.system_prompt_for(plain) == t.system_prompt

@@ -351,17 +351,39 @@ class Limits:
             )
 
 
-# Presets are instances of the spec, sized for a 2-core CPU and the bundled model.
+def length_reward() -> RewardSpec:
+    """The concise task's length term: one plain sentence (the bundled model's answers run ~85 words, median of 16)."""
+    return RewardSpec("length", 1.0, {"target": 12, "unit": "words"})
+
+
+# Presets are instances of the spec, sized for a 2-core CPU and the bundled model; README gives their measured effect.
 PRESETS: dict[str, RunSpec] = {
+    # Concise and correct (the concise task's rewards: length, correctness, repetition). The KL term and 40 steps
+    # keep the language near the base model's; over 3 seeds the answers got shorter with no degenerate ones.
     "quick": RunSpec(
-        task="concise", max_steps=30, num_generations=4, prompts_per_step=2, max_completion_length=48
+        task="concise",
+        max_steps=40,
+        num_generations=4,
+        prompts_per_step=2,
+        max_completion_length=48,
+        beta=0.04,
     ),
+    # The lesson: length alone. The reward rises and the answers rot ("🌱🌱🌱", "no, no, no"); Compare's checks
+    # call it reward hacking.
+    "length-only": RunSpec(
+        task="concise",
+        max_steps=30,
+        num_generations=4,
+        prompts_per_step=2,
+        max_completion_length=48,
+        rewards=[length_reward()],
+    ),  # fmt: skip
     "reasoning": RunSpec(
         task="arithmetic",
-        max_steps=60,
-        num_generations=6,
+        max_steps=80,
+        num_generations=8,
         prompts_per_step=2,
-        max_completion_length=96,
-        temperature=0.9,
+        max_completion_length=64,
+        temperature=1.0,
     ),
 }

@@ -12,7 +12,7 @@ import difflib
 import json
 from importlib import resources
 
-from ..config import ConfigError, RewardSpec, RunSpec
+from ..config import ConfigError, RewardSpec, RunSpec, length_reward
 from ..rewards import rg_key
 from .base import Task, TaskError, check_split, prompt_key, split_rows
 
@@ -20,8 +20,6 @@ REASONING_SYSTEM_PROMPT = (
     "Think about the problem step by step inside <think> </think> tags, then give only the final answer inside "
     "<answer> </answer> tags. For example: <think>2 + 3 = 5, and 5 * 4 = 20</think><answer>20</answer>"
 )
-# One plain sentence; the bundled model's sampled answers run ~85 words (median of 16 measured).
-CONCISE_TARGET_WORDS = 12
 # reasoning-gym seeds item i with seed + i: train draws far from eval's seeds so the two rarely even collide.
 TRAIN_SEED_OFFSET = 1_000_003
 # Easy enough that a 135M model gets some right from the start, so correctness has a signal to climb:
@@ -36,6 +34,13 @@ ARITHMETIC_CONFIG = {
 }
 
 
+def concise_rewards() -> list[RewardSpec]:
+    """Concise *and* correct: length alone is gamed (symbol spam and repeated words are short; see the length-only
+    preset), so correctness (weight 2: it must outweigh the length gain of a short wrong answer) and a repetition
+    penalty come with it."""
+    return [length_reward(), RewardSpec("contains_answer", 2.0), RewardSpec("repetition", 1.0)]
+
+
 def load_concise(spec: RunSpec) -> Task:
     text = resources.files("workbench").joinpath("data/concise_prompts.jsonl").read_text(encoding="utf-8")
     rows = [r for line in text.splitlines() if line.strip() and "prompt" in (r := json.loads(line))]
@@ -44,13 +49,13 @@ def load_concise(spec: RunSpec) -> Task:
         name="concise",
         description=(
             f"Concise answers: {len(rows)} bundled questions and instructions of {len({r['category'] for r in rows})} "
-            f"kinds ({sum('answer' in r for r in rows)} factual ones carry reference answers); the length reward "
-            f"pulls answers towards {CONCISE_TARGET_WORDS} words."
+            f"kinds ({sum('answer' in r for r in rows)} factual ones carry reference answers); rewarded for about "
+            f"{length_reward().params['target']} words, a correct answer where there is a reference, and no repeats."
         ),
         train=train,
         eval=eval_,
         system_prompt="",  # no instruction to be brief: the reward alone should teach it
-        rewards=[RewardSpec("length", 1.0, {"target": CONCISE_TARGET_WORDS, "unit": "words"})],
+        rewards=concise_rewards(),
     )
 
 
