@@ -58,8 +58,13 @@ def test_launch_poll_compare_through_the_api(app_url):
     headline, _chart, summary, csv_path, pairs = client.predict(
         run_id, "held-out prompts", 2, "", "", "greedy", 0, 8, api_name="/compare"
     )
-    assert "base" in headline and "tuned" in headline
-    rows = {r[0]: r for r in summary["data"]}
-    assert "total" in rows and all(isinstance(x, (int, float)) for x in rows["total"][1:4])
-    assert Path(csv_path).read_text().count("\n") >= 3  # header + 2 prompts
+    assert "Degenerate answers: base" in headline  # the verdict and the degenerate counts per side
+    rows = {(r[0], r[1]): r for r in summary["data"]}  # kind, name, better, base_mean, tuned_mean, diff, ...
+    assert ("reward", "total") in rows and all(
+        isinstance(x, (int, float)) for x in rows[("reward", "total")][3:6]
+    )
+    assert {("check", "degenerate"), ("check", "naturalness")} <= set(rows)
+    per_prompt, stats = sorted(csv_path, key=len)  # the per-prompt table and its -summary.csv
+    assert Path(per_prompt).read_text().count("\n") >= 3  # header + 2 prompts
+    assert "verdict" in Path(stats).read_text()
     assert pairs.count('class="wb-pair"') == 2
