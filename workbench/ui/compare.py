@@ -74,14 +74,16 @@ def run_comparison(run_id: str, source: str, n: int, prompt: str, answer: str, m
                    progress=progress)  # fmt: skip
 
 
-LEVEL_ICON = {"better": "✅", "hacked": "⚠️", "worse": "❌", "mixed": "↔️", "unclear": "➖", "too few": "➖"}
+LEVEL_LABEL = {"better": "Better", "hacked": "Reward hacking", "worse": "Worse", "mixed": "Mixed",
+               "unclear": "No clear difference", "too few": "Too few prompts"}  # fmt: skip
 
 
 def headline(verdict: dict, degenerate: dict[str, int], n_prompts: int) -> str:
     """The verdict (rewards *and* checks) in a sentence, its reasons, and the degenerate answers per side."""
     if not verdict:
         return ""
-    lines = [f"{LEVEL_ICON.get(verdict['level'], '')} **{views.esc(verdict['headline'])}**"]
+    label = LEVEL_LABEL.get(verdict["level"], verdict["level"])
+    lines = [f"**{label}.** {views.esc(verdict['headline'])}"]
     lines += [f"- {views.esc(r)}" for r in verdict.get("reasons", [])[1:6]]
     lines.append(f"\nDegenerate answers: base **{degenerate.get('base', 0)}** of {n_prompts}, tuned "
                  f"**{degenerate.get('tuned', 0)}** of {n_prompts} (marked below).")  # fmt: skip
@@ -108,7 +110,9 @@ def pairs_html(table: pd.DataFrame, limit: int = 50, max_chars: int = 1500) -> s
             win = total and _gt(row.get(f"{side}/{total}"), row.get(f"{other}/{total}"))
             chips = "".join(f'<span class="wb-score">{views.esc(r)} {views.num(row.get(f"{side}/{r}"))}</span>'
                             for r in rewards)  # fmt: skip
-            chips += "".join(f'<span class="wb-score wb-check">{c} {views.num(row.get(f"{side}:{c}"))}</span>'
+            # a check named like a reward (repetition) says it is the check
+            chips += "".join(f'<span class="wb-score wb-check">{c}{" check" * (c in rewards)} '
+                             f'{views.num(row.get(f"{side}:{c}"))}</span>'
                              for c in checks if _finite(row.get(f"{side}:{c}")))  # fmt: skip
             why = str(row.get(f"{side}:degenerate_reason") or "")
             flag = f'<span class="wb-degenerate">degenerate: {views.esc(why)}</span>' if why else ""
