@@ -169,7 +169,8 @@ class RunSpec:
     eval_every: int = knob(
         10,
         "Every N steps the policy answers a held-out slice greedily; its rewards and checks are logged "
-        "(also at step 0, the base model's baseline, and at the last step). 0 = off.",
+        "(also at step 0, the base model's baseline, and at the last step). 0 = off. Built-in engine only: "
+        "engine=trl runs without them.",
         (0, 100_000),
     )
     eval_prompts: int = knob(
