@@ -264,6 +264,8 @@ def test_trl_rows_give_every_row_every_column():
 
     from workbench.trl_export import trl_rows
 
-    rows = trl_rows([{"prompt": "Suggest a name."}, {"prompt": "Capital of Chile?", "answer": ["Santiago"]}], "")
+    rows = trl_rows(
+        [{"prompt": "Suggest a name."}, {"prompt": "Capital of Chile?", "answer": ["Santiago"]}], ""
+    )
     assert [r["answer"] for r in rows] == [None, ["Santiago"]]
     assert Dataset.from_list(rows)["answer"] == [None, ["Santiago"]]

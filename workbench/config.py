@@ -358,27 +358,15 @@ def length_reward() -> RewardSpec:
 
 
 # Presets are instances of the spec, sized for a 2-core CPU and the bundled model; README gives their measured effect.
+_CONCISE = RunSpec(task="concise", num_generations=4, prompts_per_step=2, max_completion_length=48)
 PRESETS: dict[str, RunSpec] = {
     # Concise and correct (the concise task's rewards: length, correctness, repetition). The KL term and 40 steps
-    # keep the language near the base model's; over 3 seeds the answers got shorter with no degenerate ones.
-    "quick": RunSpec(
-        task="concise",
-        max_steps=40,
-        num_generations=4,
-        prompts_per_step=2,
-        max_completion_length=48,
-        beta=0.04,
-    ),
+    # keep the language near the base model's: over 3 seeds the answers halved in length, degenerate ones at most
+    # one more than the base's.
+    "quick": _CONCISE.replace(max_steps=40, beta=0.04),
     # The lesson: length alone. The reward rises and the answers rot ("🌱🌱🌱", "no, no, no"); Compare's checks
     # call it reward hacking.
-    "length-only": RunSpec(
-        task="concise",
-        max_steps=30,
-        num_generations=4,
-        prompts_per_step=2,
-        max_completion_length=48,
-        rewards=[length_reward()],
-    ),  # fmt: skip
+    "length-only": _CONCISE.replace(max_steps=30, rewards=[length_reward()]),
     "reasoning": RunSpec(
         task="arithmetic",
         max_steps=80,
