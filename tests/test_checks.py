@@ -127,6 +127,9 @@ def test_small_naturalness_drift_is_not_held_against_the_model_but_a_large_one_i
     large = judge(rewards, {"naturalness": row(-1.9, -4.5, -3.0, -2.2)}, 24)
     assert small.level == "better"
     assert large.level == "hacked" and "drifted" in large.headline
+    # the same for repetition: +0.07 of repeated 3-grams in short arithmetic answers is no rot, +0.3 is
+    assert judge(rewards, {"repetition": row(0.02, 0.09, 0.05, 0.09)}, 24).level == "better"
+    assert judge(rewards, {"repetition": row(0.02, 0.32, 0.14, 0.46)}, 24).level == "hacked"
 
 
 def test_checks_worse_without_reward_gain_is_worse_and_lengths_never_veto():

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench.config import RewardSpec, RunSpec
+from workbench.config import RewardSpec, RunSpec, length_reward
 from workbench.evaluate import SUMMARY_COLUMNS, CompareError, compare, paired_summary, tuned_weights
 from workbench.models import ModelError
 from workbench.store import create_run
@@ -64,7 +64,7 @@ def test_fewer_than_two_pairs_has_no_interval():
 # --- errors before any model is loaded --------------------------------------------------------------------------
 def _run(**kw):
     spec = dict(model="tiny-random", task="concise", max_steps=1, eval_size=4, max_completion_length=8,
-                dtype="float32", device="cpu")  # fmt: skip
+                dtype="float32", device="cpu", rewards=[length_reward()])  # fmt: skip
     return create_run(RunSpec(**{**spec, **kw}), status="finished")
 
 
@@ -147,7 +147,7 @@ def test_compare_answers_with_both_models_and_scores_them(adapter, tmp_path):
     # The scores are the run's reward (length, target 12 words): recompute base's from the reward itself.
     from workbench.rewards import build_rewards
 
-    (_, fn, _), = build_rewards(task.rewards)  # fmt: skip
+    (_, fn, _), = build_rewards(run.spec.rewards)  # fmt: skip
     assert t["base/length"].tolist() == pytest.approx(fn(completions=t["base"].tolist()))
     assert s.loc["total", "diff"] == pytest.approx((t["tuned/total"] - t["base/total"]).mean())
 

@@ -64,6 +64,10 @@ CHECKS: dict[str, CheckInfo] = {
 # A drop in naturalness smaller than this (nats per token) is drift worth reporting, not a worse model: any
 # fine-tuning moves the language a little, and e^0.5 ≈ 1.6× less likely per token is still ordinary text.
 NATURALNESS_TOLERANCE = 0.5
+# A rise in the repeated-3-gram share smaller than this is no sign of rot: short answers repeat a few 3-grams by
+# nature ("2 + 3 = 5, and 5 + 4 = 9"; measured: +0.07 on arithmetic with correct, well-formed answers), while
+# the length-only run that degenerated rose by +0.30.
+REPETITION_TOLERANCE = 0.1
 
 # --- degenerate answers -----------------------------------------------------------------------------------------
 MAX_PHRASE_WORDS = 8  # a "phrase" repeated back to back is 1 to 8 words long

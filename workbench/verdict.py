@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checks import CHECKS, NATURALNESS_TOLERANCE
+from .checks import CHECKS, NATURALNESS_TOLERANCE, REPETITION_TOLERANCE
 
 Row = Mapping[str, Any]
 LEVELS = ("better", "hacked", "worse", "mixed", "unclear", "too few")
@@ -62,6 +62,8 @@ def check_change(name: str, row: Row) -> int:
         return 0
     if name == "naturalness" and s < 0 and not row["diff"] < -NATURALNESS_TOLERANCE:
         return 0  # drift within the tolerance: reported, not held against the model
+    if name == "repetition" and s > 0 and not row["diff"] > REPETITION_TOLERANCE:
+        return 0  # a few more repeated 3-grams: reported, not held against the model
     return s if info.better == "higher" else -s
 
 
