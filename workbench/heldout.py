@@ -1,8 +1,8 @@
 """Held-out checks during training: every `eval_every` steps the policy answers a held-out slice greedily, and the
 run's rewards and the checks of Compare score the answers, so a reward climbing while the answers rot shows up live.
 
-    checks = HeldOutChecks(run, spec, task, engine)   # the worker builds one (spec.eval_every > 0)
-    checks.maybe(engine, step)                        # evaluates when due: step 0, every eval_every, the last step
+    checks = HeldOutChecks(run, spec, task)   # the worker builds one when spec.eval_every > 0
+    checks.maybe(engine, step)                # evaluates when due: step 0, every eval_every steps, the last step
 
 The slice is the first `eval_prompts` rows of the task's held-out split (never trained on; the same rows Compare
 starts from). Answers come from the engine's own sampler (already in step with the weights), greedy, up to
@@ -14,8 +14,8 @@ evaluations so far over all training steps so far). Each evaluation goes to the 
 when the `keep_best_by` score is the best so far (ties go to the later, more trained, weights), the weights are saved
 as the run's best/ beside the last. Greedy decoding draws no random numbers: training is the same with or without it.
 
-What it costs is a greedy generation of eval_prompts answers and one forward pass for their naturalness, about half a
-training step with the defaults. `BaseMemo` spares what need not be redone: an unchanged answer's naturalness, and
+What it costs is a greedy generation of eval_prompts answers and one forward pass for their naturalness: with the
+quick preset's defaults 0.7 of a training step (measured in CPU time on one thread: 3.2 s against 4.5 s). `BaseMemo` spares what need not be redone: an unchanged answer's naturalness, and
 the step-0 baseline (the base model's own answers) of a model, prompts and cap already evaluated in an earlier run.
 """
 
