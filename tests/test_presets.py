@@ -22,6 +22,7 @@ def _train_and_compare(preset: str):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~2 min on 2 quiet cores; a busy machine can take ten times that
 def test_quick_preset_makes_answers_concise_without_breaking_them():
     cmp = _train_and_compare("quick")
     s, c = cmp.summary, cmp.checks
@@ -33,6 +34,7 @@ def test_quick_preset_makes_answers_concise_without_breaking_them():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_length_only_preset_is_flagged_as_reward_hacking():
     cmp = _train_and_compare("length-only")
     assert cmp.summary.loc["length", "ci_low"] > 0  # the reward rose ...
