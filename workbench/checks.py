@@ -23,6 +23,7 @@ from typing import Any
 
 from .config import RewardSpec
 from .rewards.text import is_symbol, units
+from .tasks.base import reference_columns
 
 
 @dataclass(frozen=True)
@@ -173,9 +174,7 @@ def reference_grader(rows: Sequence[dict], rewards: Sequence[RewardSpec]) -> tup
 
 
 def _bound(fn: Callable, rows: Sequence[dict]) -> Callable[[list[str]], list[float | None]]:
-    columns = {
-        k: [r.get(k) for r in rows] for k in dict.fromkeys(k for r in rows for k in r) if k != "prompt"
-    }
+    columns = reference_columns(list(rows))
 
     def grade(answers: list[str]) -> list[float | None]:
         vals = fn(prompts=[r.get("prompt") for r in rows], completions=list(answers), **columns)

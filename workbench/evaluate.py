@@ -28,7 +28,7 @@ from .rewards import build_rewards, prompt_text
 from .scoring import generate, naturalness, score_answers
 from .stats import SUMMARY_COLUMNS, as_score, paired_summary
 from .store import open_run
-from .tasks import chat_messages, check_prompt, load_task
+from .tasks import chat_messages, check_prompt, load_task, reference_columns
 from .verdict import Verdict, judge
 
 MODES = ("greedy", "sampled")
@@ -148,8 +148,7 @@ def compare(
     system_prompt = task.system_prompt_for(spec)
     rewards = build_rewards(task.rewards_for(spec))
     messages = [chat_messages(r, system_prompt) for r in rows]
-    col_names = list(dict.fromkeys(k for r in rows for k in r if k != "prompt"))
-    columns = {c: [r.get(c) for r in rows] for c in col_names}
+    columns = reference_columns(rows)
 
     dev = pick_device(spec.device)
     model, tok = load_model(spec.model, spec.dtype, dev)

@@ -22,6 +22,7 @@ from .grpo.advantages import to_floats, weighted_rewards
 from .grpo.forward import completion_logps
 from .grpo.sampler import make_sampler
 from .models import stop_ids
+from .tasks import reference_columns
 
 
 @dataclass
@@ -109,9 +110,7 @@ def reward_scores(rewards: Sequence[tuple[str, Callable, float]], messages: list
 def score_answers(rewards: Sequence[tuple[str, Callable, float]], grader: Callable | None, rows: Sequence[dict],
                   messages: list, answers: Answers, natural: list[float | None]) -> dict[str, Any]:  # fmt: skip
     """{"rewards": {name: values, "total": ...}, "checks": {name: values}, "degenerate_reason": [...]}."""
-    columns = {
-        k: [r.get(k) for r in rows] for k in dict.fromkeys(k for r in rows for k in r) if k != "prompt"
-    }
+    columns = reference_columns(list(rows))
     checks = text_checks(answers.texts, answers.tokens, answers.truncated, grader)
     reasons = checks.pop("degenerate_reason")
     checks = {"degenerate": checks.pop("degenerate"), "repetition": checks.pop("repetition"),

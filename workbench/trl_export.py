@@ -18,7 +18,7 @@ from typing import Any
 
 from .config import BUNDLED, TINY_MODEL, RunSpec
 from .rewards import build_rewards
-from .tasks import chat_messages
+from .tasks import chat_messages, column_names
 
 # --- the spec as TRL settings (shared with trl_engine) ----------------------------------------------------------
 
@@ -56,7 +56,7 @@ def trl_rows(rows: list[dict], system_prompt: str) -> list[dict]:
     Every row carries every column (None where it has no value): `datasets.Dataset.from_list` takes its columns from
     the first row, so a first row without an "answer" would silently drop the column for all rows.
     """
-    columns = list(dict.fromkeys(k for r in rows for k in r if k != "prompt"))
+    columns = column_names(rows)
     return [{"prompt": chat_messages(r, system_prompt), **{k: r.get(k) for k in columns}} for r in rows]
 
 

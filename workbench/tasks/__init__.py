@@ -13,7 +13,17 @@ Sources: "concise", "arithmetic", "rg:<reasoning-gym dataset>[,key=value...]", "
 from __future__ import annotations
 
 from ..config import Limits, RunSpec
-from .base import MIN_ROWS, Task, TaskError, chat_messages, check_prompt, prompt_batches, split_rows
+from .base import (
+    MIN_ROWS,
+    Task,
+    TaskError,
+    chat_messages,
+    check_prompt,
+    column_names,
+    prompt_batches,
+    reference_columns,
+    split_rows,
+)
 from .builtin import REASONING_SYSTEM_PROMPT, load_arithmetic, load_concise, load_rg, rg_datasets
 from .files import load_file, load_hub, read_table
 
@@ -26,7 +36,9 @@ __all__ = [
     "TaskError",
     "chat_messages",
     "check_prompt",
+    "column_names",
     "load_task",
+    "reference_columns",
     "prompt_batches",
     "read_table",
     "rg_datasets",

@@ -36,10 +36,9 @@ class Task:
     @property
     def columns(self) -> list[str]:
         """Reference columns the rows carry besides "prompt" (what rewards can read)."""
-        seen: dict[str, None] = {}
-        for row in self.train + self.eval:  # all rows: a reference may be missing from the first ones
-            seen.update((k, None) for k in row if k != "prompt")
-        return list(seen)
+        return column_names(
+            self.train + self.eval
+        )  # all rows: a reference may be missing from the first ones
 
     def rewards_for(self, spec: RunSpec) -> list[RewardSpec]:
         """What a run of `spec` is rewarded by: the run's rewards, else the task's."""
@@ -48,6 +47,16 @@ class Task:
     def system_prompt_for(self, spec: RunSpec) -> str:
         """The system prompt a run of `spec` puts first: the run's, else the task's."""
         return spec.system_prompt or self.system_prompt
+
+
+def column_names(rows: list[dict]) -> list[str]:
+    """The reference columns the rows carry besides "prompt", in first-seen order (a row may lack some)."""
+    return list(dict.fromkeys(k for r in rows for k in r if k != "prompt"))
+
+
+def reference_columns(rows: list[dict]) -> dict[str, list]:
+    """Each reference column as a list over the rows, None where a row has no value: what rewards take."""
+    return {k: [r.get(k) for r in rows] for k in column_names(rows)}
 
 
 def chat_messages(row: dict, system_prompt: str = "") -> list[dict]:
