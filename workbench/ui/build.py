@@ -45,7 +45,7 @@ def build_app(limits: Limits | None = None) -> gr.Blocks:
     with gr.Blocks(title=TITLE, fill_width=True) as demo:
         gr.HTML(header_html(limits))
         # A random per-browser token in local storage: on a Space it proves who started a run (see access.py).
-        token = gr.BrowserState("", storage_key="grpo-workbench-owner")
+        token = gr.BrowserState("", storage_key="grpo-workbench-owner", secret=access.browser_secret())
         with gr.Tabs():
             with gr.Tab("Train", id="train"):
                 train = build_train_tab(limits, token)
