@@ -3,6 +3,7 @@
     workbench train [--preset quick] [--config FILE] [--max-steps 10 --reward 'length:1,target=20' ...] [--detach]
     workbench runs | show RUN | resume RUN | stop RUN | kill RUN
     workbench compare RUN [--mode greedy|sampled] [--csv FILE]       base vs tuned on the held-out prompts
+    workbench rate RUN [--summary]                                    judge the answers blind (cli_rate.py)
     workbench export RUN --to DIR [--merged]  |  workbench export RUN --trl DIR
     workbench models [--prepare]                                      list models; convert the bundled one
     workbench worker RUN                                              internal: the training process
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli_args import UsageError, build_parser, spec_from_args
+from .cli_rate import cmd_rate, summary_lines, with_ratings
 from .errors import ConfigError, UserError
 from .osutil import json_safe
 
@@ -243,8 +245,9 @@ def cmd_compare(args: argparse.Namespace) -> Result:
     if args.csv:
         cmp.to_csv(args.csv)
     best = run.best_info() if args.weights == "best" else None
-    doc = {**cmp.to_dict(), "weights_from": {"weights": args.weights, **(best or {})}}
-    return 0, doc, (f"tuned = {best_text(best)}\n" if best else "") + compare_text(cmp)
+    doc = with_ratings({**cmp.to_dict(), "weights_from": {"weights": args.weights, **(best or {})}})
+    rated = ["", "Your blind ratings:", *summary_lines(doc["ratings"])] if "ratings" in doc else []
+    return 0, doc, (f"tuned = {best_text(best)}\n" if best else "") + "\n".join([compare_text(cmp), *rated])
 
 
 def compare_text(cmp) -> str:
@@ -347,6 +350,7 @@ COMMANDS = {
     "export": cmd_export,
     "models": cmd_models,
     "worker": cmd_worker,
+    "rate": cmd_rate,
 }
 
 

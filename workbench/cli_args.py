@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .cli_rate import add_rate_command
 from .config import PRESETS, ConfigError, RunSpec, json_object, spec_fields
 
 
@@ -114,4 +115,5 @@ def build_parser() -> argparse.ArgumentParser:
     m = cmd("models", "list models; --prepare converts the bundled one")
     m.add_argument("--prepare", action="store_true", help="convert the bundled model now (once)")
     cmd("worker", "internal: the training process of a run", run=True)
+    add_rate_command(cmd)
     return p
