@@ -92,7 +92,7 @@ def reason_text(run_id: str, st: dict) -> str:
     from .store import RESUMABLE
 
     reason = st.get("reason") or ""
-    if st.get("state") in RESUMABLE:
+    if st.get("resumable", st.get("state") in RESUMABLE):
         reason += ("; " if reason else "") + f"continue it with `workbench resume {run_id}`"
     return reason
 
@@ -274,10 +274,10 @@ def cmd_export(args: argparse.Namespace) -> Result:
 
     run = open_run(args.run)
     if args.trl:
-        from .tasks import load_task
+        from .recovery import task_for_run
         from .trl_export import export_trl
 
-        out = export_trl(run.spec, load_task(run.spec), Path(args.trl))
+        out = export_trl(run.spec, task_for_run(run), Path(args.trl))
         return 0, {"run_id": run.id, "trl": str(out)}, f"TRL script written to {out}"
     dest = Path(args.to).expanduser()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):

@@ -24,11 +24,12 @@ from .checks import CHECKS, reference_grader
 from .errors import CompareError
 from .models import encode_prompt, load_model, merge_adapter, pick_device, pick_dtype
 from .osutil import json_safe
+from .recovery import task_for_run
 from .rewards import build_rewards, prompt_text
 from .scoring import generate, naturalness, score_answers
 from .stats import SUMMARY_COLUMNS, as_score, paired_summary
 from .store import open_run
-from .tasks import chat_messages, check_prompt, load_task, reference_columns
+from .tasks import chat_messages, check_prompt, reference_columns
 from .verdict import Verdict, judge
 
 MODES = ("greedy", "sampled")
@@ -138,7 +139,7 @@ def compare(
     if max_new < 1 or batch_size < 1:
         raise CompareError(f"max_new_tokens={max_new} and batch_size={batch_size} must be at least 1")
     kind, folder = tuned_weights(adapter)  # before loading anything: a wrong folder fails fast
-    task = load_task(spec)
+    task = task_for_run(run)  # the run's own copy of its rows, when it has one
     rows = task.eval if rows is None else list(rows)
     if not rows:
         raise CompareError(

@@ -3,7 +3,8 @@ and the one JSON cleaner every writer of JSON uses.
 
     write_json_atomic(path, data)    # readers see the old file or the new one, never half of one
     json_safe(value)                 # plain JSON values: numpy/torch unwrapped, NaN/inf/NA as None
-    replace_dir(tmp, final)          # a finished folder renamed into place (a checkpoint, an adapter)
+    replace_dir(tmp, final)          # a finished folder, fsynced, renamed into place (a checkpoint, an adapter)
+    fsync_tree(path)                 # every file and folder under `path` on disk, not only in the page cache
     with file_lock(path): ...        # one process at a time (flock; freed when the holder dies, even by SIGKILL)
     pid_alive(pid, start)            # is the process we recorded still running, and still the same one?
     process_start_time(pid)          # what `start` above is: recorded next to a pid to detect pid reuse
@@ -39,6 +40,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)  # the rename itself: without this a power cut may bring the old file back
 
 
 def json_safe(v: Any) -> Any:
@@ -59,13 +61,44 @@ def json_safe(v: Any) -> Any:
     return str(v)
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file under `root`, then the folders (deepest first), to disk. A rename is journaled before the
+    data it points at is written: without this, a crash soon after a rename can leave a checkpoint whose files are
+    empty or cut short, under its final name."""
+    dirs = []
+    for folder, _, files in os.walk(root):
+        dirs.append(folder)
+        for name in files:
+            p = os.path.join(folder, name)
+            if os.path.islink(p):
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for folder in reversed(dirs):
+        _fsync_dir(Path(folder))
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Rename `tmp` to `final`; an existing `final` is moved aside first and removed after (never half there)."""
+    """Flush `tmp` to disk and rename it to `final`; an existing `final` is moved aside first and removed after
+    (never half there)."""
+    fsync_tree(tmp)
     old = None
     if final.exists():
         old = final.with_name(f".old-{final.name}-{secrets.token_hex(3)}")
         os.replace(final, old)
     os.replace(tmp, final)
+    _fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

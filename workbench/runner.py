@@ -5,7 +5,7 @@ produces is in the run store, so any process can watch it.
     run_id = start_run(spec)      # starts a worker, or queues the run behind the active one, or raises RunnerBusy
     stop_run(run_id)              # graceful: the worker finishes its step, saves a checkpoint and the adapter
     kill_run(run_id)              # SIGKILL; the run reads as interrupted and can be resumed from its checkpoint
-    resume_run(run_id)            # an interrupted or stopped run continues from its last checkpoint
+    resume_run(run_id)            # an interrupted, stopped or failed run continues from its last checkpoint
     reconcile()                   # marks runs whose worker died as interrupted; starts queued runs
 
 Only `Limits.max_active_runs` workers run at once (1 by default: a small machine trains one run at a time); up to
@@ -27,7 +27,6 @@ from .config import Limits, RunSpec
 from .errors import RunnerBusy
 from .osutil import file_lock, pid_alive, process_start_time
 from .store import (
-    RESUMABLE,
     TERMINAL,
     Run,
     create_run,
@@ -153,17 +152,18 @@ def start_run(spec: RunSpec, limits: Limits | None = None) -> str:
 
 
 def resume_run(run_id: str, limits: Limits | None = None) -> str:
-    """Continue an interrupted or stopped run from its last checkpoint to its target steps (same prompt order)."""
+    """Continue an interrupted or stopped run, or a failed one that has a checkpoint, from its last checkpoint to
+    its target steps (same prompt order)."""
     limits = limits or Limits.from_env()
     run = open_run(run_id)
     with _lock():
         _mark_dead_interrupted()
         st = run.status()
-        if st["state"] not in RESUMABLE:
+        if not st["resumable"]:
             hint = {
                 "finished": "it already reached its target steps",
-                "failed": "a failed run would fail again: fix the setting its reason names and start a new run "
-                f"(`workbench train --config {run.dir / 'spec.json'} ...`)",
+                "failed": "it failed before its first checkpoint, so it would start over and fail again: fix the "
+                f"setting its reason names and start a new run (`workbench train --config {run.dir / 'spec.json'} ...`)",
                 "running": "it is running",
                 "queued": "it is already queued",
             }[st["state"]]

@@ -38,12 +38,12 @@ from typing import Any
 from . import __version__
 from .config import RunSpec, workbench_home
 from .errors import RunNotFound, StoreError
-from .osutil import file_lock, json_safe, pid_alive, replace_dir, write_json_atomic
+from .osutil import file_lock, fsync_tree, json_safe, pid_alive, replace_dir, write_json_atomic
 from .store_evals import HeldOutRecords
 
 STATES = ("queued", "running", "finished", "stopped", "failed", "interrupted")
 TERMINAL = ("finished", "stopped", "failed", "interrupted")
-RESUMABLE = ("stopped", "interrupted")  # a resume continues these from their latest checkpoint
+RESUMABLE = ("stopped", "interrupted")  # a resume continues these (and a failed run that has a checkpoint)
 FAILED = ("failed", "interrupted")  # ended by an error, or by losing its worker
 RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 # the latest and the one before it (a resume needs one; the other guards against a bad disk)
@@ -126,6 +126,8 @@ class Run(HeldOutRecords):
             st["max_steps"] = self.spec.max_steps
         except (OSError, ValueError):
             st["max_steps"] = None
+        # a failure (out of memory, a full disk) need not recur: what was saved before it can go on
+        st["resumable"] = st["state"] in RESUMABLE or (st["state"] == "failed" and bool(self.checkpoints()))
         return st
 
     def set_status(
@@ -349,6 +351,7 @@ def create_run(spec: RunSpec, status: str = "queued") -> Run:
         finally:
             con.close()
         tmp.chmod(0o755)
+        fsync_tree(tmp)
         os.replace(tmp, root / run_id)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

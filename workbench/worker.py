@@ -2,13 +2,14 @@
 
     python -m workbench worker RUN_ID        # started by workbench.runner; not meant to be typed
 
-It loads the spec from the store, the task, and the engine (ours, or TRL's when spec.engine == "trl"); resumes from
-the run's latest checkpoint if there is one (tasks.prompt_batches(start_step=...) gives the same prompts an uninterrupted
-run would have seen); appends every step to the store; evaluates a held-out slice at step 0, every `eval_every` steps
-and at the end, keeping the best weights (`heldout.py`); saves a checkpoint every `save_every` steps and at the end,
-then the final adapter. Between steps it honours a stop request (the store's stop file, or SIGTERM/SIGINT).
-Any failure ends the run as "failed" with a one-line reason; the traceback goes to worker.log (its stdout/stderr).
-When it exits it starts the next queued run.
+It loads the spec from the store, the task (the run's own copy of its rows, `recovery.py`), and the engine (ours,
+or TRL's when spec.engine == "trl"); resumes from the run's newest checkpoint that loads, if there is one
+(tasks.prompt_batches(start_step=...) gives the same prompts an uninterrupted run would have seen); appends every
+step to the store; evaluates a held-out slice at step 0, every `eval_every` steps and at the end, keeping the best
+weights (`heldout.py`); saves a checkpoint every `save_every` steps and at the end, then the final adapter. Between
+steps it honours a stop request (the store's stop file, or SIGTERM/SIGINT). Any failure ends the run as "failed"
+with a one-line reason; the traceback goes to worker.log (its stdout/stderr). When it exits it starts the next
+queued run.
 
 Fault injection, for tests only: `WORKBENCH_FAULT=KIND[@STEP]` (STEP defaults to 1) makes step STEP fail on purpose.
 KIND is `nan_reward` (every reward returns NaN), `raise_reward` (the first reward raises ValueError) or `oom`
@@ -172,18 +173,23 @@ def train(
     `engine_factory(spec, task, fault)` and `evaluate(engine, rows, grader)` (heldout.evaluate_policy) stand in
     for the real ones in tests."""
     from .heldout import HeldOutChecks, evaluate_policy
-    from .tasks import load_task, prompt_batches
+    from .recovery import restore_checkpoint, run_task
+    from .tasks import prompt_batches
 
     spec = run.spec
     fault = Fault(os.environ.get(FAULT_ENV))
-    task = load_task(spec, Limits.from_env())
+    task = run_task(run, Limits.from_env())  # the run's own copy of its rows: a resume sees the same ones
     if spec.engine == "trl":
         return _train_trl(run, spec, task, should_stop)
-    engine = (engine_factory or build_engine)(spec, task, fault)
-    ckpt = run.latest_checkpoint()
+    factory = engine_factory or build_engine
+    engine = factory(spec, task, fault)
+    ckpt, bad = restore_checkpoint(run, engine)  # the newest that loads: past a corrupt one, the older
+    for line in bad:
+        print(f"{line}: set aside, trying the one before it", flush=True)
     if ckpt is not None:
-        engine.load_checkpoint(ckpt)
         print(f"resumed from {ckpt.name} (step {engine.step_count})", flush=True)
+    elif bad:  # none loads, and a failed load may have changed the engine: start over on a fresh one
+        engine = factory(spec, task, fault)
     start = engine.step_count
     run.truncate_steps(after=start)  # steps after the checkpoint are redone, on the same prompts
     heldout = HeldOutChecks(run, spec, task, evaluate or evaluate_policy) if spec.eval_every else None

@@ -19,9 +19,9 @@ import pandas as pd
 
 from ..errors import CompareError
 from ..heldout import best_text
+from ..recovery import task_for_run
 from ..stats import SUMMARY_COLUMNS
 from ..store import list_runs, open_run
-from ..tasks import load_task
 from . import plots, views
 from .common import guarded
 
@@ -55,9 +55,9 @@ def comparison_rows(run_id: str, source: str, n: int, prompt: str, answer: str) 
         if (answer or "").strip():
             row["answer"] = answer.strip()  # rewards that check correctness read this column
         return [row]
-    spec = open_run(run_id).spec
-    n = int(n or spec.eval_size)
-    return None if n >= spec.eval_size else load_task(spec).eval[:n]
+    run = open_run(run_id)
+    n = int(n or run.spec.eval_size)
+    return None if n >= run.spec.eval_size else task_for_run(run).eval[:n]  # the run's own held-out rows
 
 
 def run_comparison(run_id: str, source: str, n: int, prompt: str, answer: str, mode: str, seed: int,

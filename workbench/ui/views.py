@@ -62,7 +62,7 @@ def prompt_display(prompt: Any) -> str:
 def ui_reason(status: dict) -> str:
     """A run's stored reason in the browser's words: a run that can go on points at the Runs tab's Resume."""
     reason = str(status.get("reason") or "")
-    if status.get("state") in RESUMABLE:
+    if status.get("resumable", status.get("state") in RESUMABLE):
         reason += ("; " if reason else "") + "resume it on the Runs tab"
     return reason
 
