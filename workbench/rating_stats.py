@@ -150,7 +150,9 @@ def pair_table(pairs: Sequence[dict], comparison: dict[str, Any]) -> list[dict[s
                    and verdicts[n] not in (None, "tie", p["preferred"])]  # fmt: skip
         out.append({"session": p["session"], "pair": p["pair"], "prompt": p["prompt"], "choice": p["choice"],
                     "left": p["left"], "preferred": p["preferred"], "base": p["row"].get("base"),
-                    "tuned": p["row"].get("tuned"), "disagree": against, "prefers": verdicts})  # fmt: skip
+                    "tuned": p["row"].get("tuned"), "disagree": against, "prefers": verdicts,
+                    "scores": {n: {side: p["row"].get(_column(k, n, side)) for side in SIDES}
+                               for k, n, _ in items}})  # fmt: skip
     return sorted(out, key=lambda r: (-len(r["disagree"]), r["pair"]))
 
 
@@ -181,6 +183,5 @@ def summarize(comparison: dict[str, Any], sessions: Sequence[dict[str, Any]]) ->
     agree = agreement(pairs, comparison)
     return {"comparison_id": comparison.get("comparison_id"), "sessions": [s["id"] for s in sessions],
             "n_ratings": len(pairs), "stale": stale, "win_rate": w, "headline": headline(w),
-            "decided": decided_text(w),
-            "agreement": agree, "sentences": [a["sentence"] for a in agree if a["n"]],
+            "decided": decided_text(w), "agreement": agree, "sentences": [a["sentence"] for a in agree if a["n"]],
             "pairs": pair_table(pairs, comparison)}  # fmt: skip

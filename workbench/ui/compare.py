@@ -17,12 +17,13 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from .. import ratings
 from ..errors import CompareError
 from ..heldout import best_text
 from ..recovery import task_for_run
 from ..stats import SUMMARY_COLUMNS
 from ..store import list_runs, open_run
-from . import plots, views
+from . import plots, rating, views
 from .common import guarded
 
 HELD_OUT, OWN = "held-out prompts", "my own prompt"
@@ -153,7 +154,7 @@ def chart_frame(stats: pd.DataFrame) -> pd.DataFrame:
     return keep.rename(columns={"name": "reward"})
 
 
-def build_compare_tab(train: dict) -> dict[str, Any]:
+def build_compare_tab(train: dict, token: gr.BrowserState | None = None) -> dict[str, Any]:
     c: dict[str, Any] = {}
     gr.Markdown("Both models answer the same prompts with the same decoding; every reward of the run scores both. "
                 "Held-out prompts were never trained on.")  # fmt: skip
@@ -223,6 +224,7 @@ def build_compare_tab(train: dict) -> dict[str, Any]:
         out = Path(tempfile.mkdtemp(prefix="wb-compare-")) / f"compare-{run_id}.csv"
         files = result.to_csv(out)
         doc, stats = result.to_dict(), result.statistics()
+        ratings.save_comparison(doc)  # kept in the run, for the blind rating below
         best = open_run(run_id).best_info() if weights == "best" else None
         which = f"*Tuned = {views.esc(best_text(best))}.*\n\n" if best else ""
         return (which + headline(doc["verdict"], doc["degenerate"], len(result.table)),
@@ -231,5 +233,6 @@ def build_compare_tab(train: dict) -> dict[str, Any]:
 
     c["go"].click(go, [c["run"], c["source"], c["n"], c["prompt"], c["answer"], c["mode"], c["seed"],
                        c["max_new_tokens"], c["weights"]], [c["headline"], c["chart"], c["table"], c["csv"], c["pairs"]],
-                  api_name="compare", concurrency_limit=1)  # fmt: skip
+                  api_name="compare", concurrency_limit=1, concurrency_id="compare")  # fmt: skip
+    c["rating"] = rating.build_rating_section(c, token)
     return c
