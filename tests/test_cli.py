@@ -75,7 +75,7 @@ def test_preset_then_config_then_flags(tmp_path):
             "--reward",
             "length:1,target=20",
             "--reward",
-            "format:0.5",
+            "format_soft:0.5",
         ]  # fmt: skip
     )
     spec = cli.spec_from_args(args)
@@ -84,7 +84,7 @@ def test_preset_then_config_then_flags(tmp_path):
     assert spec.max_steps == 3 and spec.use_lora is False  # flags win
     assert [(r.name, r.weight, r.params) for r in spec.rewards] == [
         ("length", 1.0, {"target": 20}),
-        ("format", 0.5, {}),
+        ("format_soft", 0.5, {}),
     ]
     assert cli.spec_from_args(cli.build_parser().parse_args(["train"])) == RunSpec()
 

@@ -91,8 +91,8 @@ def test_concise_bundled_set():
     # a run without rewards or a system prompt of its own takes the task's; one with its own keeps them
     plain = spec("concise")
     assert t.rewards_for(plain) == t.rewards and t.system_prompt_for(plain) == t.system_prompt
-    mine = spec("concise", rewards=[RewardSpec("format")], system_prompt="Be brief.")
-    assert t.rewards_for(mine) == [RewardSpec("format")] and t.system_prompt_for(mine) == "Be brief."
+    mine = spec("concise", rewards=[RewardSpec("format_soft")], system_prompt="Be brief.")
+    assert t.rewards_for(mine) == [RewardSpec("format_soft")] and t.system_prompt_for(mine) == "Be brief."
 
 
 def test_arithmetic_rewards_agree_with_references():

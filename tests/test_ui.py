@@ -180,12 +180,12 @@ def test_every_spec_field_has_a_control_and_presets_round_trip():
     for name in PRESETS:
         spec = controls.preset_spec(name, Limits())
         sel, flat = controls.values_from_rewards(
-            [RewardSpec("length", 2.0, {"target": 8}), RewardSpec("regex")]
+            [RewardSpec("length", 2.0, {"target": 8}), RewardSpec("regex", params={"pattern": "x"})]
         )
         again = controls.spec_from_values(controls.field_order(), controls.values_from_spec(spec),
                                           controls.rewards_from_values(sel, flat))  # fmt: skip
         assert again.replace(rewards=[]) == spec.replace(rewards=[])
-        assert [str(r) for r in again.rewards] == ["length:2,target=8", "regex:1"]
+        assert [str(r) for r in again.rewards] == ["length:2,target=8", "regex:1,pattern=x"]
 
 
 def test_limits_clip_presets_and_bad_values_name_the_setting():
@@ -263,13 +263,13 @@ def test_on_a_space_only_the_launching_browser_may_stop_a_run(monkeypatch):
 # --- callbacks -------------------------------------------------------------------------------------------------
 
 
-def test_guarded_callbacks_warn_and_skip_instead_of_raising():
-    @guarded(2)
+def test_guarded_callbacks_raise_the_visitors_message_and_quiet_ones_skip():
     def boom():
         raise ConfigError("lower max_steps")
 
-    with pytest.warns(UserWarning, match="lower max_steps"):
-        assert boom() == (SKIP, SKIP)
+    with pytest.raises(gr.Error, match="lower max_steps"):  # the API client sees it, not an empty result
+        guarded(2)(boom)()
+    assert guarded(2, quiet=True)(boom)() == (SKIP, SKIP)
     assert "Something went wrong (KeyError" in user_message(KeyError("x"))
     assert user_message(CompareError("pick a run with saved weights")) == "pick a run with saved weights"
 

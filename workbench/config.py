@@ -4,8 +4,8 @@
 fields: each carries `help`, and numeric ones a `range` (min, max) and `choices` where the set is closed. Invalid
 values or combinations fail at construction with a message that says what to change.
 
-Also here: `workbench_home()` (the root folder from `$WORKBENCH_HOME`), `Limits` (caps a public deployment sets
-from environment variables) and `PRESETS`.
+Also here: `workbench_home()` (the root folder from `$WORKBENCH_HOME`) and `PRESETS`; `Limits` (the caps a public
+deployment sets from environment variables) lives in limits.py and is re-exported here.
 
     from workbench.config import RunSpec, PRESETS
     spec = PRESETS["quick"].replace(max_steps=10)
@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .limits import Limits  # noqa: F401  (re-exported: callers import it from here)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # Models known by name (models.py resolves and loads them; here so that naming one needs no torch).
@@ -213,8 +215,13 @@ class RunSpec:
                 lo, hi = rng
                 if not isinstance(v, (int, float)):
                     raise ConfigError(f"{f.name} must be a number between {lo} and {hi}, got {v!r}")
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigError(f"{f.name} must be a finite number between {lo} and {hi}, got {v!r}")
                 if f.type == "int" and v != int(v):
                     raise ConfigError(f"{f.name} must be a whole number, got {v!r}")
+                if f.type == "int":  # 4.0 from a JSON file is 4: a float seed or count crashes torch and range()
+                    v = int(v)
+                    setattr(self, f.name, v)
                 if not lo <= v <= hi:
                     raise ConfigError(f"{f.name}={v} is out of range: choose a value between {lo} and {hi}")
             if choices is not None and v not in choices:
@@ -247,6 +254,10 @@ class RunSpec:
         for r in self.rewards:
             if not r.name:
                 raise ConfigError("a reward has no name: write it as 'name:weight', e.g. 'length:1.0'")
+        if self.rewards:  # built now (cheap, loads nothing), so a misspelt name or a NaN fails before any worker
+            from .rewards import build_rewards
+
+            build_rewards(self.rewards)
 
     # --- what the libraries take (one mapping for the built-in engine, TRL and the export)
     def lora_kwargs(self) -> dict[str, Any] | None:
@@ -313,43 +324,6 @@ def _reward_from(r: Any) -> RewardSpec:
 def spec_fields() -> list[dataclasses.Field]:
     """The run spec's fields in order, with metadata (help, range, choices): what UI and CLI are built from."""
     return list(dataclasses.fields(RunSpec))
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Caps for a shared deployment (a Space), read from the environment; None = no cap."""
-
-    max_steps: int | None = None
-    max_completion_length: int | None = None
-    max_upload_mb: float = 20.0
-    queue_size: int = 4
-    max_active_runs: int = 1
-
-    @classmethod
-    def from_env(cls) -> Limits:
-        def num(name: str, cast=int, default=None):
-            v = os.environ.get(name)
-            return cast(v) if v not in (None, "") else default
-
-        return cls(
-            max_steps=num("WORKBENCH_MAX_STEPS"),
-            max_completion_length=num("WORKBENCH_MAX_COMPLETION_LENGTH"),
-            max_upload_mb=num("WORKBENCH_MAX_UPLOAD_MB", float, 20.0),
-            queue_size=num("WORKBENCH_QUEUE_SIZE", int, 4),
-            max_active_runs=num("WORKBENCH_MAX_ACTIVE_RUNS", int, 1),
-        )
-
-    def check(self, spec: RunSpec) -> None:
-        """Raise ConfigError when a spec asks for more than this deployment allows."""
-        if self.max_steps is not None and spec.max_steps > self.max_steps:
-            raise ConfigError(
-                f"max_steps={spec.max_steps} is above this server's limit of {self.max_steps}: lower it"
-            )
-        if self.max_completion_length is not None and spec.max_completion_length > self.max_completion_length:
-            raise ConfigError(
-                f"max_completion_length={spec.max_completion_length} is above this server's limit of "
-                f"{self.max_completion_length}: lower it"
-            )
 
 
 def length_reward() -> RewardSpec:

@@ -25,6 +25,7 @@ import torch
 
 from .config import BUNDLED, DEFAULT_MODEL, TINY_MODEL, workbench_home
 from .errors import ModelError
+from .limits import on_space, reads_server_file
 
 _READY = "workbench-ready.json"
 
@@ -144,6 +145,8 @@ def resolve(name: str) -> str:
         return str(prepare_bundled(name))
     if name == TINY_MODEL:
         return name
+    if on_space() and reads_server_file(name):  # a visitor's setting must not load the server's files
+        raise ModelError(f"model {name!r} is a path on the server: on a Space use a hub id (org/name)")
     p = Path(name).expanduser()
     if p.is_dir():
         if not (p / "config.json").exists():

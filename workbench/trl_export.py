@@ -66,7 +66,7 @@ TRAIN_PY = Template('''\
 """GRPO with TRL + accelerate: run "$title", exported by GRPO Workbench.
 
 Task: $task_line
-Model: $model (change with --model)
+Model: $model_doc (change with --model)
 
 Run on every GPU of this machine (see README.md beside this file):
 
@@ -264,6 +264,14 @@ def _hub_model(name: str) -> str:
     return name
 
 
+def _doc_text(text: str) -> str:
+    """Text safe inside the script's docstring: a visitor's task or model name must not close the string (a quote)
+    or start an escape (a backslash) and so turn into code."""
+    # a NUL byte or another control character makes the file unreadable as Python
+    text = "".join(c if c.isprintable() or c == "\n" else " " for c in str(text))
+    return text.replace("\\", "/").replace('"', "'")
+
+
 def _lit(v: Any) -> str:
     """A Python literal as ruff would format it (double quotes), for the exported script."""
     if isinstance(v, str):
@@ -309,8 +317,9 @@ def export_trl(spec: RunSpec, task: Any, out_dir: Path) -> Path:
     lora = spec.lora_kwargs()
     fill = {
         **values,
-        "title": f"{spec.task} on {spec.model}",
-        "task_line": f"{task.name}: {task.description}".replace('"""', "'''"),
+        "title": _doc_text(f"{spec.task} on {spec.model}"),
+        "task_line": _doc_text(f"{task.name}: {task.description}"),
+        "model_doc": _doc_text(model),
         "model": model,
         "model_repr": _lit(model),
         "prompts_per_step": spec.prompts_per_step,

@@ -263,7 +263,11 @@ def main(run_id: str) -> int:
     except Exception as e:  # every failure becomes a reason in the store; the traceback goes to worker.log
         traceback.print_exc()
         state, reason = "failed", failure_reason(e)
-    run.set_status(state, reason, phase=None)
+    try:
+        run.set_status(state, reason, phase=None)
+    except Exception:  # e.g. a full disk: still start the queued runs; the runner reads a dead worker as interrupted
+        traceback.print_exc()
+        state = "failed"
     print(f"run {run_id} {state} after {time.time() - t0:.0f}s{': ' + reason if reason else ''}", flush=True)
     try:
         from .runner import launch_queued

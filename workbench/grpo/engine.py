@@ -298,7 +298,7 @@ class GRPOEngine:
         torch.save(state, Path(path) / _STATE)
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(Path(path) / _STATE, map_location="cpu", weights_only=False)
+        state = torch.load(Path(path) / _STATE, map_location="cpu", weights_only=True)  # no pickled code
         self._load_weights(Path(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

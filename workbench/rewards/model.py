@@ -12,6 +12,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from ..limits import on_space, reads_server_file
 from .base import Param, RewardError, RewardInfo, binder, positive
 
 
@@ -21,6 +22,8 @@ def load_reward_model(name: str, device: str):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    if on_space() and reads_server_file(name):  # a visitor's setting must not load the server's files
+        raise RewardError(f"reward_model: {name!r} is a path on the server; on a Space give a hub id (org/name)")
     src = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
     try:
         tok = AutoTokenizer.from_pretrained(src)

@@ -9,12 +9,16 @@ parameter, the bundled model's by default, so a score does not change with the p
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import unicodedata
+
+import regex
 
 from ..config import DEFAULT_MODEL
 from .base import Param, RewardError, RewardInfo, binder, positive
 
+log = logging.getLogger("workbench.rewards")
 UNITS = ("chars", "words", "tokens")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD = re.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
@@ -92,19 +96,40 @@ def _score_tag_count(texts, prompts, cols):
 # --- regex and keywords -------------------------------------------------------------------------------------------
 
 
+# A visitor's pattern can backtrack for hours, and Python's `re` holds the GIL while it does (one pattern would stop
+# every visitor's page). The `regex` package matches with a timeout: a completion it cannot decide in time scores 0.
+REGEX_TIMEOUT_S = 0.1
+MAX_PATTERN_CHARS = 1000
+
+
 def _check_regex(pattern, mode, ignore_case):
     if not pattern:
         raise RewardError("regex: pattern is empty; give a regular expression, e.g. pattern=\\d+")
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise RewardError(
+            f"regex: pattern is {len(pattern)} characters long; keep it under {MAX_PATTERN_CHARS}"
+        )
     try:
-        re.compile(pattern)
-    except re.error as e:
+        regex.compile(pattern)
+    except regex.error as e:
         raise RewardError(f"regex: pattern {pattern!r} is not a valid regular expression ({e})") from None
 
 
 def _score_regex(texts, prompts, cols, *, pattern, mode, ignore_case):
-    rx = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
-    hit = [rx.search(t) is not None for t in texts]
-    return [float(h if mode == "include" else not h) for h in hit]
+    rx = regex.compile(pattern, regex.IGNORECASE if ignore_case else 0)
+    out, slow = [], 0
+    for t in texts:
+        try:
+            hit = rx.search(t, timeout=REGEX_TIMEOUT_S) is not None
+        except TimeoutError:  # undecided is not a match nor its absence: no reward either way
+            slow += 1
+            out.append(0.0)
+            continue
+        out.append(float(hit if mode == "include" else not hit))
+    if slow:
+        log.warning("regex reward: pattern %r took over %gs on %d of %d completions; they score 0",
+                    pattern[:80], REGEX_TIMEOUT_S, slow, len(texts))  # fmt: skip
+    return out
 
 
 def _keyword_list(words: str) -> list[str]:
@@ -245,7 +270,11 @@ REWARDS = [
         "regex",
         "1 when a regular expression matches (include) or does not match (exclude), else 0.",
         {
-            "pattern": Param("", "Regular expression (Python syntax), searched anywhere in the completion."),
+            "pattern": Param(
+                "",
+                "Regular expression (Python syntax), searched anywhere in the completion; a "
+                f"completion it cannot decide within {REGEX_TIMEOUT_S:g} s scores 0.",
+            ),
             "mode": Param("include", "include = reward a match; exclude = reward its absence.", MODES),
             "ignore_case": Param(False, "Match regardless of case."),
         },

@@ -11,7 +11,8 @@ import io
 import json
 from pathlib import Path
 
-from ..config import Limits, RewardSpec, RunSpec
+from ..config import Limits, RewardSpec, RunSpec, workbench_home
+from ..limits import on_space, reads_server_file
 from ..osutil import json_safe
 from ..rewards import to_number
 from .base import Task, TaskError, check_prompt, split_rows
@@ -27,6 +28,8 @@ ANSWER_ALIASES = ("solution", "final_answer", "target")
 def load_file(path_text: str, spec: RunSpec, limits: Limits | None = None) -> Task:
     limits = limits or Limits.from_env()
     path = Path(path_text.strip()).expanduser()
+    if on_space() and path.resolve().parent != (workbench_home() / "uploads").resolve():
+        raise TaskError("on a Space a file task must be an upload: upload the file with the Upload box")
     df, where = read_table(path, limits.max_upload_mb)
     rows = frame_rows(df, path.name, where)
     train, eval_ = split_rows(rows, spec, path.name)
@@ -148,6 +151,9 @@ def load_hub(ref: str, spec: RunSpec) -> Task:
     dataset_id, _, config = ref.partition(":")
     if not dataset_id:
         raise TaskError("hub: needs a dataset id, e.g. hub:openai/gsm8k:main")
+    if on_space() and (reads_server_file(dataset_id) or "/" not in dataset_id):
+        # load_dataset reads a local folder of that name first, and a bare name may be a builder (csv, json)
+        raise TaskError(f"hub:{dataset_id} is not a hub dataset id: on a Space use hub:<org>/<name>")
     try:
         import datasets
 

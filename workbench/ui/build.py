@@ -29,9 +29,12 @@ def header_html(limits: Limits) -> str:
         chips.append(f"max {limits.max_steps} steps")
     if limits.max_completion_length is not None:
         chips.append(f"max {limits.max_completion_length} tokens per completion")
+    if limits.max_run_minutes is not None:
+        chips.append(f"≤ {limits.max_run_minutes:g} min per run")
     chips.append(f"uploads ≤ {limits.max_upload_mb:g} MB")
     if settings.on_space():
         chips.append("shared Space: you can stop only your own runs")
+        chips.append("uploads and runs are visible to every visitor")
     chip_html = "".join(f'<span class="wb-chip">{c}</span>' for c in chips)
     return (
         f'<div class="wb-header"><h1>{TITLE}</h1><span class="wb-sub">Train a small language model with GRPO, watch '
@@ -97,7 +100,7 @@ def launch_options(limits: Limits | None = None) -> dict[str, Any]:
         "theme": theme(),
         "css": CSS,
         "max_file_size": f"{limits.max_upload_mb:g}mb",
-        "show_error": False,  # messages come from our own gr.Warning calls, never a raw exception
+        "show_error": False,  # messages come from our own gr.Error (common.guarded), never a raw exception
         "ssr_mode": False,
     }
 

@@ -1,8 +1,9 @@
 """What every tab shares: turning errors into messages a visitor can act on, the theme, and the page CSS.
 
-Callbacks never show a traceback. `guarded(n)` wraps a callback: an exception becomes a gr.Warning toast whose text
-says what to change (the workbench's own errors are written that way), the outputs are left as they were
-(gr.skip()), and the traceback goes to the server log only.
+Callbacks never show a traceback. `guarded(n)` wraps a callback: an exception becomes a gr.Error whose text says what
+to change (the workbench's own errors are written that way). The browser shows it as a toast and leaves the outputs as
+they were; an API client (gradio_client) gets it raised, not an empty result. The traceback goes to the server log
+only. `guarded(n, quiet=True)` (timers, tab refreshes) skips the outputs silently instead.
 """
 
 from __future__ import annotations
@@ -38,17 +39,20 @@ def skips(n: int) -> Any:
 
 
 def guarded(n_outputs: int, quiet: bool = False) -> Callable:
-    """Decorator: on an exception, warn (unless quiet: timers must not toast every second) and skip the outputs."""
+    """Decorator: on an exception, raise gr.Error with the visitor's message (unless quiet: timers must not toast
+    every second; they skip the outputs)."""
 
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def inner(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
-            except Exception as e:  # the one place a callback's error is caught: show it, never raise it
+            except gr.Error:
+                raise
+            except Exception as e:  # the one place a callback's error is caught: reworded, never a traceback
                 log.warning("callback %s failed", fn.__name__, exc_info=True)
                 if not quiet:
-                    gr.Warning(user_message(e))
+                    raise gr.Error(user_message(e), print_exception=False) from None
                 return skips(n_outputs)
 
         return inner

@@ -49,12 +49,7 @@ def field_order() -> list[str]:
 
 def caps(limits: Limits) -> dict[str, int]:
     """Upper bounds this server sets on fields (Limits from the environment)."""
-    out = {}
-    if limits.max_steps is not None:
-        out["max_steps"] = limits.max_steps
-    if limits.max_completion_length is not None:
-        out["max_completion_length"] = limits.max_completion_length
-    return out
+    return limits.field_caps()
 
 
 def model_choices() -> list[tuple[str, str]]:
@@ -78,6 +73,8 @@ def make_control(f: dataclasses.Field, value: Any, limits: Limits) -> gr.compone
         return gr.Dropdown(choices=model_choices(), allow_custom_value=True, **kw)
     if f.name == "task":
         return gr.Dropdown(choices=task_choices(), allow_custom_value=True, **kw)
+    if f.name == "use_lora" and not limits.allow_full_finetune:
+        return gr.Checkbox(**{**kw, "info": f"{help_} This server trains LoRA adapters only."}, interactive=False)
     if f.type == "bool":
         return gr.Checkbox(**kw)
     if choices:

@@ -7,19 +7,14 @@ locally the default is the bundled offline model and the server listens on 127.0
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from ..config import BUNDLED, DEFAULT_MODEL, Limits
+from ..limits import LIMITS, on_space
 
 SPACE_MODEL = BUNDLED[DEFAULT_MODEL]["hub_id"]  # the hub copy of the bundled model
-# Caps a public Space gets when its owner set none: one visitor must not hold the only CPU for hours.
-SPACE_DEFAULT_CAPS = {"max_steps": 200, "max_completion_length": 256}
-
-
-def on_space() -> bool:
-    """True on a Hugging Face Space (the platform sets SPACE_ID)."""
-    return bool(os.environ.get("SPACE_ID"))
+# Caps a public Space gets when its owner set none (limits.LIMITS is the one table).
+SPACE_DEFAULT_CAPS = {lim.field: lim.space for lim in LIMITS}
 
 
 def default_model() -> str:
@@ -42,9 +37,5 @@ def server_port() -> int:
 
 
 def deployment_limits() -> Limits:
-    """Limits.from_env(), plus SPACE_DEFAULT_CAPS on a Space for the caps its owner left unset."""
-    limits = Limits.from_env()
-    if not on_space():
-        return limits
-    unset = {k: v for k, v in SPACE_DEFAULT_CAPS.items() if getattr(limits, k) is None}
-    return dataclasses.replace(limits, **unset)
+    """Limits.from_env(): the owner's variables, and on a Space its defaults for the ones left unset."""
+    return Limits.from_env()

@@ -173,8 +173,7 @@ def build_train_tab(limits: Limits, token: gr.BrowserState) -> dict[str, Any]:
                         c["upload"] = gr.File(label="…or upload your own prompts (CSV, JSONL, Parquet)",
                                               file_types=list(uploads.EXTENSIONS), type="filepath",
                                               elem_id="wb-upload", height=140)  # fmt: skip
-                        c["upload_msg"] = gr.Markdown("A file needs a `prompt` column; other columns (e.g. "
-                                                      "`answer`) are passed to the rewards.")  # fmt: skip
+                        c["upload_msg"] = gr.Markdown(uploads.upload_note())
                 if title == "Task & model":
                     _reward_picker(c, start)
         with gr.Column(scale=7, min_width=480):

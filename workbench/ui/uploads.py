@@ -15,7 +15,8 @@ import shutil
 import time
 from pathlib import Path
 
-from ..config import TINY_MODEL, Limits, RunSpec, workbench_home
+from ..config import BUNDLED, TINY_MODEL, Limits, RunSpec, workbench_home
+from ..limits import reads_server_file
 from ..tasks.files import FORMATS
 from .common import UploadError
 from .settings import default_model, on_space
@@ -24,6 +25,15 @@ EXTENSIONS = tuple(FORMATS)  # exactly what tasks.load_file reads
 KEEP_UPLOADS = 200  # older uploads are removed: a public Space must not fill its disk
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PATH_PARAMS = ("model", "tokenizer")  # reward parameters that name something to load
+
+
+def upload_note() -> str:
+    """What the upload box says: the format, and on a Space that an upload is as public as the runs made from it."""
+    note = "A file needs a `prompt` column; other columns (e.g. `answer`) are passed to the rewards."
+    if on_space():
+        note += (" **On this shared Space an upload is effectively public:** any visitor can train on it, its path "
+                 "shows in the run's config, and Compare's CSV carries its reference columns. Upload nothing private.")  # fmt: skip
+    return note
 
 
 def uploads_dir() -> Path:
@@ -72,31 +82,41 @@ def is_upload(path: str) -> bool:
 
 def _looks_like_path(value: str) -> bool:
     v = value.strip()
-    return v.startswith(("/", ".", "~", "\\")) or ".." in v or (":" in v and not v.startswith("hub:"))
+    return reads_server_file(v) or (":" in v and not v.startswith("hub:"))
+
+
+def hub_id_ok(value: str) -> bool:
+    """An `org/name` hub id that is not also a path on this server (from_pretrained would read that first)."""
+    return bool(HUB_ID.match(value)) and not _looks_like_path(value)
 
 
 def check_visitor_paths(spec: RunSpec) -> None:
     """On a Space, refuse settings that would read server files. Raises PermissionError saying what to use."""
-    if (
-        spec.task.startswith("file:")
-        and not is_upload(spec.task[5:])
-        and (on_space() or not spec.task[5:].strip())
-    ):
+    task = spec.task.strip()
+    if task.startswith("file:") and not is_upload(task[5:].strip()) and (on_space() or not task[5:].strip()):
         raise PermissionError(
             "the task names a file on the server: upload your dataset with the Upload box instead (it sets the task "
             "for you)"
         )
     if not on_space():
         return
+    if task.startswith("hub:"):
+        dataset = task[4:].strip().partition("@")[0].partition(":")[0]
+        if not hub_id_ok(dataset):
+            raise PermissionError(
+                f"task {task!r} is not a hub dataset id: on this Space use hub:<org>/<name>[:<config>][@<split>], "
+                "e.g. hub:openai/gsm8k:main, or upload a file"
+            )
     model = spec.model.strip()
-    if model not in (default_model(), TINY_MODEL) and (_looks_like_path(model) or not HUB_ID.match(model)):
+    if model not in (default_model(), TINY_MODEL) and not hub_id_ok(model):
         raise PermissionError(
             f"model {model!r} is not a hub id: on this Space use a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct"
         )
     for r in spec.rewards:
         for key in PATH_PARAMS:
-            v = str(r.params.get(key, "") or "")
-            if v and _looks_like_path(v):
+            v = str(r.params.get(key, "") or "").strip()
+            if v and v not in BUNDLED and not hub_id_ok(v):
                 raise PermissionError(
-                    f"reward {r.name}: {key}={v!r} looks like a path; on this Space use a hub id or leave it empty"
+                    f"reward {r.name}: {key}={v!r} is not a hub id; on this Space use a hub id (org/name) or leave "
+                    "it empty"
                 )
