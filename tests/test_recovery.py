@@ -194,3 +194,50 @@ def test_real_worker_fails_then_its_corrupt_checkpoint_is_skipped_on_resume(monk
     assert st["state"] == "finished" and st["steps_done"] == 6, log[-2000:]
     assert "step-000004 could not be loaded" in log and "resumed from step-000002" in log
     assert [m["step"] for m in run.metrics()] == list(range(1, 7))
+
+
+@pytest.mark.slow
+def test_trl_runs_checkpoint_stop_crash_and_resume_keeping_their_steps(monkeypatch):
+    """TRL engine on the tiny model: a stop saves a checkpoint; a crash (injected while logging step 5) leaves
+    checkpoints 3 and 4; the newest is cut short; the resume goes on from 3 and keeps steps 1-3 as logged."""
+    from workbench import worker
+    from workbench.config import RewardSpec
+    from workbench.store import Run
+
+    spec = RunSpec(model="tiny-random", task="concise", train_size=16, eval_size=2, max_steps=6, save_every=2,
+                   prompts_per_step=2, num_generations=2, max_completion_length=8, learning_rate=1e-2,
+                   dtype="float32", device="cpu", engine="trl", eval_every=0,
+                   rewards=[RewardSpec("length", 1.0, {"target": 20, "unit": "chars"})])  # fmt: skip
+    run = create_run(spec, status="running")
+    assert worker.train(run, lambda: run.steps_done() >= 3)[0] == "stopped"
+    assert [p.name for p in run.checkpoints()] == ["step-000002", "step-000003"]  # every 2, and at the stop
+    assert (run.latest_checkpoint() / "trainer_state.json").exists() and run.final_adapter()
+    kept = {m["step"]: m["wall_time"] for m in run.metrics()}
+
+    append = Run.append_step
+
+    def crash_at_5(self, result):  # the fault: the worker dies while logging step 5
+        if result.step == 5:
+            raise MemoryError("injected: killed at step 5")
+        append(self, result)
+
+    monkeypatch.setattr(Run, "append_step", crash_at_5)
+    with pytest.raises(MemoryError):
+        worker.train(run, lambda: False)
+    monkeypatch.setattr(Run, "append_step", append)
+    assert [p.name for p in run.checkpoints()] == ["step-000003", "step-000004"]
+    assert {m["step"]: m["wall_time"] for m in run.metrics() if m["step"] <= 3} == kept  # not redone
+    for f in run.latest_checkpoint().glob("*.safetensors"):  # and a bad disk cuts the newest short
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+    assert worker.train(run, lambda: False) == ("finished", None)
+    assert [m["step"] for m in run.metrics()] == list(range(1, 7))
+    assert {m["step"]: m["wall_time"] for m in run.metrics() if m["step"] <= 3} == kept
+    assert len(run.episodes(4)) == 2 * 2 and run.final_adapter() is not None
+    assert any(p.name.startswith(".corrupt-step-000004") for p in (run.dir / "checkpoints").iterdir())
+    from workbench.recovery import saved_task
+    from workbench.tasks import prompt_batches
+
+    batches = prompt_batches(saved_task(run).train, 2, spec.seed)
+    for step in range(1, 7):  # each step, redone or not, trained on the prompts an unbroken run gives it
+        assert {e["prompt"] for e in run.episodes(step)} == {r["prompt"] for r in next(batches)}, step

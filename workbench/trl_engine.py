@@ -12,6 +12,10 @@ objects as the built-in engine, so the run store, live curves and comparison wor
 - Episodes: each reward fn is wrapped to record what TRL gives it (prompts, completions, completion token ids,
   scores); totals and advantages are recomputed from those scores with `grpo.advantages` (TRL 1.16's formulas).
 - TRL 1.16 has no max_prompt_length: prompts over it are used whole (a note is printed).
+- Checkpoints: with `on_checkpoint`, TRL saves one every save_every steps and when stopped (its own folder layout:
+  adapter, optimizer, scheduler, RNG, trainer_state.json) and hands each over to be renamed into the run store;
+  `resume_from` continues from one, skipping the prompts already trained on. `check_checkpoint` reads one's files
+  without a model, so that a cut-short one is found before TRL trips over it.
 
 The same spec as a script for `accelerate launch` on GPUs: `trl_export.export_trl`.
 """
@@ -96,8 +100,9 @@ def _mean_logs(logs: list[dict]) -> dict[str, float]:
     return out
 
 
-def _stream_callback(spec, names, weights, rollout, on_step, should_stop, stop_ids):
-    """A TrainerCallback that turns every μ TRL steps into one StepResult and asks TRL to stop when told."""
+def _stream_callback(spec, names, weights, rollout, on_step, should_stop, stop_ids, on_checkpoint=None):
+    """A TrainerCallback that turns every μ TRL steps into one StepResult, asks TRL to stop when told (saving a
+    checkpoint first when there is `on_checkpoint`), and hands each saved checkpoint to `on_checkpoint`."""
     from transformers import TrainerCallback
 
     mu, group = spec.num_iterations, spec.num_generations
@@ -146,6 +151,12 @@ def _stream_callback(spec, names, weights, rollout, on_step, should_stop, stop_i
             )
             if should_stop():  # asked between workbench steps: TRL checks this right after the log
                 control.should_training_stop = True
+                control.should_save = on_checkpoint is not None  # a resume goes on from here, redoing nothing
+
+        def on_save(self, args, state, control, **kwargs):
+            if on_checkpoint is not None:  # TRL has written checkpoint-<its step> whole by now
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                on_checkpoint(folder, state.global_step // mu)
 
     def _episodes(step, r: _Rollout, names, weights, g) -> list[Episode]:
         if not r.ids:
@@ -204,8 +215,9 @@ def _note_long_prompts(tok, rows: list[dict], limit: int) -> None:
         )
 
 
-def build_trainer(spec: RunSpec, task: Any, on_step, should_stop, output_dir: Path):
-    """A GRPOTrainer for `spec`, its reward fns wrapped to record episodes, with the streaming callback."""
+def build_trainer(spec: RunSpec, task: Any, on_step, should_stop, output_dir: Path, on_checkpoint=None):
+    """A GRPOTrainer for `spec`, its reward fns wrapped to record episodes, with the streaming callback; with
+    `on_checkpoint(folder, step)`, saving a checkpoint every save_every steps."""
     from peft import LoraConfig
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -238,13 +250,15 @@ def build_trainer(spec: RunSpec, task: Any, on_step, should_stop, output_dir: Pa
         use_cpu=device == "cpu",
         logging_steps=1,
         report_to="none",
-        save_strategy="no",  # the worker saves the adapter
+        # TRL counts μ optimizer steps per workbench step; the worker saves the final adapter itself
+        save_strategy="steps" if on_checkpoint else "no",
+        save_steps=spec.save_every * spec.num_iterations,
         disable_tqdm=True,
     )
     rollout = _Rollout()
     wrapped = [_RecordedReward(n, fn, rollout, first=i == 0) for i, (n, fn, _) in enumerate(rewards)]
     ends = set(stop_ids(tok, model)) | ({tok.pad_token_id} - {None})  # TRL also counts a final pad as an end
-    callback = _stream_callback(spec, names, weights, rollout, on_step, should_stop, ends)
+    callback = _stream_callback(spec, names, weights, rollout, on_step, should_stop, ends, on_checkpoint)
     lora = spec.lora_kwargs()
     trainer = GRPOTrainer(
         model=model,
@@ -265,16 +279,53 @@ def train_with_trl(
     on_step: Callable[[StepResult], None],
     should_stop: Callable[[], bool],
     output_dir: Path,
+    on_checkpoint: Callable[[Path, int], None] | None = None,
+    resume_from: Path | None = None,
 ) -> Path:
     """Train `spec` on `task` with TRL's GRPOTrainer; call `on_step` after every step; return the adapter folder.
 
     Stops after the current step when `should_stop()` turns true. The final adapter (or the full model when
-    use_lora is off) is saved with its tokenizer to `output_dir/adapter`, stopped or not.
+    use_lora is off) is saved with its tokenizer to `output_dir/adapter`, stopped or not. `on_checkpoint(folder,
+    step)` receives each checkpoint TRL saves (to move it away); `resume_from` is one to continue from.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(spec, task, on_step, should_stop, output_dir)
-    trainer.train()
+    trainer = build_trainer(spec, task, on_step, should_stop, output_dir, on_checkpoint)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     final = output_dir / "adapter"
     trainer.save_model(str(final))
     return final
+
+
+def check_checkpoint(folder: Path) -> int:
+    """Read every file of a TRL checkpoint as a resume would, without a model; return its TRL step. A cut-short or
+    garbled file raises (ValueError, zipfile.BadZipFile, a safetensors error, ...)."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    step = int(json.loads((folder / "trainer_state.json").read_text())["global_step"])
+    weights = list(folder.glob("*.safetensors"))
+    if not weights:
+        raise ValueError(f"{folder.name} holds no weights (*.safetensors)")
+    for f in weights:
+        with safe_open(str(f), framework="pt") as st:
+            names = st.keys()
+            for key in names:
+                st.get_tensor(key)
+    for f in [*folder.glob("*.pt"), *folder.glob("*.pth")]:  # torch.save writes zip archives: check every CRC
+        with zipfile.ZipFile(f) as z:
+            if (bad := z.testzip()) is not None:
+                raise ValueError(f"{f.name}: {bad} is corrupt")
+    return step
+
+
+class CheckpointProbe:
+    """What recovery.restore_checkpoint needs of an engine, for a TRL run: TRL loads the checkpoint itself when it
+    resumes; this only checks that it can."""
+
+    def __init__(self, num_iterations: int):
+        self.mu, self.step_count = num_iterations, 0
+
+    def load_checkpoint(self, folder: Path) -> None:
+        self.step_count = check_checkpoint(folder) // self.mu

@@ -225,9 +225,16 @@ def train(
 
 
 def _train_trl(run: Run, spec: RunSpec, task: Any, should_stop: Callable[[], bool]) -> tuple[str, str]:
-    from .trl_engine import train_with_trl
+    from .recovery import restore_checkpoint
+    from .trl_engine import CheckpointProbe, train_with_trl
 
-    run.truncate_steps(after=0)  # TRL runs restart from the beginning: its checkpoints are not ours
+    probe = CheckpointProbe(spec.num_iterations)
+    ckpt, bad = restore_checkpoint(run, probe)  # TRL loads it; the probe reads its files first
+    for line in bad:
+        print(f"{line}: set aside, trying the one before it", flush=True)
+    if ckpt is not None:
+        print(f"resumed from {ckpt.name} (step {probe.step_count})", flush=True)
+    run.truncate_steps(after=probe.step_count)  # steps after the checkpoint are redone, on the same prompts
     if spec.eval_every:
         print("held-out checks during training need the built-in engine (engine=builtin)", flush=True)
     run.set_status("running", "training", phase="training")
@@ -236,10 +243,15 @@ def _train_trl(run: Run, spec: RunSpec, task: Any, should_stop: Callable[[], boo
         run.append_step(result)
         _progress(result, spec.max_steps)
 
+    def on_checkpoint(folder: Any, step: int) -> None:
+        (run.dir / "checkpoints").mkdir(exist_ok=True)
+        run.commit_checkpoint(folder, step)  # written whole by TRL out of sight; renamed into the store
+
     out = run.dir / ".trl-output"
     shutil.rmtree(out, ignore_errors=True)
-    final = train_with_trl(spec, task, on_step=on_step, should_stop=should_stop, output_dir=out)
-    run.commit_adapter(final)  # written whole by TRL out of sight; renamed into place in one step
+    final = train_with_trl(spec, task, on_step=on_step, should_stop=should_stop, output_dir=out,
+                           on_checkpoint=on_checkpoint, resume_from=ckpt)  # fmt: skip
+    run.commit_adapter(final)
     shutil.rmtree(out, ignore_errors=True)
     n = run.steps_done()
     if n < spec.max_steps and should_stop():
