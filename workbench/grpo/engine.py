@@ -6,6 +6,7 @@
 
 How it differs from TRL's GRPOTrainer (same objective, same metrics; the parity tests hold it to TRL's loss):
 - the rollout samples from a merged, fused copy of the weights (`sampler.FusedLlamaSampler`), refreshed after each update;
+  how far its log-probs are from the trainer's is logged as TRL logs vLLM's (`sampling/sampling_logp_difference/*`);
 - the training forward computes each prompt once per group and logits only at completion positions (`forward`);
 - one step = one rollout of prompts_per_step × G completions, then num_iterations (μ) full-batch updates on it,
   which is TRL with steps_per_generation = 1 and no gradient accumulation.
@@ -59,6 +60,19 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
     for r, p in enumerate(prompts):
         ids[r, L - len(p) :], mask[r, L - len(p) :] = torch.tensor(p, dtype=torch.long), 1
     return ids.to(device), mask.to(device)
+
+
+def sampling_gap(sampled: torch.Tensor, trained: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Mean and max |trained − sampled| log-prob of the scored sampled tokens (B, T), as TRL names the vLLM gap.
+
+    Why: the sampler runs its own copy of the weights through its own code; if the two ever compute different
+    functions (a stale copy, a dropped bias, an adapter one of them ignores), the curve leaves zero.
+    """
+    delta = (trained.float() - sampled.float()).abs()[mask.bool()]  # (scored tokens,)
+    if delta.numel() == 0:
+        return {"sampling/sampling_logp_difference/mean": 0.0, "sampling/sampling_logp_difference/max": 0.0}
+    return {"sampling/sampling_logp_difference/mean": float(delta.mean()),
+            "sampling/sampling_logp_difference/max": float(delta.max())}  # fmt: skip
 
 
 class GRPOEngine:
@@ -190,9 +204,12 @@ class GRPOEngine:
         if s.beta > 0:
             ref = self._ref_logps(batch)
         sums: dict[str, float] = {}
-        for _ in range(s.num_iterations):
+        for i in range(s.num_iterations):
             lr = self.scheduler.get_last_lr()[0]
             logps, ent = self._logps(self.model, batch, entropy=True)
+            if i == 0 and "sampling_logps" in batch:  # the weights that sampled, scored by the trainer
+                now = logps.detach() if old is None else old
+                gap = sampling_gap(batch["sampling_logps"], now, batch["mask"])
             loss, m = policy_loss(logps, old, ref, batch["advantages"], batch["mask"], loss_type=s.loss_type,
                                   beta=s.beta, epsilon=s.epsilon, epsilon_high=s.epsilon_high,
                                   max_completion_length=s.max_completion_length)  # fmt: skip
@@ -213,7 +230,7 @@ class GRPOEngine:
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / s.num_iterations
         self.sampler.refresh(adapter=True, everything=not s.use_lora)
-        return sums
+        return sums | (gap if "sampling_logps" in batch else {})
 
     # --- one step ----------------------------------------------------------------------------------------------
     def step(self, rows: list[dict], min_new_tokens: int = 0) -> StepResult:
@@ -237,7 +254,8 @@ class GRPOEngine:
             mask = mask * (~samples.truncated)[:, None].long()
         prompt_ids, prompt_mask = left_pad(prompts, self.pad_id, self.device)  # (P, L), for the forward
         batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": samples.ids,
-                 "mask": mask, "advantages": torch.from_numpy(adv).to(self.device)}  # fmt: skip
+                 "mask": mask, "advantages": torch.from_numpy(adv).to(self.device),
+                 "sampling_logps": samples.logps}  # fmt: skip
         train = self.train_on(batch)
         t3 = time.perf_counter()
         self.step_count += 1

@@ -11,6 +11,8 @@ computed only at completion positions. Other architectures use the HF forward wi
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -72,16 +74,25 @@ def completion_logps(
 
 def hf_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy):
     """completion_logps through the model's own HF forward, the prompt repeated G times: the path for other
-    architectures, and the reference the shared-prompt path is tested against."""
+    architectures, and the reference the shared-prompt path is tested against.
+
+    Positions count real tokens only, as `generate` counts them when it samples. Why: a left-padded prompt would
+    otherwise be scored at positions shifted by its padding, which changes the function of a model with absolute
+    position embeddings (GPT-2: log-probs off by up to ~0.3 on a tiny one) though not of a rotary one.
+    """
     T = completion_ids.shape[1]
     ids = torch.cat([prompt_ids.repeat_interleave(group_size, 0), completion_ids], dim=1)  # (B, L+T)
     att = torch.cat([prompt_mask.repeat_interleave(group_size, 0), torch.ones_like(completion_ids)], dim=1)
     base = base_of(model)
-    out = base.model(
-        input_ids=ids, attention_mask=att
-    )  # the decoder only: the head runs on T positions below
+    # the decoder only (`model` in Llama, `transformer` in GPT-2): the head runs on the T positions below
+    decoder = base.base_model
+    kw = {"position_ids": (att.cumsum(1) - 1).clamp(min=0)}  # (B, L+T)
+    if "position_ids" not in inspect.signature(decoder.forward).parameters:
+        kw = {}
+    out = decoder(input_ids=ids, attention_mask=att, **kw)
     hidden = out.last_hidden_state[:, -T - 1 : -1]  # (B, T, h): position t predicts completion token t
-    return _token_logps(hidden, completion_ids, base.lm_head, _vocab(base), temperature, entropy)
+    head = base.get_output_embeddings()
+    return _token_logps(hidden, completion_ids, head, _vocab(base), temperature, entropy)
 
 
 def _norm(norm, x: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,8 @@ transpose, for the input gradient) so it is read as stored; the LoRA deltas run 
 adapter weights are cast, as autocast would). The result is the same function of the same parameters: the tests
 compare log-probs and gradients with the model's own forward.
 
-Used only when every base weight is frozen (LoRA), no LoRA dropout and no LoRA variant (DoRA...): otherwise the
-forward calls the modules themselves.
+Used only when every base weight and bias is frozen (LoRA), no LoRA dropout and no LoRA variant (DoRA...):
+otherwise the forward calls the modules themselves. A LoRA on lm_head is applied in `head` as on the projections.
 """
 
 from __future__ import annotations
@@ -51,21 +51,28 @@ class FusedProjections:
                 entry.append({"mods": mods, "w": None if p is not None else w, "p": p, "pt": pt, "bias": bias,
                               "sizes": [li.out_features for li in lins]})  # fmt: skip
             self.layers.append(entry)
-        head = base_of(model).lm_head
-        w = head.weight.detach()
-        self.head_w, self.head_p = w, None
-        if not hasattr(head, "lora_A") and not head.weight.requires_grad:  # frozen (tied) head: pack it too
+        self.head_module = base_of(model).lm_head  # the peft wrapper when lm_head carries an adapter
+        lin = base_linear(self.head_module)
+        self.head_p = self.head_pt = None
+        if not lin.weight.requires_grad:  # frozen base weight (tied or not): pack it and its transpose
+            w = lin.weight.detach()
             self.head_p, self.head_pt = prepack(w, 64), prepack(w.t().contiguous(), 64)
             if self.head_pt is None:
                 self.head_p = None
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits (…, V) of hidden states (…, h) through the frozen output layer."""
+        """Logits (…, V) of hidden states (…, h) through the output layer: its base weight (prepacked when frozen)
+        plus its LoRA delta when lm_head is among the adapter's targets, as peft's forward computes them."""
+        lin = base_linear(self.head_module)
         if self.head_p is None:
-            return F.linear(h, self.head_w)
-        return _Frozen.apply(h.reshape(-1, h.shape[-1]), None, self.head_p, self.head_pt).view(
-            *h.shape[:-1], -1
-        )
+            y = F.linear(h, lin.weight, lin.bias)
+        else:
+            flat = h.reshape(-1, h.shape[-1])
+            y = _Frozen.apply(flat, None, self.head_p, self.head_pt).view(*h.shape[:-1], -1)
+            y = y if lin.bias is None else y + lin.bias
+        for A, B, scale in lora_terms(self.head_module):  # none while the adapter is disabled (the reference)
+            y = y + F.linear(F.linear(h, A.to(h.dtype)), (B * scale).to(h.dtype))
+        return y
 
     @staticmethod
     def usable(model) -> bool:
@@ -75,7 +82,11 @@ class FusedProjections:
         for layer in base_of(model).model.layers:
             for mods in projection_groups(layer):
                 for m in mods:
-                    if base_linear(m).weight.requires_grad or getattr(m, "lora_variant", None):
+                    lin = base_linear(m)
+                    if lin.weight.requires_grad or getattr(m, "lora_variant", None):
+                        return False
+                    # a trained bias: the fused copy of it would go stale
+                    if lin.bias is not None and lin.bias.requires_grad:
                         return False
                     if any(getattr(d, "p", 0.0) > 0 for d in getattr(m, "lora_dropout", {}).values()):
                         return False

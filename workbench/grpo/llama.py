@@ -25,14 +25,35 @@ def base_of(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def supports(model) -> bool:
-    """True for a Llama-style decoder (SiLU MLP, no sliding window within reach) that the hand-written paths cover."""
+def unsupported(model) -> str | None:
+    """Why the hand-written paths would not compute this model's function exactly; None when they do.
+
+    They cover Llama-style decoders (SiLU MLP, RMSNorm, rotary embeddings, biases on any projection) with LoRA on
+    the projections and the output layer. Anything else (another architecture, a sliding window within reach,
+    attention dropout, an adapter on the embeddings) goes through the model's own modules instead.
+    """
     base = base_of(model)
     cfg = base.config
-    if type(base).__name__ not in SUPPORTED or getattr(cfg, "hidden_act", "silu") != "silu":
-        return False
+    if type(base).__name__ not in SUPPORTED:
+        return f"{type(base).__name__} is not one of {', '.join(SUPPORTED)}"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"hidden_act={cfg.hidden_act!r} (the fused MLP computes SiLU)"
     window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
-    return window is None or window >= cfg.max_position_embeddings
+    if window is not None and window < cfg.max_position_embeddings:
+        return f"sliding_window={window} is within max_position_embeddings={cfg.max_position_embeddings}"
+    if getattr(cfg, "attention_dropout", 0.0):
+        return f"attention_dropout={cfg.attention_dropout} (the fused attention has no dropout)"
+    handled = {id(m) for layer in base.model.layers for mods in projection_groups(layer) for m in mods}
+    handled.add(id(base.lm_head))
+    for name, mod in base.named_modules():
+        if hasattr(mod, "lora_A") and (id(mod) not in handled or getattr(mod, "lora_variant", None)):
+            return f"the LoRA adapter on {name} (only plain LoRA on the projections and lm_head is fused)"
+    return None
+
+
+def supports(model) -> bool:
+    """True for a Llama-style decoder that the hand-written paths cover (see `unsupported`)."""
+    return unsupported(model) is None
 
 
 def projection_groups(layer) -> list[list[torch.nn.Module]]:

@@ -6,13 +6,14 @@
 
 Why not always `model.generate`: on a CPU a decode step at batch 8 is dispatch-bound, and HF generate over an unmerged
 peft model runs ~20 small ops per linear layer (base matmul, LoRA A, LoRA B, scale, add, casts) plus its logits
-processors. FusedLlamaSampler runs each layer as 4 matmuls over fused weights (q|k|v and gate|up concatenated, the LoRA delta merged in),
-the prompt is prefilled once and its KV cache expanded G times (all G completions of a group share it), and the cache
-is preallocated. The weights are a separate copy, refreshed after every optimizer step with one addmm per LoRA-wrapped
-matrix; training never reads them, so its log-probs always come from the trainable model itself.
+processors. FusedLlamaSampler runs each layer as 4 matmuls over fused weights (q|k|v and gate|up concatenated, the
+LoRA delta merged in, biases kept), the prompt is prefilled once and its KV cache expanded G times (all G completions
+of a group share it), and the cache is preallocated. The weights are a separate copy (`merged.MergedWeights`),
+refreshed after every optimizer step; training never reads them, so its log-probs always come from the trainable
+model itself, and each sample carries its own log-probs so the engine can log how far the two are apart.
 
-The fused sampler covers Llama-style decoders (Llama, Qwen2, Mistral without a sliding window in reach); anything
-else gets `GenerateSampler` (slower, same contract).
+The fused sampler covers Llama-style decoders (Llama, Qwen2, Mistral without a sliding window in reach: see
+`llama.unsupported`); anything else gets `GenerateSampler` (slower, same contract), with a log line saying why.
 
     sampler = make_sampler(model)
     samples = sampler.sample(prompt_id_lists, n=4, max_new_tokens=64, eos_ids=[2], pad_id=0, temperature=0.9)
@@ -22,22 +23,17 @@ else gets `GenerateSampler` (slower, same contract).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from .llama import (
-    apply_rope,
-    base_linear,
-    base_of,
-    lora_terms,
-    packed_linear,
-    prepack,
-    projection_groups,
-    supports,
-)
+from .llama import apply_rope, base_of, unsupported
+from .merged import MergedWeights
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,6 +43,9 @@ class Samples:
     ids: torch.Tensor  # (B, T) token ids, pad after the end
     mask: torch.Tensor  # (B, T) 1 up to and including the first EOS
     truncated: torch.Tensor  # (B,) True when no EOS was produced within max_new_tokens
+    # (B, T) log-prob of each sampled token at the sampling temperature (before the top-p cut), 0 after the end:
+    # the engine compares it with the trainer's log-probs (the sampler–trainer gap)
+    logps: torch.Tensor
 
 
 class Sampler(Protocol):
@@ -70,12 +69,17 @@ class Sampler(Protocol):
 
 
 def make_sampler(model) -> Sampler:
-    """The fused sampler where the architecture allows it, else `model.generate`."""
-    return FusedLlamaSampler(model) if supports(model) else GenerateSampler(model)
+    """The fused sampler where the architecture allows it, else `model.generate` (saying why, once per model)."""
+    why = unsupported(model)
+    if why is None:
+        return FusedLlamaSampler(model)
+    log.warning("fused sampling and training forward off (%s): sampling with model.generate, training through "
+                "the model's own forward; slower, same results", why)  # fmt: skip
+    return GenerateSampler(model)
 
 
 class FusedLlamaSampler:
-    """Merged, fused weights of a Llama-style model and a batched sampler over them."""
+    """Merged, fused weights of a Llama-style model (`merged.MergedWeights`) and a batched sampler over them."""
 
     def __init__(self, model):
         base = base_of(model)
@@ -88,90 +92,13 @@ class FusedLlamaSampler:
         self.rotary = base.model.rotary_emb
         self.embed = base.model.embed_tokens.weight
         self.norm = base.model.norm.weight
-        self.lm_head_module = base.lm_head
-        self.layers = []
-        # Each fused matrix: (buffer, [(row offset, module)]). Rows of a contiguous matrix are contiguous, so every
-        # part is refreshed in place with `out=`.
-        self._parts: list[tuple[torch.Tensor, int, torch.nn.Module]] = []
-        for layer in base.model.layers:
-            entry = {"ln1": layer.input_layernorm.weight, "ln2": layer.post_attention_layernorm.weight}
-            for key, mods in zip(("qkv", "o", "gu", "down"), projection_groups(layer), strict=True):
-                lins = [base_linear(m) for m in mods]
-                w0 = lins[0].weight
-                buf = torch.empty(
-                    sum(li.out_features for li in lins), w0.shape[1], dtype=w0.dtype, device=w0.device
-                )
-                row = 0
-                for m, li in zip(mods, lins, strict=True):
-                    self._parts.append((buf, row, m))
-                    row += li.out_features
-                entry[key] = buf
-                biases = [li.bias for li in lins]
-                entry[key + "_b"] = torch.cat([b.detach() for b in biases]) if biases[0] is not None else None
-            self.layers.append(entry)
-        self._lm_head_buf = None
-        self._packed: dict[int, torch.Tensor] = {}  # id(weight) -> the same weight in oneDNN's blocked layout
-        self.refresh(adapter=True, everything=True)
+        self.weights = MergedWeights(model)
+        self.layers = self.weights.layers
+        self._mm = self.weights.mm
 
-    # --- weights -----------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def refresh(self, adapter: bool = True, everything: bool = False) -> None:
-        """Copy the model's current weights in: base + LoRA delta (adapter=True) or the base alone.
-
-        `everything` also recopies matrices without LoRA (needed after full fine-tuning steps or a load).
-        """
-        for buf, row, mod in self._parts:
-            lin = base_linear(mod)
-            dst = buf[row : row + lin.out_features]
-            terms = lora_terms(mod) if adapter else []
-            if terms:
-                A, B, s = terms[0]
-                torch.addmm(lin.weight, B.to(dst.dtype), A.to(dst.dtype), alpha=s, out=dst)
-                for A, B, s in terms[1:]:
-                    dst.addmm_(B.to(dst.dtype), A.to(dst.dtype), alpha=s)
-            elif everything or hasattr(mod, "lora_A") or lin.weight.requires_grad:
-                dst.copy_(lin.weight)
-        head = self.lm_head_module
-        terms = lora_terms(head) if adapter else []
-        if terms:  # lm_head in the LoRA targets (not the case for 'all-linear'): keep a merged copy
-            lin = base_linear(head)
-            if self._lm_head_buf is None:
-                self._lm_head_buf = torch.empty_like(lin.weight)
-            torch.addmm(lin.weight, *(t.to(lin.weight.dtype) for t in terms[0][1::-1]), alpha=terms[0][2],
-                        out=self._lm_head_buf)  # fmt: skip
-        else:
-            self._lm_head_buf = None
-        self._pack()
-
-    def _pack(self) -> None:
-        """Reorder every matrix into oneDNN's blocked layout once per refresh.
-
-        Why: on a CPU a decode step multiplies 8 rows by every weight matrix, and MKL's plain bf16 GEMM re-lays the
-        weight out on each call; the prepacked kernel reads it as stored. Same results (bit for bit where measured;
-        checked below); skipped where oneDNN is not there (CUDA).
-        """
-        self._packed = {}
-        mats = [lay[k] for lay in self.layers for k in ("qkv", "o", "gu", "down")] + [self.lm_head]
-        packed = {id(w): prepack(w, 8) for w in mats}
-        if any(p is None for p in packed.values()):
-            return
-        try:
-            x = torch.randn(3, mats[0].shape[1], dtype=mats[0].dtype)
-            ok = torch.allclose(
-                packed_linear(x, packed[id(mats[0])]), F.linear(x, mats[0]), rtol=1e-2, atol=1e-3
-            )
-        except (RuntimeError, AttributeError):
-            return
-        if ok:
-            self._packed = packed
-
-    def _mm(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-        p = self._packed.get(id(w))
-        return F.linear(x, w, b) if p is None else packed_linear(x, p, b)
-
-    @property
-    def lm_head(self) -> torch.Tensor:
-        return self._lm_head_buf if self._lm_head_buf is not None else base_linear(self.lm_head_module).weight
+        """Copy the model's current weights in (see `MergedWeights.refresh`)."""
+        self.weights.refresh(adapter, everything)
 
     def _rope_table(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         pos = torch.arange(length, device=self.embed.device)[None]
@@ -180,11 +107,11 @@ class FusedLlamaSampler:
 
     # --- the forward -------------------------------------------------------------------------------------------
     def _mlp_and_o(self, x, attn, lay):
-        x = x + self._mm(attn, lay["o"])
+        x = x + self._mm(attn, lay["o"], lay["o_b"])
         h = F.rms_norm(x, x.shape[-1:], lay["ln2"], self.eps)
-        gu = self._mm(h, lay["gu"])
+        gu = self._mm(h, lay["gu"], lay["gu_b"])
         g, u = gu.chunk(2, dim=-1)
-        return x + self._mm(F.silu(g) * u, lay["down"])
+        return x + self._mm(F.silu(g) * u, lay["down"], lay["down_b"])
 
     def _prefill(self, ids, pos, key_ok, cos, sin, cache_k, cache_v, n):
         """Run the left-padded prompts (P, L); write their K/V, repeated n times, into the caches; last hidden."""
@@ -263,13 +190,14 @@ class FusedLlamaSampler:
             n, 0
         )
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+        logps = torch.zeros(B, max_new_tokens, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         next_pos = lens.repeat_interleave(n)  # (B,) position of the token about to be fed
         for t in range(max_new_tokens):
-            logits = self._mm(hidden, self.lm_head).float()  # (B, V)
+            logits = self._mm(hidden, self.weights.lm_head, self.weights.lm_head_bias).float()  # (B, V)
             if t < min_new_tokens:
                 logits[:, eos] = -float("inf")
-            tok = _pick(logits, temperature, top_p, greedy, generator)
+            tok, logps[:, t] = _pick(logits, temperature, top_p, greedy, generator)
             tok = torch.where(done, torch.full_like(tok, pad_id), tok)
             out[:, t] = tok
             done = done | torch.isin(tok, eos)
@@ -280,14 +208,17 @@ class FusedLlamaSampler:
                 tok, cos[next_pos][:, None], sin[next_pos][:, None], L + t, key_ok, cache_k, cache_v
             )
             next_pos = next_pos + 1
-        return _finish(out, eos)
+        return _finish(out, eos, logps)
 
 
-def _pick(logits, temperature, top_p, greedy, generator) -> torch.Tensor:
-    """The next token (B,): argmax, or a sample at `temperature` from the top-p nucleus (as HF's warpers do)."""
+def _pick(logits, temperature, top_p, greedy, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next token (B,): argmax, or a sample at `temperature` from the top-p nucleus (as HF's warpers do); and
+    its log-prob (B,) at `temperature` before the top-p cut, which is what the trainer scores it with."""
+    logp = (logits / temperature).log_softmax(dim=-1)  # (B, V)
     if greedy:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
+        tok = logits.argmax(dim=-1)
+        return tok, logp.gather(1, tok[:, None])[:, 0]
+    logits = logp
     if top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=False)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
@@ -296,12 +227,13 @@ def _pick(logits, temperature, top_p, greedy, generator) -> torch.Tensor:
         logits = logits.masked_fill(drop.scatter(1, order, drop), -float("inf"))
     # Inverse-CDF sampling with one uniform number per row. Why not torch.multinomial: with a generator on a CPU it
     # draws an exponential variate for every vocabulary entry (~6 ms per call at 8 × 49k), a quarter of a rollout.
-    cdf = logits.softmax(dim=-1).double().cumsum(dim=-1)  # (B, V)
+    cdf = logits.exp().double().cumsum(dim=-1)  # (B, V), unnormalised after a top-p cut
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=torch.float64)
-    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=cdf.shape[1] - 1)[:, 0]
+    tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=cdf.shape[1] - 1)[:, 0]
+    return tok, logp.gather(1, tok[:, None])[:, 0]
 
 
-def _finish(out: torch.Tensor, eos: torch.Tensor) -> Samples:
+def _finish(out: torch.Tensor, eos: torch.Tensor, logps: torch.Tensor) -> Samples:
     """Cut after the first EOS (kept, as TRL keeps it) and drop all-pad columns at the end."""
     is_eos = torch.isin(out, eos)
     has = is_eos.any(dim=1)
@@ -309,7 +241,8 @@ def _finish(out: torch.Tensor, eos: torch.Tensor) -> Samples:
     idx = torch.arange(out.shape[1], device=out.device)[None]
     mask = (idx <= first[:, None]).long()
     T = int(mask.sum(dim=1).max())
-    return Samples(ids=out[:, :T].clone(), mask=mask[:, :T].clone(), truncated=~has)
+    return Samples(ids=out[:, :T].clone(), mask=mask[:, :T].clone(), truncated=~has,
+                   logps=(logps[:, :T] * mask[:, :T]).clone())  # fmt: skip
 
 
 class GenerateSampler:
@@ -353,6 +286,9 @@ class GenerateSampler:
             if greedy
             else {"do_sample": True, "temperature": temperature, "top_p": top_p}
         )
+        from transformers import LogitsProcessorList
+
+        record = _LogpRecorder(temperature, L)
         was_training = model.training
         model.eval()
         full = model.generate(
@@ -363,10 +299,40 @@ class GenerateSampler:
             eos_token_id=eos_ids,
             pad_token_id=pad_id,
             top_k=None,
+            logits_processor=LogitsProcessorList([record]),
             **kwargs,
         )
         model.train(was_training)
-        out = full[:, L:]
+        out, logps = full[:, L:], record.logps(full)
         if out.shape[1] == 0:
             out = torch.full((ids.shape[0], 1), pad_id, dtype=torch.long, device=dev)
-        return _finish(out, torch.tensor(eos_ids, device=dev))
+            logps = torch.zeros(out.shape, device=dev)
+        return _finish(out, torch.tensor(eos_ids, device=dev), logps)
+
+
+class _LogpRecorder:
+    """A logits processor that keeps the log-prob of each token generate picks, at `temperature`, one (B, V) step
+    at a time: it sees step t's logits (after min_new_tokens' EOS ban, before temperature and top-p) and, on the
+    next call, the token that was picked from them. Why not `output_logits=True`: that keeps every step's (B, V)."""
+
+    def __init__(self, temperature: float, prompt_len: int):
+        self.temperature, self.prompt_len = temperature, prompt_len
+        self.last: torch.Tensor | None = None  # (B, V) log-probs of the step whose token is not yet known
+        self.picked: list[torch.Tensor] = []  # (B,) per step
+
+    def _take(self, ids: torch.Tensor) -> None:
+        if self.last is not None and ids.shape[1] > self.prompt_len + len(self.picked):
+            self.picked.append(self.last.gather(1, ids[:, -1:])[:, 0])
+            self.last = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._take(input_ids)
+        self.last = (scores.float() / self.temperature).log_softmax(dim=-1)
+        return scores
+
+    def logps(self, full: torch.Tensor) -> torch.Tensor:
+        """(B, T) log-probs of the generated tokens `full[:, prompt_len:]`."""
+        self._take(full)
+        if not self.picked:
+            return torch.zeros(full.shape[0], 0, device=full.device)
+        return torch.stack(self.picked, dim=1)

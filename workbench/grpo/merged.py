@@ -1,0 +1,131 @@
+"""The sampler's own copy of a Llama-style model's weights: merged (base + LoRA delta), fused (q|k|v and gate|up
+concatenated, each with its concatenated bias) and, on a CPU, prepacked for oneDNN.
+
+Why a copy: the decode loop (`sampler.FusedLlamaSampler`) multiplies 8 rows by every matrix per token, so it wants
+one matmul per group over a merged weight rather than peft's base matmul + LoRA A + LoRA B per projection. A copy
+goes stale the moment the model changes, so `refresh` rewrites every part of it that can change: each LoRA-wrapped
+matrix (one addmm), every trainable or reloaded matrix, every bias (always: they are tiny, and full fine-tuning
+trains them), and the output layer (merged when lm_head carries an adapter). Norms and embeddings are read live.
+
+    w = MergedWeights(model)
+    ... optimizer step ...
+    w.refresh(adapter=True, everything=not use_lora)
+    y = w.mm(x, w.layers[i]["qkv"], w.layers[i]["qkv_b"])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .llama import base_linear, base_of, lora_terms, packed_linear, prepack, projection_groups
+
+GROUPS = ("qkv", "o", "gu", "down")  # the keys of each layer's fused matrices, in projection_groups order
+
+
+class MergedWeights:
+    """Per layer: {"ln1", "ln2"} (live norm weights) and, for each of GROUPS, the fused matrix and its bias (or
+    None when no projection of the group has one)."""
+
+    def __init__(self, model):
+        base = base_of(model)
+        self.lm_head_module = base.lm_head
+        self.layers: list[dict[str, torch.Tensor | None]] = []
+        # (buffer, row offset, module): rows of a contiguous matrix are contiguous, so each part is rewritten in
+        # place with `out=`; the same for the bias vectors, where a projection without a bias keeps zeros.
+        self._parts: list[tuple[torch.Tensor, int, torch.nn.Module]] = []
+        self._bias_parts: list[tuple[torch.Tensor, int, torch.nn.Linear]] = []
+        for layer in base.model.layers:
+            entry = {"ln1": layer.input_layernorm.weight, "ln2": layer.post_attention_layernorm.weight}
+            for key, mods in zip(GROUPS, projection_groups(layer), strict=True):
+                lins = [base_linear(m) for m in mods]
+                w0 = lins[0].weight
+                rows = sum(li.out_features for li in lins)
+                buf = torch.empty(rows, w0.shape[1], dtype=w0.dtype, device=w0.device)
+                bias = (
+                    torch.zeros(rows, dtype=w0.dtype, device=w0.device)
+                    if any(li.bias is not None for li in lins)
+                    else None
+                )
+                row = 0
+                for m, li in zip(mods, lins, strict=True):
+                    self._parts.append((buf, row, m))
+                    if li.bias is not None:
+                        self._bias_parts.append((bias, row, li))
+                    row += li.out_features
+                entry[key], entry[key + "_b"] = buf, bias
+            self.layers.append(entry)
+        self._lm_head_buf: torch.Tensor | None = None
+        self._packed: dict[int, torch.Tensor] = {}  # id(weight) -> the same weight in oneDNN's blocked layout
+        self.refresh(adapter=True, everything=True)
+
+    @torch.no_grad()
+    def refresh(self, adapter: bool = True, everything: bool = False) -> None:
+        """Copy the model's current weights in: base + LoRA delta (adapter=True) or the base alone.
+
+        `everything` also recopies matrices without LoRA that are frozen (needed after a load); trainable ones are
+        always recopied, and so are all biases.
+        """
+        for buf, row, mod in self._parts:
+            lin = base_linear(mod)
+            dst = buf[row : row + lin.out_features]
+            terms = lora_terms(mod) if adapter else []
+            if terms:
+                A, B, s = terms[0]
+                torch.addmm(lin.weight, B.to(dst.dtype), A.to(dst.dtype), alpha=s, out=dst)
+                for A, B, s in terms[1:]:
+                    dst.addmm_(B.to(dst.dtype), A.to(dst.dtype), alpha=s)
+            elif everything or hasattr(mod, "lora_A") or lin.weight.requires_grad:
+                dst.copy_(lin.weight)
+        for buf, row, lin in self._bias_parts:
+            buf[row : row + lin.out_features].copy_(lin.bias)
+        head = self.lm_head_module
+        terms = lora_terms(head) if adapter else []
+        if terms:  # lm_head in the LoRA targets (not the case for 'all-linear'): keep a merged copy
+            lin = base_linear(head)
+            if self._lm_head_buf is None:
+                self._lm_head_buf = torch.empty_like(lin.weight)
+            dst, dt = self._lm_head_buf, lin.weight.dtype
+            A, B, s = terms[0]
+            torch.addmm(lin.weight, B.to(dt), A.to(dt), alpha=s, out=dst)
+            for A, B, s in terms[1:]:
+                dst.addmm_(B.to(dt), A.to(dt), alpha=s)
+        else:
+            self._lm_head_buf = None
+        self._pack()
+
+    @property
+    def lm_head(self) -> torch.Tensor:
+        """The output layer's weight (V, h): the merged copy, or the model's own (live) weight."""
+        return self._lm_head_buf if self._lm_head_buf is not None else base_linear(self.lm_head_module).weight
+
+    @property
+    def lm_head_bias(self) -> torch.Tensor | None:
+        return base_linear(self.lm_head_module).bias
+
+    def _pack(self) -> None:
+        """Reorder every matrix into oneDNN's blocked layout once per refresh.
+
+        Why: on a CPU a decode step multiplies 8 rows by every weight matrix, and MKL's plain bf16 GEMM re-lays the
+        weight out on each call; the prepacked kernel reads it as stored. Same results (bit for bit where measured;
+        checked below); skipped where oneDNN is not there (CUDA).
+        """
+        self._packed = {}
+        mats = [lay[k] for lay in self.layers for k in GROUPS] + [self.lm_head]
+        packed = {id(w): prepack(w, 8) for w in mats}
+        if any(p is None for p in packed.values()):
+            return
+        try:
+            x = torch.randn(3, mats[0].shape[1], dtype=mats[0].dtype)
+            ok = torch.allclose(
+                packed_linear(x, packed[id(mats[0])]), F.linear(x, mats[0]), rtol=1e-2, atol=1e-3
+            )
+        except (RuntimeError, AttributeError):
+            return
+        if ok:
+            self._packed = packed
+
+    def mm(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        """x wᵀ (+ b), through the prepacked copy of `w` where there is one."""
+        p = self._packed.get(id(w))
+        return F.linear(x, w, b) if p is None else packed_linear(x, p, b)
