@@ -44,9 +44,10 @@ def canned_run():
     return run
 
 
-def canned_doc(run) -> dict:
+def canned_doc(run, n: int | None = None) -> dict:
+    """The comparison document of the first `n` PAIRS (all by default)."""
     rows = []
-    for prompt, base, tuned, length, words, degenerate in PAIRS:
+    for prompt, base, tuned, length, words, degenerate in PAIRS[:n]:
         rows.append({"prompt": prompt, "base": base, "tuned": tuned,
                      "base/length": length[0], "tuned/length": length[1],
                      "base/total": length[0], "tuned/total": length[1],
@@ -61,7 +62,7 @@ def canned_doc(run) -> dict:
             "rows": rows}  # fmt: skip
 
 
-def canned_comparison() -> tuple[str, str]:
-    """(run id, comparison id) of a stored canned comparison."""
+def canned_comparison(n: int | None = None) -> tuple[str, str]:
+    """(run id, comparison id) of a stored canned comparison of the first `n` pairs."""
     run = canned_run()
-    return run.id, ratings.save_comparison(canned_doc(run))
+    return run.id, ratings.save_comparison(canned_doc(run, n))

@@ -110,9 +110,17 @@ def result_markdown(doc: dict[str, Any], session: dict[str, Any]) -> str:
 
 
 def agreement_frame(doc: dict[str, Any]) -> pd.DataFrame:
-    rows = [[a["name"], a["kind"], a["better"] or "longer?", a["agreed"], a["n"], a["disagreed"], a["tied"],
+    rows = [[a["name"], a["kind"], a["better"] or "none (agreed = you chose the longer)", a["agreed"], a["n"], a["disagreed"], a["tied"],
              ", ".join(map(str, a["disagree_pairs"]))] for a in doc["agreement"]]  # fmt: skip
     return pd.DataFrame(rows, columns=AGREE_COLUMNS)
+
+
+def _chose(p: dict[str, Any]) -> str:
+    if p["choice"] == "tie":
+        return "You called it a tie."
+    if p["choice"] == "both_bad":
+        return "You marked both answers bad."
+    return f"You chose {p['choice']} ({p['preferred']})."
 
 
 def revealed_html(doc: dict[str, Any]) -> str:
@@ -129,7 +137,7 @@ def revealed_html(doc: dict[str, Any]) -> str:
                          f'<div class="wb-scores">{chips}</div></div>')  # fmt: skip
         against = f" Against you: <b>{views.esc(', '.join(p['disagree']))}</b>." if p["disagree"] else ""
         parts.append(f'<div class="wb-qprompt">Pair {p["pair"]}: {views.esc(views.prompt_display(p["prompt"]))}</div>'
-                     f'<div>You chose {CHOICE_TEXT[p["choice"]]} ({p["preferred"].replace("_", " ")}).{against}</div>'
+                     f'<div>{_chose(p)}{against}</div>'
                      f'<div class="wb-pair">{"".join(cells)}</div>')  # fmt: skip
     return "".join(parts) or '<div class="wb-empty">No pair was rated.</div>'
 
@@ -203,8 +211,8 @@ def build_rating_section(c: dict[str, Any], token: gr.BrowserState | None) -> di
     token = token if token is not None else gr.State("")
     with gr.Accordion("Rate blind: you are the judge", open=True, elem_id="wb-rate"):
         gr.Markdown("Judge the answers without knowing which model wrote them: each pair's sides are shuffled, no "
-                    "score is shown until you finish or reveal. Then see your win rate for the tuned model and how "
-                    "far each reward agrees with you. Starting hides the comparison above.")  # fmt: skip
+                    "score is shown until you finish or reveal. Then see which model you preferred, how sure that is, "
+                    "and how far each reward agrees with you. Starting hides the comparison above.")  # fmt: skip
         with gr.Row():
             r["cmp"] = gr.Dropdown(label="comparison to rate", choices=[], elem_id="wb-rate-cmp", scale=4,
                                    info="Every comparison of the run is kept; the newest is first.")  # fmt: skip
