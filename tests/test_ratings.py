@@ -225,3 +225,33 @@ def test_rate_without_a_stored_comparison_says_what_to_run(monkeypatch, capsys):
     run = canned_run()
     code, out, err = _cli(monkeypatch, capsys, "", "rate", run.id)
     assert code == 2 and f"workbench compare {run.id}" in err
+
+
+@pytest.mark.slow
+def test_a_real_comparison_is_stored_rated_and_summarised(tmp_path):
+    """compare() on the tiny model with a random adapter: its document (not a canned one) goes through the store,
+    a blind session and the statistics, as `workbench compare` and the Compare tab use them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from rating_data import canned_run
+
+    from workbench.cli_rate import with_ratings
+    from workbench.evaluate import compare
+    from workbench.models import load_model
+
+    run = canned_run()
+    model, _ = load_model(MODEL, dtype="float32", device="cpu")
+    torch.manual_seed(1)
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "adapter")
+    doc = with_ratings(compare(run.id, tmp_path / "adapter", max_new_tokens=6).to_dict())
+    cid = doc["comparison_id"]
+    assert ratings.list_comparisons(run.id)[0]["id"] == cid and "ratings" not in doc
+    s = ratings.start_session(run.id, cid, seed=2)
+    for _ in range(doc["n_prompts"]):
+        s = ratings.rate(s["id"], "left")
+    ratings.reveal(s["id"])
+    out = with_ratings(doc)["ratings"]
+    assert out["n_ratings"] == doc["n_prompts"] and out["stale"] == 0
+    names = {a["name"] for a in out["agreement"]}
+    assert {"length", "total", "degenerate", "repetition", "naturalness", "words", "tokens"} <= names
