@@ -66,7 +66,10 @@ def visitor(token: str | None) -> str | None:
     if not on_space():
         return None
     if not token:
-        raise PermissionError("this browser has no visitor token yet: reload the page")
+        raise PermissionError(
+            "this browser has no visitor token yet: reload the page (an API client passes any private string as "
+            "its token, and the same one each time)"
+        )
     return hashlib.sha256(token.encode()).hexdigest()
 
 
