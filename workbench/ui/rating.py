@@ -153,7 +153,9 @@ def session_outputs(s: dict[str, Any]) -> tuple:
         return (s["id"], pair_html(v), v["index"], "", gr.update(value=agreement_frame({"agreement": []}),
                 visible=False), "", None)  # fmt: skip
     doc = summarize(ratings.load_comparison(s["run_id"], s["comparison"]), [s])
-    path = Path(tempfile.mkdtemp(prefix="wb-rating-")) / f"ratings-{s['id']}.csv"
+    # One file per session, rewritten on each reveal or reload: a fresh temp folder per page load would pile up.
+    path = Path(tempfile.gettempdir()) / "wb-rating" / f"ratings-{s['id']}.csv"
+    path.parent.mkdir(exist_ok=True)
     path.write_text(ratings.session_csv(s))
     note = '<div class="wb-empty">Revealed. Start a new session to rate blind again.</div>'
     return (s["id"], note, -1, result_markdown(doc, s), gr.update(value=agreement_frame(doc), visible=True),
