@@ -5,6 +5,7 @@
     workbench compare RUN [--mode greedy|sampled] [--csv FILE]       base vs tuned on the held-out prompts
     workbench rate RUN [--summary]                                    judge the answers blind (cli_rate.py)
     workbench export RUN --to DIR [--merged]  |  workbench export RUN --trl DIR
+    workbench preflight [train flags]  |  workbench replay RUN --reward ...   the reward design lab (lab/cli.py)
     workbench models [--prepare]                                      list models; convert the bundled one
     workbench worker RUN                                              internal: the training process
 
@@ -30,6 +31,7 @@ from typing import Any
 from .cli_args import UsageError, build_parser, spec_from_args
 from .cli_rate import cmd_rate, summary_lines, with_ratings
 from .errors import ConfigError, UserError
+from .lab.cli import COMMANDS as LAB_COMMANDS
 from .osutil import json_safe
 
 __all__ = ["COMMANDS", "build_parser", "main", "spec_from_args"]
@@ -274,11 +276,13 @@ def cmd_export(args: argparse.Namespace) -> Result:
 
     run = open_run(args.run)
     if args.trl:
+        from .lab.export import add_run_files
         from .recovery import task_for_run
         from .trl_export import export_trl
 
-        out = export_trl(run.spec, task_for_run(run), Path(args.trl))
-        return 0, {"run_id": run.id, "trl": str(out)}, f"TRL script written to {out}"
+        out = export_trl(run.spec, task := task_for_run(run), Path(args.trl))
+        lab = add_run_files(run, task, out)  # the pre-flight report, stored completions, check_rewards.py
+        return 0, {"run_id": run.id, "trl": str(out), **lab}, f"TRL script written to {out}"
     dest = Path(args.to).expanduser()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ConfigError(f"{dest} exists and is not empty: choose a new folder")
@@ -351,6 +355,7 @@ COMMANDS = {
     "models": cmd_models,
     "worker": cmd_worker,
     "rate": cmd_rate,
+    **LAB_COMMANDS,
 }
 
 

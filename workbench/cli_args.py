@@ -116,4 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--prepare", action="store_true", help="convert the bundled model now (once)")
     cmd("worker", "internal: the training process of a run", run=True)
     add_rate_command(cmd)
+    from .lab.cli import add_parsers  # the reward design lab: preflight, replay
+
+    add_parsers(cmd)
     return p

@@ -78,7 +78,8 @@ One process (one GPU, or the CPU as a smoke test):
 
 Every GRPOConfig field can be overridden on the command line, e.g. `--learning_rate 1e-5 --num_generations 8
 --per_device_train_batch_size 32 --use_vllm true`. The reward functions come from the `workbench` package: the same
-code that scored the run in the app.
+code that scored the run in the app. The workbench's checks (degenerate, repetition, correct, words) are logged as
+checks/<name> on training batches and eval_checks/<name> on eval.jsonl every eval_steps steps.
 """
 
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ from transformers import HfArgumentParser
 from trl import GRPOConfig, GRPOTrainer
 
 from workbench.config import RewardSpec
+from workbench.lab.trl_checks import with_checks
 from workbench.rewards import build_rewards
 
 HERE = Path(__file__).resolve().parent
@@ -131,6 +133,10 @@ $precision
     logging_steps=1,
     report_to="none",  # "wandb" or "trackio" to watch the curves
     save_strategy="no",  # "steps" with save_steps=N to keep checkpoints
+    # --- held-out checks: eval.jsonl answered and scored, the rewards and the checks logged as eval_...
+    eval_strategy=$eval_strategy,
+    eval_steps=$eval_steps,
+    per_device_eval_batch_size=$per_device_train_batch_size,
     # --- generation with vLLM (`pip install vllm`; GPUs only): far faster rollouts at large G.
     # "colocate" shares the training GPUs; "server" talks to `trl vllm-serve --model MODEL` on GPUs of its own.
     # use_vllm=True,
@@ -155,6 +161,9 @@ class ScriptArguments:
     train_file: str = field(
         default=str(HERE / "train.jsonl"), metadata={"help": "Training prompts: jsonl with a 'prompt' column."}
     )
+    eval_file: str = field(
+        default=str(HERE / "eval.jsonl"), metadata={"help": "Held-out prompts, scored every eval_steps steps."}
+    )
 
 
 def main() -> None:
@@ -163,11 +172,13 @@ def main() -> None:
     script, config = parser.parse_args_into_dataclasses()
     rewards = build_rewards(REWARDS)  # (metric name, fn, weight); each fn logs as rewards/<name>/mean
     dataset = load_dataset("json", data_files=script.train_file, split="train")
+    evals = load_dataset("json", data_files=script.eval_file, split="train") if config.eval_strategy != "no" else None
     trainer = GRPOTrainer(
         model=script.model,
-        reward_funcs=[fn for _, fn, _ in rewards],
+        reward_funcs=with_checks([fn for _, fn, _ in rewards], REWARDS),  # the first also logs checks/<name>
         args=config,
         train_dataset=dataset,
+        eval_dataset=evals,
         peft_config=LoraConfig(**LORA) if LORA else None,
     )
     trainer.train()
@@ -325,6 +336,8 @@ def export_trl(spec: RunSpec, task: Any, out_dir: Path) -> Path:
         "prompts_per_step": spec.prompts_per_step,
         "precision": _PRECISION[spec.dtype],
         "seed": spec.seed,
+        "eval_strategy": _lit("steps" if spec.eval_every else "no"),
+        "eval_steps": max(1, spec.eval_every) * spec.num_iterations,  # optimizer steps, as max_steps
         "rewards": "\n".join(
             f"    RewardSpec({_lit(r.name)}, {r.weight!r}, {_lit(r.params)})," for r in reward_specs
         ),
