@@ -222,6 +222,11 @@ def test_math_correct_with_math_verify():
     ]
     assert fn(None, comps, answer=["12"] * len(comps)) == [1, 0, 1, 1, 0, 0, 1]
     assert fn(None, ["<answer>0.5</answer>"], answer=["\\frac{1}{2}"]) == [1.0]  # latex reference
+    # the question restated is not an answer, though math-verify would evaluate it (a hack GRPO found)
+    echoes = ["Calculate 1 - 6.", "<answer>8 - 5</answer>", "Calculate 6 + 10 * 0.", "(2+3)*4"]
+    assert fn(None, echoes, answer=["-5", "3", "6", "20"]) == [0.0, 0.0, 0.0, 0.0]
+    worked = ["1 - 6 = -5", "<answer>1/2</answer>", "3*4 = 12, so 12.", "(2+3)*4 = 20"]
+    assert fn(None, worked, answer=["-5", "0.5", "12", "20"]) == [1.0, 1.0, 1.0, 1.0]
     assert fn(None, ["<answer>72</answer>"], answer=["He earns 9*8 = 72.\n#### 72"]) == [1.0]  # GSM8K style
     # a reference math-verify cannot parse: the reward does not apply (None), whatever the answer
     assert fn(None, ["<answer>Paris</answer>", "12"], answer=["Paris", None]) == [None, None]
