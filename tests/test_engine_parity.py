@@ -46,6 +46,10 @@ def _config(arch: str):
         return Qwen2Config(**COMMON, tie_word_embeddings=False)
     if arch == "mistral":  # no sliding window within reach: the fused paths apply
         return MistralConfig(**COMMON, sliding_window=None, tie_word_embeddings=False)
+    if arch == "mistral_window":  # a window within reach: they must not
+        return MistralConfig(**COMMON, sliding_window=16, tie_word_embeddings=False)
+    if arch == "llama_dropout":
+        return LlamaConfig(**COMMON, attention_dropout=0.1)
     # No dropout, as the Llama-style configs: the engine trains in train mode (as TRL does), so dropout would make
     # the training forward differ from HF's eval forward by chance (the gap metric does show it in real runs).
     return GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64, initializer_range=0.15,
@@ -79,12 +83,12 @@ def make_engine(arch: str, mode: str, dtype: str, **changes) -> GRPOEngine:
             if n.endswith("bias") and "ln" not in n and "norm" not in n:
                 p.normal_(0, 0.3)
     model.to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]).eval()
-    spec = RunSpec(model="tiny-random", task="concise", train_size=8, eval_size=2, num_generations=G,
-                   prompts_per_step=2, max_completion_length=T, temperature=TEMP, learning_rate=1e-2, beta=0.04,
-                   epsilon=0.2, epsilon_high=0.28, use_lora=mode != "full", lora_r=4, lora_alpha=8,
-                   lora_target_modules=_targets(arch, mode) if mode != "full" else "all-linear",
-                   dtype={"fp32": "float32", "bf16": "bfloat16"}[dtype], device="cpu", max_steps=10,
-                   **changes)  # fmt: skip
+    fields = dict(model="tiny-random", task="concise", train_size=8, eval_size=2, num_generations=G,
+                  prompts_per_step=2, max_completion_length=T, temperature=TEMP, learning_rate=1e-2, beta=0.04,
+                  epsilon=0.2, epsilon_high=0.28, use_lora=mode != "full", lora_r=4, lora_alpha=8,
+                  lora_target_modules=_targets(arch, mode) if mode != "full" else "all-linear",
+                  dtype={"fp32": "float32", "bf16": "bfloat16"}[dtype], device="cpu", max_steps=10)  # fmt: skip
+    spec = RunSpec(**(fields | changes))
     engine = GRPOEngine(spec, model, _Tok(), [])
     if spec.use_lora:
         with torch.no_grad():
@@ -117,11 +121,11 @@ def _logp(logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.
     return logp.gather(-1, ids[..., None])[..., 0], -(logp.exp() * logp).sum(-1)
 
 
-def _trl_ready(engine: GRPOEngine, mode: str) -> None:
-    """Give the model the forward TRL's `_compute_loss` calls (`fused_lm_head=True`), once."""
+def _trl_ready(model, mode: str) -> None:
+    """Give `model` the forward TRL's `_compute_loss` calls (`fused_lm_head=True`), once."""
     from trl.trainer.utils import add_fused_lm_head
 
-    base = engine.model.get_base_model() if hasattr(engine.model, "get_base_model") else engine.model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base, "_trl_ready", False):
         return
     base._trl_ready = True
@@ -186,7 +190,7 @@ def check(engine: GRPOEngine, arch: str, mode: str, trl, gen: torch.Generator, m
                           epsilon_high=sp.epsilon_high, max_completion_length=T)  # fmt: skip
     m["entropy"] = (ent * s.mask).sum() / s.mask.sum()
     our_grads = torch.autograd.grad(ours, engine.params)
-    _trl_ready(engine, mode)
+    _trl_ready(engine.model, mode)
     trl.loss_type, trl.beta, trl.max_completion_length = sp.loss_type, sp.beta, T
     trl.epsilon_low, trl.epsilon_high = sp.epsilon, sp.epsilon_high
     trl.current_gradient_accumulation_steps = 1
@@ -277,3 +281,130 @@ def test_sampler_forward_and_loss_equal_hf_and_trl(arch, mode, dtype, trl, monke
     b = check(engine, arch, mode, trl, gen, monkeypatch)
     print(f"\nERR {arch} {mode} {dtype} before " + " ".join(f"{k}={v:.2g}" for k, v in a.items()))
     print(f"ERR {arch} {mode} {dtype} after  " + " ".join(f"{k}={v:.2g}" for k, v in b.items()))
+
+
+def _batch(engine: GRPOEngine, arch: str, gen: torch.Generator) -> dict:
+    """A rollout of the engine's sampler as the engine's step hands it to `train_on`, with random advantages."""
+    prompts = _prompts(arch, gen)
+    s = engine.rollout(prompts)
+    prompt_ids, prompt_mask = left_pad(prompts, PAD, "cpu")
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": s.ids, "mask": s.mask,
+            "advantages": torch.randn(s.ids.shape[0], generator=gen), "sampling_logps": s.logps}  # fmt: skip
+
+
+def test_two_passes_per_rollout_equal_trls(trl):
+    # μ = 2: the engine's train_on (old log-probs taken once, two clipped updates) against TRL doing the same with
+    # its own pieces: `_get_per_token_logps_and_entropies` for the old and reference log-probs, `_compute_loss`,
+    # then the Trainer's clip and AdamW step, twice. Same start, same batch: same metrics and same weights after.
+    engine = make_engine("qwen2", "lora", "fp32", num_iterations=2)
+    twin = copy.deepcopy(engine.model)
+    _trl_ready(twin, "lora")
+    gen = torch.Generator().manual_seed(2)
+    batch = _batch(engine, "qwen2", gen)
+    sp = engine.spec
+    trl.loss_type, trl.beta, trl.max_completion_length = sp.loss_type, sp.beta, T
+    trl.epsilon_low, trl.epsilon_high = sp.epsilon, sp.epsilon_high
+    trl.current_gradient_accumulation_steps = 1
+    trl._metrics["train"].clear()
+    ids = torch.cat([batch["prompt_ids"].repeat_interleave(G, 0), batch["completion_ids"]], 1)
+    att = torch.cat([batch["prompt_mask"].repeat_interleave(G, 0), batch["mask"]], 1)
+    keep = batch["completion_ids"].shape[1]
+    with torch.no_grad():
+        old = trl._get_per_token_logps_and_entropies(twin, ids, att, keep)[0]
+        with twin.disable_adapter():
+            ref = trl._get_per_token_logps_and_entropies(twin, ids, att, keep)[0]
+    inputs = {"prompt_ids": batch["prompt_ids"].repeat_interleave(G, 0),
+              "prompt_mask": batch["prompt_mask"].repeat_interleave(G, 0), "completion_ids": batch["completion_ids"],
+              "completion_mask": batch["mask"], "advantages": batch["advantages"], "old_per_token_logps": old,
+              "ref_per_token_logps": ref, "num_items_in_batch": batch["mask"].sum()}  # fmt: skip
+    params = [p for p in twin.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=sp.learning_rate, weight_decay=sp.weight_decay)
+    losses = []
+    for _ in range(2):
+        loss = trl._compute_loss(twin, inputs)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, sp.max_grad_norm)
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    theirs = {k: sum(v) / len(v) for k, v in trl._metrics["train"].items()} | {"loss": sum(losses) / 2}
+
+    ours = engine.train_on(batch)
+    assert trl._metrics["train"]["clip_ratio/region_mean"][1] > 0  # the second pass clips: the policy moved
+    for key in ("loss", "kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"):  # fmt: skip
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-5), key
+    assert ours["sampling/sampling_logp_difference/max"] < 1e-4
+    mine = [p for p in engine.model.parameters() if p.requires_grad]
+    worst = max((a - b).abs().max().item() for a, b in zip(mine, params, strict=True))
+    moved = min((a - b).abs().max().item() for a, b in zip(start, params, strict=True))
+    assert worst < 1e-5 and moved > 1e-3, (worst, moved)  # the same weights, and every tensor moved
+
+
+def test_a_resumed_full_fine_tune_samples_with_its_trained_biases(tmp_path, trl, monkeypatch):
+    # Qwen2 trains its q/k/v biases under full fine-tuning; a fresh engine that loads the checkpoint must sample with
+    # the loaded biases, not the ones it was built with.
+    gen = torch.Generator().manual_seed(3)
+    trained = make_engine("qwen2", "full", "fp32")
+    _train_three_steps(trained, "qwen2", gen)
+    trained.save_checkpoint(tmp_path)
+    resumed = make_engine("qwen2", "full", "fp32")
+    resumed.load_checkpoint(tmp_path)
+    bias = "model.layers.0.self_attn.q_proj.bias"
+    loaded, saved = (dict(e.model.named_parameters())[bias] for e in (resumed, trained))
+    assert torch.equal(loaded, saved)
+    check(resumed, "qwen2", "full", trl, gen, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    "arch,changes,why",
+    [
+        ("mistral_window", {}, "sliding_window=16"),
+        ("llama_dropout", {}, "attention_dropout=0.1"),
+        ("llama", {"lora_target_modules": "embed_tokens,q_proj"}, "LoRA adapter on model.embed_tokens"),
+    ],
+)
+def test_what_the_fused_paths_skip_falls_back_and_says_so(arch, changes, why, trl, monkeypatch, caplog):
+    # Each of these is a setting the run spec accepts and the hand-written paths would get wrong (a window they do
+    # not apply, dropout they do not draw, an adapter on the embeddings they do not merge): the engine must sample
+    # with generate and train through the HF forward, log why, and still match HF and TRL.
+    with caplog.at_level("WARNING", logger="workbench.grpo.sampler"):
+        engine = make_engine(arch, "lora", "fp32", **changes)
+    assert isinstance(engine.sampler, GenerateSampler) and engine.proj is None
+    assert why in caplog.text and "model.generate" in caplog.text
+    if arch != "llama_dropout":  # dropout draws differ by design between any two forwards in train mode
+        check(engine, arch, "lora", trl, torch.Generator().manual_seed(4), monkeypatch)
+
+
+def _length(completions, **kw) -> list[float]:
+    return [float(len(c[0]["content"])) for c in completions]
+
+
+def test_the_sampler_trainer_gap_is_logged_and_shows_a_stale_copy():
+    from workbench.models import load_model
+
+    spec = RunSpec(model="tiny-random", task="concise", train_size=8, eval_size=2, num_generations=4,
+                   prompts_per_step=2, max_completion_length=8, dtype="float32", device="cpu", seed=1)  # fmt: skip
+    model, tok = load_model("tiny-random", dtype="float32", device="cpu")
+    engine = GRPOEngine(spec, model, tok, [("length", _length, 1.0)])
+    rows = [{"prompt": f"Count to {i}."} for i in range(2)]
+    m = engine.step(rows).metrics
+    # A fresh model: the sampler's copy and the trainer compute the same function, to float rounding.
+    assert m["sampling/sampling_logp_difference/mean"] < 1e-5
+    assert 0 <= m["sampling/sampling_logp_difference/max"] < 1e-4
+    with torch.no_grad():  # the model changes behind the sampler's back (what a missed refresh would do)
+        for n, p in engine.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    m = engine.step(rows).metrics
+    assert m["sampling/sampling_logp_difference/max"] > 0.01  # the curve leaves zero
+
+
+def test_the_trl_engine_refuses_an_adapter_on_lm_head_up_front():
+    # TRL 1.16's fused LM head reads lm_head's base weight only: such an adapter would never train there.
+    from workbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="remove lm_head from lora_target_modules or use engine='builtin'"):
+        RunSpec(engine="trl", lora_target_modules="q_proj, lm_head")
+    RunSpec(engine="builtin", lora_target_modules="q_proj,lm_head")  # the built-in engine trains it
+    RunSpec(engine="trl", lora_target_modules="q_proj,lm_head", use_lora=False)  # no adapter at all

@@ -246,6 +246,14 @@ class RunSpec:
             )
         if self.lora_target_modules.strip() == "":
             raise ConfigError("lora_target_modules is empty: use 'all-linear' or names like 'q_proj,v_proj'")
+        # TRL 1.16's fused LM head multiplies by lm_head's base weight, so an adapter there would get no gradient
+        # and silently stay at zero; the built-in engine trains it.
+        lora_names = [n.strip() for n in self.lora_target_modules.split(",")]
+        if self.engine == "trl" and self.use_lora and "lm_head" in lora_names:
+            raise ConfigError(
+                "engine='trl' ignores a LoRA adapter on lm_head (TRL 1.16's fused LM head reads only the base "
+                "weight): remove lm_head from lora_target_modules or use engine='builtin'"
+            )
         if self.eval_every and self.keep_best_by == "naturalness" and not self.use_lora and self.beta == 0:
             raise ConfigError(
                 "keep_best_by='naturalness' scores answers under the base model, which full fine-tuning keeps only "

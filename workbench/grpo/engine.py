@@ -110,11 +110,9 @@ class GRPOEngine:
                                        num_training_steps=spec.max_steps * mu)  # fmt: skip
         self.generator = torch.Generator(device=self.device).manual_seed(spec.seed)
         self.sampler = make_sampler(self.model)
-        self.proj = (
-            FusedProjections(self.model)
-            if supports(self.model) and FusedProjections.usable(self.model)
-            else None
-        )
+        self.fused = supports(self.model)  # asked once: it walks every module
+        usable = self.fused and FusedProjections.usable(self.model)
+        self.proj = FusedProjections(self.model) if usable else None
         self.eos_ids = stop_ids(tokenizer, self.model)
         self.pad_id = tokenizer.pad_token_id
         self.step_count = 0
@@ -185,7 +183,8 @@ class GRPOEngine:
     def _logps(self, model, batch: dict, entropy: bool = False):
         proj = self.proj if model is self.model else None
         return completion_logps(model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                                self.spec.num_generations, self.spec.temperature, entropy, proj)  # fmt: skip
+                                self.spec.num_generations, self.spec.temperature, entropy, proj,
+                                self.fused)  # fmt: skip
 
     @torch.no_grad()
     def _ref_logps(self, batch: dict) -> torch.Tensor:

@@ -59,13 +59,16 @@ def completion_logps(
     temperature: float = 1.0,
     entropy: bool = False,
     proj: FusedProjections | None = None,
+    fused: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log-probs (B, T), entropies (B, T) or None) of each completion token given its prompt and earlier tokens.
 
     prompt_ids, prompt_mask (P, L): left-padded prompts; completion_ids (B, T) with B = P × group_size, completion i
     continuing prompt i // group_size; tokens after a completion's end may be anything (they only see the past).
+    fused: whether the shared-prompt path applies (`llama.supports(model)`, which walks the modules: a caller that
+    asks every step passes its answer).
     """
-    if supports(model):
+    if supports(model) if fused is None else fused:
         return _shared_prompt_logps(
             model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy, proj
         )

@@ -47,7 +47,7 @@ def unsupported(model) -> str | None:
     handled.add(id(base.lm_head))
     for name, mod in base.named_modules():
         if hasattr(mod, "lora_A") and (id(mod) not in handled or getattr(mod, "lora_variant", None)):
-            return f"the LoRA adapter on {name} (only plain LoRA on the projections and lm_head is fused)"
+            return f"a LoRA adapter on {name}: only plain LoRA on the projections and lm_head is fused"
     return None
 
 

@@ -73,8 +73,8 @@ def make_sampler(model) -> Sampler:
     why = unsupported(model)
     if why is None:
         return FusedLlamaSampler(model)
-    log.warning("fused sampling and training forward off (%s): sampling with model.generate, training through "
-                "the model's own forward; slower, same results", why)  # fmt: skip
+    log.warning("fused sampling and training forward off: %s. Sampling with model.generate and training through "
+                "the model's own forward instead (slower, same results)", why)  # fmt: skip
     return GenerateSampler(model)
 
 
