@@ -252,6 +252,30 @@ def test_the_first_reward_logs_the_checks_and_scores_as_before():
     assert pickle.loads(pickle.dumps(fns[0])).__name__ == "length"  # TRL may send it to another process
 
 
+# --- the app ----------------------------------------------------------------------------------------------------
+def test_the_app_shows_a_report_and_replays_in_a_child_process():
+    from workbench.ui import lab as ui_lab
+
+    spec = PRESETS["length-only"].replace(train_size=8, eval_size=1, max_completion_length=40)
+    doc = preflight.preflight(spec, task=_task(ROWS, []), sampler=_fake_sampler(_answers))
+    html = ui_lab.preflight_html(doc)
+    assert "flag(s): what to fix before training" in html and "the empty answer scores at or above" in html
+    assert "&lt;think&gt;" in html  # answers are escaped, never rendered as markup
+    assert ui_lab.preflight_html(None) == ui_lab.EMPTY
+    run, _ = _store_steps(SPEC, 2)
+    assert ui_lab.rewards_text(run.id).splitlines() == ["length:1,target=12,unit=words", "contains_answer:2",
+                                                        "repetition:1"]  # fmt: skip
+    assert "No pre-flight report for this run" in ui_lab.run_preflight_html(run.id)
+    doc = ui_lab.replay_run(run.id, "length:1,target=30\n\n")  # `workbench replay --json` in a child process
+    assert doc["flips"]["up_to_down"] == 4
+    html = ui_lab.replay_html(doc)
+    assert "4 completions go from pushed up to pushed down" in html and "↑→↓" in html
+    with pytest.raises(ui_lab.LabError, match="no reward to replay with"):
+        ui_lab.replay_run(run.id, " ")
+    with pytest.raises(Exception, match="unknown reward 'lenght'"):
+        ui_lab.replay_run(run.id, "lenght:1")
+
+
 # --- slow: the real model ---------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_preflight_on_the_bundled_model_fits_its_budget():

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import runner
 from ..store import delete_run, list_runs, open_run
-from . import access, plots, views
+from . import access, lab, plots, views
 from .common import guarded
 
 METRICS = ["reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio",
@@ -114,6 +114,7 @@ def build_runs_tab(token: gr.BrowserState) -> dict[str, Any]:
             c["msg"] = gr.Markdown()
             with gr.Accordion("Worker log (end)", open=False):
                 c["log"] = gr.Code(language=None, lines=12, interactive=False)
+            lab.build_run_lab(c)  # the run's pre-flight report, and a replay under other rewards
     c["armed"] = gr.State("")  # the run id a first Delete click armed; the second click deletes
 
     @guarded(3, quiet=True)

@@ -20,7 +20,7 @@ from ..config import PRESETS, Limits, RunSpec
 from ..rewards import REGISTRY, build_reward
 from ..store import TERMINAL, RunNotFound, list_runs, open_run
 from ..tasks import BUILTIN_TASKS, load_task
-from . import access, controls, insights, plots, uploads, views
+from . import access, controls, insights, lab, plots, uploads, views
 from .common import UploadError, guarded, skips
 
 # --- plain functions (tested without a server) ---------------------------------------------------------------
@@ -164,6 +164,7 @@ def build_train_tab(limits: Limits, token: gr.BrowserState) -> dict[str, Any]:
             with gr.Row():
                 c["launch"] = gr.Button("Launch", variant="primary", elem_id="wb-launch", scale=2)
                 c["stop"] = gr.Button("Stop", variant="stop", elem_id="wb-stop", interactive=False, scale=1)
+            lab.build_preflight(c)  # "Check rewards": the pre-flight report of these settings
             fields: dict[str, Any] = {}
             for title, fs in controls.grouped_fields():
                 with gr.Accordion(title, open=title == "Task & model"):
@@ -294,6 +295,7 @@ def wire_train_tab(c: dict[str, Any], limits: Limits, token: gr.BrowserState) ->
     flat_names = [f"{name}__{p}" for name, pnames in controls.reward_layout() for p in ("weight", *pnames)]
     launch_kwargs = {"token": token, **fields, "rewards": c["reward_sel"],
                      **dict(zip(flat_names, c["reward_vals"], strict=True))}  # fmt: skip
+    lab.wire_preflight(c, limits, launch_kwargs, names, flat_names)
 
     @guarded(3)
     def launch(token=None, rewards=None, **values):
