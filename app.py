@@ -20,7 +20,8 @@ from workbench.ui.settings import deployment_limits
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = deployment_limits()
-    start_server_housekeeping()  # runs whose worker died with a previous server read as interrupted, not running
+    # runs whose worker died with a previous server read as interrupted; a thread keeps the queue and disk in check
+    start_server_housekeeping(limits)
     demo = build_app(limits)
     # The event queue bounds how many requests wait at once; training itself runs in worker processes.
     demo.queue(max_size=64, default_concurrency_limit=4).launch(**launch_options(limits))

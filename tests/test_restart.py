@@ -39,17 +39,19 @@ def _serve(port: int):
     return demo, f"http://127.0.0.1:{port}/"
 
 
-def _browser_state(url: str) -> dict:
+def _browser_states(url: str) -> dict[str, str]:
+    """storage key -> secret of every gr.BrowserState the page holds (the owner token, and any other)."""
     import httpx
 
     config = httpx.get(url + "config", timeout=30).json()
-    (props,) = [c["props"] for c in config["components"] if c.get("type") == "browserstate"]
-    return props
+    states = [c["props"] for c in config["components"] if c.get("type") == "browserstate"]
+    return {p["storage_key"]: p["secret"] for p in states}
 
 
 @pytest.mark.parametrize("from_env", [False, True])
 def test_a_visitor_resumes_their_run_after_the_server_restarts(stand_in, monkeypatch, free_port, from_env):
     from gradio_client import Client
+    from gradio_client.exceptions import AppError
 
     monkeypatch.setenv("SPACE_ID", "someone/grpo-workbench")
     if from_env:
@@ -60,7 +62,7 @@ def test_a_visitor_resumes_their_run_after_the_server_restarts(stand_in, monkeyp
 
     demo, url = _serve(free_port)
     try:
-        before = _browser_state(url)
+        before = _browser_states(url)
         Client(url, verbose=False).predict(token=mine, model="tiny-random", api_name="/launch")
         (run,) = list_runs()
         run_id = run.id
@@ -70,11 +72,11 @@ def test_a_visitor_resumes_their_run_after_the_server_restarts(stand_in, monkeyp
 
     demo, url = _serve(free_port)  # same origin: the browser's local storage is the one it wrote before
     try:
-        after = _browser_state(url)
-        # The token the page stored, encrypted with `before["secret"]`, decrypts under the new server's secret.
-        assert after["secret"] == before["secret"] and after["storage_key"] == before["storage_key"]
+        # What the page stored, encrypted with the old server's secret, decrypts under the new server's secret.
+        assert _browser_states(url) == before and "grpo-workbench-owner" in before
         client = Client(url, verbose=False)
-        client.predict(run_id, theirs, api_name="/resume")  # someone else's browser: refused (a warning)
+        with pytest.raises(AppError, match="started by another visitor"):  # someone else's browser
+            client.predict(run_id, theirs, api_name="/resume")
         assert open_run(run_id).status()["state"] == "interrupted"
         client.predict(run_id, mine, api_name="/resume")
         assert open_run(run_id).status()["state"] == "running"

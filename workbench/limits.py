@@ -72,6 +72,13 @@ LIMITS: tuple[Limit, ...] = (
     Limit("compare_timeout_s", "WORKBENCH_COMPARE_TIMEOUT_S", 900.0, None, "seconds per comparison"),
     Limit("sandbox_memory_mb", "WORKBENCH_SANDBOX_MEMORY_MB", 8192, None,
           "memory (address space, MB) of the child process that loads a task or runs a comparison"),
+    # --- disk (housekeeping.py; a run keeps its own copy of its rows, so a removed upload costs it nothing)
+    Limit("run_ttl_days", "WORKBENCH_RUN_TTL_DAYS", 7.0, None,
+          "days an ended run (finished, stopped, failed, interrupted) is kept before it is deleted"),
+    Limit("upload_ttl_hours", "WORKBENCH_UPLOAD_TTL_HOURS", 24.0, None,
+          "hours an upload is kept (unless a queued run still needs it)"),
+    Limit("max_uploads_mb", "WORKBENCH_MAX_UPLOADS_MB", 1000.0, None,
+          "MB all uploads together may take; the oldest go first"),
 )
 # fmt: on
 BY_FIELD = {lim.field: lim for lim in LIMITS}
@@ -136,6 +143,9 @@ class Limits:
     task_timeout_s: float | None = 600.0
     compare_timeout_s: float | None = None
     sandbox_memory_mb: int | None = None
+    run_ttl_days: float | None = None
+    upload_ttl_hours: float | None = None
+    max_uploads_mb: float | None = None
 
     @classmethod
     def from_env(cls, space: bool | None = None) -> Limits:

@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from .. import runner
+from .. import housekeeping
 from ..config import Limits
 from . import access, settings
 from .common import CSS, guarded, theme
@@ -45,7 +45,8 @@ def header_html(limits: Limits) -> str:
 def build_app(limits: Limits | None = None) -> gr.Blocks:
     """The whole app. Limits default to the environment's (Limits.from_env)."""
     limits = limits or settings.deployment_limits()
-    with gr.Blocks(title=TITLE, fill_width=True) as demo:
+    # delete_cache: Gradio's cached uploads and downloads are removed once an hour old (housekeeping.py)
+    with gr.Blocks(title=TITLE, fill_width=True, delete_cache=housekeeping.GRADIO_CACHE) as demo:
         gr.HTML(header_html(limits))
         # A random per-browser token in local storage: on a Space it proves who started a run (see access.py).
         token = gr.BrowserState("", storage_key="grpo-workbench-owner", secret=access.browser_secret())
@@ -105,6 +106,7 @@ def launch_options(limits: Limits | None = None) -> dict[str, Any]:
     }
 
 
-def start_server_housekeeping() -> list[str]:
-    """At app start: runs left 'running' by a previous server's workers are marked interrupted; queued start."""
-    return runner.reconcile()
+def start_server_housekeeping(limits: Limits | None = None) -> housekeeping.Keeper:
+    """At app start: runs left 'running' by a previous server's workers are marked interrupted, queued runs start,
+    the disk is tidied; then a thread keeps the queue moving (even after a SIGKILL) and the disk bounded."""
+    return housekeeping.start(limits or settings.deployment_limits())

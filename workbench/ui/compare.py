@@ -9,7 +9,6 @@ see their place in the queue, and the training worker is not touched.
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pandas as pd
 from .. import ratings
 from ..errors import CompareError
 from ..heldout import best_text
+from ..housekeeping import download_folder
 from ..recovery import task_for_run
 from ..stats import SUMMARY_COLUMNS
 from ..store import list_runs, open_run
@@ -221,7 +221,7 @@ def build_compare_tab(train: dict, token: gr.BrowserState | None = None) -> dict
         progress(0.0, desc="Loading the models…")
         result = run_comparison(run_id, source, n, prompt, answer, mode, seed, max_new_tokens,
                                 progress=lambda f, msg: progress(f, desc=msg), weights=weights)  # fmt: skip
-        out = Path(tempfile.mkdtemp(prefix="wb-compare-")) / f"compare-{run_id}.csv"
+        out = download_folder("wb-compare-") / f"compare-{run_id}.csv"
         files = result.to_csv(out)
         doc, stats = result.to_dict(), result.statistics()
         ratings.save_comparison(doc)  # kept in the run, for the blind rating below

@@ -5,14 +5,13 @@ run's adapter (zip) and config; resume or delete it; read the end of its worker 
 from __future__ import annotations
 
 import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
 from .. import runner
+from ..housekeeping import download_folder
 from ..store import delete_run, list_runs, open_run
 from . import access, lab, plots, views
 from .common import guarded
@@ -57,17 +56,14 @@ def export_adapter(run_id: str) -> str:
     """Zip a run's final adapter (or its latest checkpoint) into a temp folder; returns the zip's path."""
     run = open_run(run_id)
     src = run.require_weights()
-    base = (
-        Path(tempfile.mkdtemp(prefix="wb-export-"))
-        / f"{run_id}-{'adapter' if src.name == 'adapter' else src.name}"
-    )
+    base = download_folder("wb-export-") / f"{run_id}-{'adapter' if src.name == 'adapter' else src.name}"
     return shutil.make_archive(str(base), "zip", root_dir=src)
 
 
 def export_config(run_id: str) -> str:
     """The run's spec.json under a readable name (load it again with `workbench train --config FILE`)."""
     run = open_run(run_id)
-    out = Path(tempfile.mkdtemp(prefix="wb-export-")) / f"{run_id}-config.json"
+    out = download_folder("wb-export-") / f"{run_id}-config.json"
     out.write_text(run.spec.to_json())
     return str(out)
 

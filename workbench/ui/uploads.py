@@ -12,17 +12,16 @@ import os
 import re
 import secrets
 import shutil
-import time
 from pathlib import Path
 
 from ..config import BUNDLED, TINY_MODEL, Limits, RunSpec, workbench_home
+from ..housekeeping import prune_uploads
 from ..limits import reads_server_file
 from ..tasks.files import FORMATS
 from .common import UploadError
 from .settings import default_model, on_space
 
 EXTENSIONS = tuple(FORMATS)  # exactly what tasks.load_file reads
-KEEP_UPLOADS = 200  # older uploads are removed: a public Space must not fill its disk
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PATH_PARAMS = ("model", "tokenizer")  # reward parameters that name something to load
 
@@ -60,15 +59,8 @@ def save_upload(src: str | os.PathLike, original_name: str, limits: Limits) -> P
     tmp = folder / f".{dest.name}.tmp"
     shutil.copyfile(src, tmp)
     os.replace(tmp, dest)
-    _prune(folder)
+    prune_uploads(folder, limits, keep=dest)  # by age, count and size: a public Space must not fill its disk
     return dest
-
-
-def _prune(folder: Path, keep: int = KEEP_UPLOADS, min_age_s: float = 3600) -> None:
-    files = sorted((p for p in folder.iterdir() if p.suffix in EXTENSIONS), key=lambda p: p.stat().st_mtime)
-    for p in files[:-keep]:
-        if time.time() - p.stat().st_mtime > min_age_s:  # never one a visitor may be about to launch with
-            p.unlink(missing_ok=True)
 
 
 def is_upload(path: str) -> bool:
