@@ -79,7 +79,9 @@ def test_reward_specs_are_checked_before_a_worker_starts(tmp_path, capsys):
     for text, match in (("length:nan", "finite"), ("lenght:1", "did you mean 'length'"),
                         ("length:1,target=0", "above 0"), (f"regex:1,pattern={'(' * 3}", "not a valid")):  # fmt: skip
         with pytest.raises(RewardError, match=match):
-            RunSpec(rewards=[text])
+            RunSpec.from_dict({"rewards": [text]})  # a config file, the CLI's flags, the UI's form
+        with pytest.raises(RewardError, match=match):
+            runner.start_run(RunSpec(rewards=[text]))  # the Python API: refused before anything is created
     # the CLI says so in one line and starts nothing
     assert cli.main(["train", "--model", "tiny-random", "--reward", "length:nan"]) != 0
     assert "finite" in capsys.readouterr().err and list_runs() == []
@@ -224,3 +226,111 @@ def test_locally_the_owner_may_name_their_own_files(space_with_secrets, monkeypa
     spec = RunSpec(task="file:org/data/secret.csv", train_size=4, eval_size=1)
     uploads.check_visitor_paths(spec.replace(task="hub:org/data", model="org/model"))
     assert load_task(spec).train[0]["prompt"].startswith("secret row")
+
+
+# --- visitor work runs in a child process that is killed when it overruns -------------------------------------------
+
+
+def test_the_sandbox_kills_what_overruns_and_passes_back_results_errors_and_progress():
+    import sandbox_targets as t
+
+    from workbench.sandbox import Cancelled, LimitExceeded, run_limited
+
+    kw = dict(what="the test work", env="WORKBENCH_TEST_S")
+    t0 = time.monotonic()
+    with pytest.raises(LimitExceeded, match="took longer than 1 s.*WORKBENCH_TEST_S"):
+        run_limited(t.spin, 600, timeout_s=1, **kw)
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(LimitExceeded, match="more than 256 MB.*WORKBENCH_SANDBOX_MEMORY_MB"):
+        run_limited(t.hog, 2048, timeout_s=30, memory_mb=256, **kw)
+    with pytest.raises(Cancelled):
+        run_limited(t.spin, 600, timeout_s=60, cancel=lambda: time.monotonic() - t0 > 0, **kw)
+    with pytest.raises(ValueError, match="invalid literal"):
+        run_limited(int, "x", timeout_s=30, **kw)
+    seen = []
+    assert run_limited(t.count_to, 3, timeout_s=30, progress=lambda f, m: seen.append(m), **kw) == 3
+    assert seen == ["1 of 3", "2 of 3", "3 of 3"]
+
+
+def test_a_hanging_reasoning_gym_setting_fails_in_time_and_the_caller_goes_on(monkeypatch):
+    from workbench.sandbox import LimitExceeded
+    from workbench.tasks import load_task
+    from workbench.ui.train import suggested_rewards
+
+    monkeypatch.setenv("WORKBENCH_TASK_TIMEOUT_S", "3")
+    hang = "rg:basic_arithmetic,max_digits=12,max_terms=12"  # find_common_divisors over 12-digit numbers: hours
+    t0 = time.monotonic()
+    with pytest.raises(LimitExceeded, match="longer than 3 s.*WORKBENCH_TASK_TIMEOUT_S"):
+        load_task(RunSpec(task=hang))
+    assert time.monotonic() - t0 < 15
+    assert [r.name for r in suggested_rewards("rg:chain_sum")] == ["tag_count", "rg_verifier"]
+
+
+@pytest.fixture
+def evil_run(tmp_path):
+    """A finished tiny-model run rewarded by a catastrophic regex, with a random LoRA adapter as its weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from workbench.models import load_model
+
+    spec = RunSpec(model="tiny-random", task="concise", max_steps=1, eval_size=4, max_completion_length=12,
+                   dtype="float32", device="cpu", rewards=[f"regex:1,pattern={EVIL_REGEX}"])  # fmt: skip
+    run = create_run(spec, status="finished")
+    model, _ = load_model("tiny-random", dtype="float32", device="cpu")
+    torch.manual_seed(1)
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    tmp = run.adapter_tmp_dir()
+    peft.save_pretrained(tmp)
+    run.commit_adapter(tmp)
+    return run
+
+
+@pytest.mark.slow
+def test_compare_runs_in_a_limited_child_and_a_catastrophic_regex_scores_zero(evil_run, monkeypatch):
+    from workbench.ui.compare import HELD_OUT, run_comparison
+
+    monkeypatch.setenv("SPACE_ID", "someone/space")  # the Space's memory limit applies to the child
+    seen = []
+    t0 = time.monotonic()
+    cmp = run_comparison(evil_run.id, HELD_OUT, 4, "", "", "greedy", 0, None, progress=lambda f, m: seen.append(m))
+    assert time.monotonic() - t0 < 120 and len(cmp.table) == 4 and seen  # progress came back from the child
+    assert set(cmp.table["base/regex"]) <= {0.0} and set(cmp.table["tuned/regex"]) <= {0.0}
+    with pytest.raises(ConfigError, match="WORKBENCH_MAX_COMPARE_TOKENS"):
+        run_comparison(evil_run.id, HELD_OUT, 4, "", "", "greedy", 0, 5000)
+
+
+# --- uploads: rows counted before a full read ----------------------------------------------------------------------
+
+
+def test_an_upload_that_expands_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from workbench.errors import UploadError
+    from workbench.ui.train import accept_upload
+
+    monkeypatch.setenv("SPACE_ID", "someone/space")
+    limits = Limits.from_env()
+    many = tmp_path / "many.parquet"  # a million rows of one repeated prompt: a few KB on disk
+    pq.write_table(pa.table({"prompt": pa.array(["hi"] * 1_000_000)}), many, compression="zstd")
+    assert many.stat().st_size < 100_000
+    t0 = time.monotonic()
+    with pytest.raises(UploadError, match="has 1000000 rows.*limit of 100000.*WORKBENCH_MAX_UPLOAD_ROWS"):
+        accept_upload(str(many), "many.parquet", 256, 24, 0, limits)
+    wide = tmp_path / "wide.parquet"  # few rows, 60 MB of text uncompressed, a few KB compressed
+    pq.write_table(pa.table({"prompt": [f"{i}" + "x" * 12_000_000 for i in range(5)]}), wide, compression="zstd")
+    with pytest.raises(UploadError, match="uncompressed.*WORKBENCH_MAX_UPLOAD_MB"):
+        accept_upload(str(wide), "wide.parquet", 256, 24, 0, limits)
+    csv = tmp_path / "lines.csv"  # 200k one-character rows: 400 KB, far under the byte cap
+    csv.write_text("prompt\n" + "a\n" * 200_000)
+    with pytest.raises(UploadError, match="more than 100000 rows"):
+        accept_upload(str(csv), "lines.csv", 256, 24, 0, limits)
+    jsonl = tmp_path / "lines.jsonl"
+    jsonl.write_text('{"prompt": "a"}\n' * 100_001)
+    with pytest.raises(UploadError, match="more than 100000 rows"):
+        accept_upload(str(jsonl), "lines.jsonl", 256, 24, 0, limits)
+    assert time.monotonic() - t0 < 30
+    ok = tmp_path / "ok.csv"
+    ok.write_text("prompt,answer\n" + "".join(f"q{i},{i}\n" for i in range(40)))
+    assert len(accept_upload(str(ok), "ok.csv", 256, 8, 0, limits)[1].train) == 32

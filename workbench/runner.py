@@ -143,6 +143,7 @@ def start_run(spec: RunSpec, limits: Limits | None = None) -> str:
     """Create a run and start its worker, or queue it; raise RunnerBusy when no slot and the queue is full."""
     limits = limits or Limits.from_env()
     limits.check(spec)
+    spec.check_rewards()  # a wrong reward fails here, not in the worker after the model has loaded
     with _lock():
         now = _admit(limits)  # refuses before anything is created
         run = create_run(spec, status="queued")

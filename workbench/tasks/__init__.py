@@ -12,6 +12,8 @@ Sources: "concise", "arithmetic", "rg:<reasoning-gym dataset>[,key=value...]", "
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..config import Limits, RunSpec
 from .base import (
     MIN_ROWS,
@@ -56,8 +58,25 @@ TASK_SOURCES: dict[str, str] = {
 }
 
 
-def load_task(spec: RunSpec, limits: Limits | None = None) -> Task:
-    """Load spec.task, split by spec.seed into train/eval; TaskError names the problem (and the row) on failure."""
+def load_task(spec: RunSpec, limits: Limits | None = None, cancel: Callable[[], bool] | None = None) -> Task:
+    """Load spec.task, split by spec.seed into train/eval; TaskError names the problem (and the row) on failure.
+
+    Files, hub datasets and reasoning-gym settings come from visitors: they load in a child process with this
+    server's time and memory limits (sandbox.py), so a hostile file or generator setting cannot hang the caller;
+    `cancel()` turning true stops the load. The two built-in tasks are fixed and load here.
+    """
+    from ..sandbox import in_child, run_limited
+
+    limits = limits or Limits.from_env()
+    if spec.task.strip() in BUILTIN_TASKS or in_child():
+        return load_task_here(spec, limits)
+    return run_limited(load_task_here, spec, limits, timeout_s=limits.task_timeout_s, what="loading the task's "
+                       "prompts", env="WORKBENCH_TASK_TIMEOUT_S", memory_mb=limits.sandbox_memory_mb,
+                       cancel=cancel)  # fmt: skip
+
+
+def load_task_here(spec: RunSpec, limits: Limits) -> Task:
+    """load_task in this process, without limits (the sandbox's child calls this)."""
     t = spec.task.strip()
     if t == "concise":
         return load_concise(spec)

@@ -30,7 +30,7 @@ def load_file(path_text: str, spec: RunSpec, limits: Limits | None = None) -> Ta
     path = Path(path_text.strip()).expanduser()
     if on_space() and path.resolve().parent != (workbench_home() / "uploads").resolve():
         raise TaskError("on a Space a file task must be an upload: upload the file with the Upload box")
-    df, where = read_table(path, limits.max_upload_mb)
+    df, where = read_table(path, limits.max_upload_mb, limits.max_upload_rows)
     rows = frame_rows(df, path.name, where)
     train, eval_ = split_rows(rows, spec, path.name)
     columns = [c for c in df.columns if c != "prompt"]
@@ -45,8 +45,13 @@ def load_file(path_text: str, spec: RunSpec, limits: Limits | None = None) -> Ta
     )
 
 
-def read_table(path: Path, max_mb: float):
-    """(DataFrame, row -> "row N" label): size, format, encoding and parse checked, columns as text names."""
+def read_table(path: Path, max_mb: float, max_rows: int | None = None):
+    """(DataFrame, row -> "row N" label): size, format, encoding and parse checked, columns as text names.
+
+    A small file can expand a thousandfold (a 6 KB Parquet file of a million rows, a CSV of one-character lines), so
+    rows are counted before the whole file is read: from Parquet's metadata (with its uncompressed size), and for
+    CSV and JSONL while parsing, stopping one row past `max_rows`.
+    """
     import pandas as pd
 
     if not path.is_file():
@@ -59,11 +64,13 @@ def read_table(path: Path, max_mb: float):
     mb = path.stat().st_size / 2**20
     if mb > max_mb:
         raise TaskError(
-            f"{path.name} is {mb:.1f} MB, above the upload limit of {max_mb:g} MB: use fewer rows"
+            f"{path.name} is {mb:.1f} MB, above the upload limit of {max_mb:g} MB: use fewer rows (the server's "
+            "owner can raise the limit with WORKBENCH_MAX_UPLOAD_MB)"
         )
     if path.stat().st_size == 0:
         raise TaskError(f"{path.name} is empty: it needs a prompt column and some rows")
     if fmt == "parquet":
+        _parquet_fits(path, max_mb, max_rows)
         try:
             df = pd.read_parquet(path)
         except Exception as e:  # pyarrow raises several types for a broken file
@@ -73,9 +80,11 @@ def read_table(path: Path, max_mb: float):
     if fmt == "csv":
         try:
             # All cells as text, "" for empty: "007" stays "007" and "NA" stays "NA" (they can be answers).
-            df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+            cap = None if max_rows is None else max_rows + 1
+            df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, nrows=cap)
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise TaskError(f"{path.name} is not valid CSV ({str(e).strip()})") from None
+        _rows_fit(path, len(df), max_rows)
         return _named(df, path.name), lambda i: f"{path.name} row {i + 1} (header not counted)"
     records, lines = [], []
     for n, line in enumerate(text.splitlines(), 1):
@@ -91,9 +100,37 @@ def read_table(path: Path, max_mb: float):
             )
         records.append(obj)
         lines.append(n)
+        _rows_fit(path, len(records), max_rows)
     if not records:
         raise TaskError(f"{path.name} has no JSON lines: each line should be an object with a prompt")
     return _named(pd.DataFrame.from_records(records), path.name), lambda i: f"{path.name} line {lines[i]}"
+
+
+def _rows_fit(path: Path, n: int, max_rows: int | None, exact: bool = False) -> None:
+    """Refuse more than max_rows rows; `exact`: n is the file's count (Parquet), else a count that stopped early."""
+    if max_rows is not None and n > max_rows:
+        count = n if exact else f"more than {max_rows}"
+        raise TaskError(
+            f"{path.name} has {count} rows, above this server's limit of {max_rows}: keep the rows you need (the "
+            "server's owner can raise the limit with WORKBENCH_MAX_UPLOAD_ROWS)"
+        )
+
+
+def _parquet_fits(path: Path, max_mb: float, max_rows: int | None) -> None:
+    """Refuse from the footer alone: the row count and the uncompressed size, before any column is read."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception as e:  # pyarrow raises several types for a broken file
+        raise TaskError(f"{path.name} is not a readable Parquet file ({type(e).__name__}: {e})") from None
+    _rows_fit(path, meta.num_rows, max_rows, exact=True)
+    mb = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) / 2**20
+    if mb > max_mb:
+        raise TaskError(
+            f"{path.name} holds {mb:.1f} MB of data uncompressed, above this server's limit of {max_mb:g} MB: keep "
+            "the rows you need (the server's owner can raise the limit with WORKBENCH_MAX_UPLOAD_MB)"
+        )
 
 
 def _utf8(path: Path) -> str:

@@ -2,8 +2,9 @@
 
 Held-out prompts (never trained on) or your own prompt; greedy or sampled decoding. The summary (per-reward means
 with confidence intervals, wins/ties/losses) comes as a headline, a chart and a table, and the whole comparison as
-CSV. Generation runs in the server process but inside a queued event with a concurrency limit of 1: other visitors
-see their place in the queue, and the training worker is not touched.
+CSV. A comparison runs in a child process with this server's time and memory limits (sandbox.py; the run's rewards
+are visitor settings: a regex, a reward model) inside a queued event with a concurrency limit of 1: other visitors
+see their place in the queue, and neither the server nor the training worker is held up.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import gradio as gr
 import pandas as pd
 
 from .. import ratings
+from ..config import Limits
 from ..errors import CompareError
 from ..heldout import best_text
 from ..housekeeping import download_folder
 from ..recovery import task_for_run
+from ..sandbox import run_limited
 from ..stats import SUMMARY_COLUMNS
 from ..store import list_runs, open_run
 from . import plots, rating, views
@@ -63,16 +66,30 @@ def comparison_rows(run_id: str, source: str, n: int, prompt: str, answer: str) 
 
 def run_comparison(run_id: str, source: str, n: int, prompt: str, answer: str, mode: str, seed: int,
                    max_new_tokens: int | None, progress: Callable[[float, str], None] | None = None,
-                   weights: str = "last"):  # fmt: skip
-    """Plain function behind the Compare button: returns an evaluate.Comparison."""
-    from ..evaluate import compare  # imports torch: only when a comparison is asked for
-
+                   weights: str = "last", limits: Limits | None = None):  # fmt: skip
+    """Plain function behind the Compare button: returns an evaluate.Comparison, computed in a child process
+    within this server's limits on prompts, tokens, time and memory (LimitExceeded / ConfigError say which)."""
     if not run_id:
         raise CompareError("no run chosen: pick a run that has a checkpoint or a final adapter")
-    rows = comparison_rows(run_id, source, n, prompt, answer)
+    limits = limits or Limits.from_env()
+    spec = open_run(run_id).spec
     tokens = int(max_new_tokens) if max_new_tokens else None
-    return compare(run_id, adapter_for(run_id, weights), rows=rows, mode=mode, seed=int(seed or 0), max_new_tokens=tokens,
-                   progress=progress)  # fmt: skip
+    limits.check_compare(1 if source == OWN else min(int(n or spec.eval_size), spec.eval_size),
+                         tokens or spec.max_completion_length)  # fmt: skip
+    adapter = adapter_for(run_id, weights)
+    return run_limited(compare_in_child, run_id, str(adapter), source, n, prompt, answer, mode, int(seed or 0),
+                       tokens, timeout_s=limits.compare_timeout_s, what="the comparison",
+                       env="WORKBENCH_COMPARE_TIMEOUT_S", memory_mb=limits.sandbox_memory_mb,
+                       progress=progress)  # fmt: skip
+
+
+def compare_in_child(run_id: str, adapter: str, source: str, n: int, prompt: str, answer: str, mode: str, seed: int,
+                     tokens: int | None, progress: Callable[[float, str], None] | None = None):  # fmt: skip
+    """run_comparison's work, in the sandbox's child: the prompts, both models' answers, every reward and check."""
+    from ..evaluate import compare  # imports torch: only when a comparison is asked for
+
+    rows = comparison_rows(run_id, source, n, prompt, answer)
+    return compare(run_id, Path(adapter), rows=rows, mode=mode, seed=seed, max_new_tokens=tokens, progress=progress)
 
 
 LEVEL_LABEL = {"better": "Better", "hacked": "Reward hacking", "worse": "Worse", "mixed": "Mixed",

@@ -51,7 +51,7 @@ def save_upload(src: str | os.PathLike, original_name: str, limits: Limits) -> P
     if size_mb > limits.max_upload_mb:
         raise UploadError(
             f"the file is {size_mb:.1f} MB, above this server's limit of {limits.max_upload_mb:g} MB: upload fewer "
-            "rows"
+            "rows (the server's owner can raise the limit with WORKBENCH_MAX_UPLOAD_MB)"
         )
     folder = uploads_dir()
     folder.mkdir(parents=True, exist_ok=True)
