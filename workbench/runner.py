@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .config import Limits, RunSpec
 from .errors import RunnerBusy
+from .hub_meta import check_model_sizes
 from .osutil import file_lock, pid_alive, process_start_time
 from .store import (
     TERMINAL,
@@ -144,6 +145,7 @@ def start_run(spec: RunSpec, limits: Limits | None = None) -> str:
     limits = limits or Limits.from_env()
     limits.check(spec)
     spec.check_rewards()  # a wrong reward fails here, not in the worker after the model has loaded
+    check_model_sizes(spec, limits)  # from the hub's metadata, before a worker starts a download
     with _lock():
         now = _admit(limits)  # refuses before anything is created
         run = create_run(spec, status="queued")

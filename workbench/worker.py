@@ -18,12 +18,14 @@ KIND is `nan_reward` (every reward returns NaN), `raise_reward` (the first rewar
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -84,10 +86,43 @@ class Fault:
 
 
 class StopFlag:
-    """True once a stop is requested: the store's stop file (runner.stop_run) or SIGTERM/SIGINT to this process."""
+    """True once a stop is requested: the store's stop file (runner.stop_run) or SIGTERM/SIGINT to this process, or
+    once this worker has run `max_minutes` (the server's WORKBENCH_MAX_RUN_MINUTES)."""
 
-    def __init__(self, run: Run):
-        self.run, self.signalled = run, False
+    def __init__(self, run: Run, max_minutes: float | None = None):
+        self.run, self.signalled, self.max_minutes = run, False, max_minutes
+        self.deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+
+    @property
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def watchdog(self, grace_s: float = 300.0) -> threading.Timer | None:
+        """A last resort for a step that never ends: `grace_s` past the deadline the run is marked failed and the
+        process exits (the server's housekeeping then starts the next queued run)."""
+        if self.deadline is None:
+            return None
+
+        def expire() -> None:
+            with contextlib.suppress(Exception):
+                self.run.set_status("failed", f"{self._limit_text()}, and its current step did not end in time",
+                                    phase=None)  # fmt: skip
+            os._exit(1)
+
+        timer = threading.Timer(self.deadline - time.monotonic() + grace_s, expire)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _limit_text(self) -> str:
+        return (f"ran {self.max_minutes:g} minutes, this server's limit per run (the server's owner can raise it with "
+                "WORKBENCH_MAX_RUN_MINUTES)")  # fmt: skip
+
+    def stop_reason(self, reason: str | None) -> str | None:
+        """The reason a stopped run reads: the time limit when that is what stopped it."""
+        if not self.out_of_time or self.signalled or self.run.stop_requested():
+            return reason
+        return f"{reason or 'stopped'}: it {self._limit_text()}; its weights are saved: compare or resume it"
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -98,7 +133,7 @@ class StopFlag:
         print(f"got signal {signum}: stopping after this step", flush=True)
 
     def __call__(self) -> bool:
-        return self.signalled or self.run.stop_requested()
+        return self.signalled or self.out_of_time or self.run.stop_requested()
 
 
 def failure_reason(e: BaseException) -> str:
@@ -262,8 +297,9 @@ def _train_trl(run: Run, spec: RunSpec, task: Any, should_stop: Callable[[], boo
 def main(run_id: str) -> int:
     """Entry point of `workbench worker RUN_ID`: returns 0 when the run finished or stopped, 1 when it failed."""
     run = open_run(run_id)
-    should_stop = StopFlag(run)
+    should_stop = StopFlag(run, Limits.from_env().max_run_minutes)
     should_stop.install()
+    should_stop.watchdog()
     me = {"pid": os.getpid(), "pid_start": process_start_time(os.getpid())}
     if not run.set_status("running", "loading", only_if=("queued", "running"), phase="loading", **me):
         print(f"run {run_id} is {run.raw_status().get('state')}, not queued: nothing to do", flush=True)
@@ -272,12 +308,13 @@ def main(run_id: str) -> int:
     t0 = time.time()
     try:
         state, reason = train(run, should_stop)
+        reason = should_stop.stop_reason(reason) if state == "stopped" else reason
     except Exception as e:  # every failure becomes a reason in the store; the traceback goes to worker.log
         traceback.print_exc()
         state, reason = "failed", failure_reason(e)
     try:
         run.set_status(state, reason, phase=None)
-    except Exception:  # e.g. a full disk: still start the queued runs; the runner reads a dead worker as interrupted
+    except Exception:  # e.g. a full disk: still start the queued runs (a dead worker reads as interrupted)
         traceback.print_exc()
         state = "failed"
     print(f"run {run_id} {state} after {time.time() - t0:.0f}s{': ' + reason if reason else ''}", flush=True)

@@ -11,9 +11,10 @@ import gradio as gr
 import pandas as pd
 
 from .. import runner
+from ..config import Limits
 from ..housekeeping import download_folder
 from ..store import delete_run, list_runs, open_run
-from . import access, lab, plots, views
+from . import access, lab, plots, quota, views
 from .common import guarded
 
 METRICS = ["reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio",
@@ -148,9 +149,13 @@ def build_runs_tab(token: gr.BrowserState) -> dict[str, Any]:
     c["cfg"].click(guarded(1)(export_config), c["one"], c["file"], api_name="download_config")
 
     @guarded(1)
-    def resume(run_id, tok):
+    def resume(run_id, tok, request: gr.Request):
         access.check_owner(run_id, tok, "resume")
+        limits = Limits.from_env()
+        keys = quota.visitor_keys(tok, request) if limits.max_runs_per_visitor is not None else []
+        quota.check(keys, limits, resuming=run_id)
         runner.resume_run(run_id)
+        quota.record(run_id, keys)
         return f"Run {run_id} resumes from its last checkpoint (or queues); watch it on the Train tab."
 
     c["resume"].click(resume, [c["one"], token], c["msg"], api_name="resume").then(

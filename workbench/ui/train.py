@@ -20,7 +20,7 @@ from ..config import PRESETS, Limits, RunSpec
 from ..rewards import REGISTRY, build_reward
 from ..store import TERMINAL, RunNotFound, list_runs, open_run
 from ..tasks import BUILTIN_TASKS, load_task
-from . import access, controls, insights, lab, plots, uploads, views
+from . import access, controls, insights, lab, plots, quota, uploads, views
 from .common import UploadError, guarded, skips
 
 # --- plain functions (tested without a server) ---------------------------------------------------------------
@@ -124,10 +124,13 @@ def accept_upload(path: str, name: str, train_size: Any, eval_size: Any, seed: A
         raise UploadError(str(e).replace(str(dest), name).replace(dest.name, name)) from None
 
 
-def launch_spec(spec: RunSpec, limits: Limits, token: str | None) -> tuple[str, str]:
-    """Validate and start (or queue) a run; return (run id, message for the visitor)."""
+def launch_spec(spec: RunSpec, limits: Limits, token: str | None, request: Any = None) -> tuple[str, str]:
+    """Validate and start (or queue) a run; return (run id, message for the visitor). `request` (a gr.Request)
+    tells who is asking, for the per-visitor limit (quota.py)."""
     uploads.check_visitor_paths(spec)
     limits.check(spec)
+    keys = quota.visitor_keys(token, request) if limits.max_runs_per_visitor is not None else []
+    quota.check(keys, limits)
     for r in spec.rewards:
         build_reward(r)  # a wrong reward parameter is reported now, not by a failed worker a minute later
     try:
@@ -140,6 +143,7 @@ def launch_spec(spec: RunSpec, limits: Limits, token: str | None) -> tuple[str, 
             "yours on this tab."
         ) from None
     access.record_owner(run_id, token)
+    quota.record(run_id, keys)
     st = open_run(run_id).status()
     if st["state"] == "queued":
         return run_id, (f"Another run is training, so run {run_id} is queued: it starts by itself when the runs "
@@ -298,11 +302,11 @@ def wire_train_tab(c: dict[str, Any], limits: Limits, token: gr.BrowserState) ->
     lab.wire_preflight(c, limits, launch_kwargs, names, flat_names)
 
     @guarded(3)
-    def launch(token=None, rewards=None, **values):
+    def launch(request: gr.Request, token=None, rewards=None, **values):
         flat = [values.pop(k) for k in flat_names]
         spec = controls.spec_from_values(names, [values[n] for n in names],
                                          controls.rewards_from_values(rewards, flat))  # fmt: skip
-        run_id, msg = launch_spec(spec, limits, token)
+        run_id, msg = launch_spec(spec, limits, token, request)
         gr.Info(msg)
         return run_id, "", gr.update(interactive=True)
 
