@@ -305,3 +305,23 @@ def test_replay_reproduces_a_real_engine_step_bit_for_bit():
     assert doc["steps"] == 2 and doc["changed_totals"] == 0.0 and doc["flipped"] == []
     assert doc["old_reward"] == pytest.approx(doc["new_reward"], abs=0)
     assert doc["rank_correlation"] in (None, pytest.approx(1.0))
+
+
+@pytest.mark.slow
+def test_the_exported_script_logs_the_checks_as_eval_metrics(tmp_path, tiny):
+    from workbench.trl_export import export_trl
+
+    model, tok = tiny
+    model.save_pretrained(tmp_path / "tiny-model")
+    tok.save_pretrained(tmp_path / "tiny-model")
+    spec = SPEC.replace(model="smollm2-135m-instruct", eval_size=2, max_completion_length=8, eval_every=1)
+    out = export_trl(spec, load_task(spec), tmp_path / "export")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
+           "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache")}  # fmt: skip
+    cmd = [sys.executable, str(out / "train.py"), "--model", str(tmp_path / "tiny-model"), "--max_steps", "1",
+           "--eval_steps", "1", "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # TRL prints each log dict: the training step's checks and the evaluation's, beside the rewards
+    assert "'checks/degenerate'" in proc.stdout and "'eval_checks/degenerate'" in proc.stdout, proc.stdout[-2000:]
+    assert "'eval_checks/correct'" in proc.stdout and "'eval_rewards/length/mean'" in proc.stdout
