@@ -10,8 +10,9 @@ Which rows a step trains on is the task's business: `workbench.tasks.prompt_batc
 
 Modules: `types` (Episode, StepResult, errors), `advantages` (the reward total and group advantages, torch-free),
 `loss` (TRL 1.16's policy losses), `llama` (the Llama-style plumbing the next four share), `merged` (the sampler's
-merged, fused copy of the weights), `sampler` (the rollout samplers behind one protocol), `fused` (frozen projections fused for training), `forward` (log-probs at completion
-positions, prompt shared by its group), `engine` (GRPOEngine: one step, checkpoints).
+merged, fused copy of the weights), `sampler` (the rollout samplers behind one protocol), `fused` (frozen
+projections fused for training), `forward` (log-probs at completion positions, prompt shared by its group), `engine`
+(GRPOEngine: one step, checkpoints).
 """
 
 from .types import Episode, NonFiniteError, RewardFunctionError, StepResult
