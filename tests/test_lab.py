@@ -1,7 +1,7 @@
 """The reward design lab: the exploit battery and its flags, the pre-flight report on canned answers, replay on a run
 stored by hand (its own rewards reproduce it exactly; another set flips what it should), the CLI, the TRL export's
-check script and logged checks; and (slow) pre-flight on the bundled model within its time budget, and replay of a
-real engine's steps bit for bit."""
+check script and logged checks; and (slow) pre-flight on the bundled model within its time budget, a real engine's
+steps replayed bit for bit and its first rollout reproduced by pre-flight, the exported script's logged checks."""
 
 from __future__ import annotations
 
@@ -291,7 +291,7 @@ def test_preflight_on_the_bundled_model_fits_its_budget():
 
 
 @pytest.mark.slow
-def test_replay_reproduces_a_real_engine_step_bit_for_bit():
+def test_replay_and_preflight_reproduce_a_real_engine_bit_for_bit():
     from workbench.grpo import GRPOEngine
 
     spec = SPEC.replace(model="tiny-random", max_steps=2, max_completion_length=12, dtype="float32")
@@ -305,6 +305,9 @@ def test_replay_reproduces_a_real_engine_step_bit_for_bit():
     assert doc["steps"] == 2 and doc["changed_totals"] == 0.0 and doc["flipped"] == []
     assert doc["old_reward"] == pytest.approx(doc["new_reward"], abs=0)
     assert doc["rank_correlation"] in (None, pytest.approx(1.0))
+    # pre-flight samples as the engine does: its first batch is the run's first rollout, answer for answer
+    pre = preflight.preflight(spec, prompts=spec.prompts_per_step, task=task)
+    assert [s["completion"] for s in pre["samples"]] == [e["completion"] for e in run.episodes(1)]
 
 
 @pytest.mark.slow
