@@ -3,6 +3,7 @@
     workbench train [--preset quick] [--config FILE] [--max-steps 10 --reward 'length:1,target=20' ...] [--detach]
     workbench runs | show RUN | resume RUN | stop RUN | kill RUN
     workbench compare RUN [--mode greedy|sampled] [--csv FILE]       base vs tuned on the held-out prompts
+    workbench train --variant A --variant B  |  compare RUN1 RUN2 ... an A/B of reward designs (cli_ab.py)
     workbench rate RUN [--summary]                                    judge the answers blind (cli_rate.py)
     workbench export RUN --to DIR [--merged]  |  workbench export RUN --trl DIR
     workbench preflight [train flags]  |  workbench replay RUN --reward ...   the reward design lab (lab/cli.py)
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cli_ab import cmd_compare_many, cmd_train_ab, wants_many
 from .cli_args import UsageError, build_parser, spec_from_args
 from .cli_rate import cmd_rate, summary_lines, with_ratings
 from .errors import ConfigError, UserError
@@ -128,6 +130,8 @@ def cmd_train(args: argparse.Namespace) -> Result:
     from . import runner
     from .store import open_run
 
+    if args.variant:  # an A/B of reward designs: one run per variant, queued together
+        return cmd_train_ab(args)
     run_id = runner.start_run(spec_from_args(args))
     if args.detach:
         run = open_run(run_id)
@@ -235,6 +239,8 @@ def cmd_compare(args: argparse.Namespace) -> Result:
     from .heldout import best_text
     from .store import open_run
 
+    if wants_many(args):  # several runs, or an experiment: the base and every tuned model at once
+        return cmd_compare_many(args)
     run = open_run(args.run)
     cmp = compare(
         run.id,

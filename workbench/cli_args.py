@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .cli_ab import add_ab_arguments
 from .cli_rate import add_rate_command
 from .config import PRESETS, ConfigError, RunSpec, json_object, spec_fields
 
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--csv", metavar="FILE", help="also write the per-prompt table to FILE")
     c.add_argument("--weights", choices=WEIGHTS, default="last", help=WEIGHTS_HELP)
+    add_ab_arguments(t, c)  # train --variant, compare RUN1 RUN2 ... (an A/B of reward designs)
     e = cmd("export", "write the adapter (or the merged model), or a TRL training script", run=True)
     to = e.add_mutually_exclusive_group(required=True)
     to.add_argument("--to", metavar="DIR", help="folder for the adapter (a new or empty folder)")

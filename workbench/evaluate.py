@@ -26,7 +26,7 @@ from .models import encode_prompt, load_model, merge_adapter, pick_device, pick_
 from .osutil import json_safe
 from .recovery import task_for_run
 from .rewards import build_rewards, prompt_text
-from .scoring import generate, naturalness, score_answers
+from .scoring import Answers, generate, naturalness, score_answers
 from .stats import SUMMARY_COLUMNS, as_score, paired_summary
 from .store import open_run
 from .tasks import chat_messages, check_prompt, reference_columns
@@ -119,6 +119,23 @@ def tuned_weights(adapter: str | Path) -> tuple[str, Path]:
     )
 
 
+def check_decoding(mode: str, max_new_tokens: int, batch_size: int) -> int:
+    """The number of new tokens, once mode and sizes are known to be usable (CompareError otherwise)."""
+    if mode not in MODES:
+        raise CompareError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    if int(max_new_tokens) < 1 or batch_size < 1:
+        raise CompareError(f"max_new_tokens={max_new_tokens} and batch_size={batch_size} must be at least 1")
+    return int(max_new_tokens)
+
+
+def prompt_rows(task, rows: list[dict] | None) -> list[dict]:
+    """The rows to compare on (default: the task's held-out prompts), each prompt checked."""
+    rows = task.eval if rows is None else list(rows)
+    if not rows:
+        raise CompareError("no prompts to compare: give at least one prompt, or use the run's held-out prompts")
+    return [{**r, "prompt": check_prompt(r.get("prompt"), f"prompt {i}")} for i, r in enumerate(rows, 1)]
+
+
 # --- the comparison ---------------------------------------------------------------------------------------------
 def compare(
     run_id: str,
@@ -131,80 +148,26 @@ def compare(
     batch_size: int = 8,
 ) -> Comparison:
     """Answer `rows` (default: the run task's held-out prompts) with the base model and with the tuned one; score."""
-    if mode not in MODES:
-        raise CompareError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     run = open_run(run_id)
     spec = run.spec
-    max_new = int(max_new_tokens or spec.max_completion_length)
-    if max_new < 1 or batch_size < 1:
-        raise CompareError(f"max_new_tokens={max_new} and batch_size={batch_size} must be at least 1")
+    max_new = check_decoding(mode, max_new_tokens or spec.max_completion_length, batch_size)
     kind, folder = tuned_weights(adapter)  # before loading anything: a wrong folder fails fast
     task = task_for_run(run)  # the run's own copy of its rows, when it has one
-    rows = task.eval if rows is None else list(rows)
-    if not rows:
-        raise CompareError(
-            "no prompts to compare: give at least one prompt, or use the run's held-out prompts"
-        )
-    rows = [{**r, "prompt": check_prompt(r.get("prompt"), f"prompt {i}")} for i, r in enumerate(rows, 1)]
+    rows = prompt_rows(task, rows)
     system_prompt = task.system_prompt_for(spec)
     rewards = build_rewards(task.rewards_for(spec))
     messages = [chat_messages(r, system_prompt) for r in rows]
     columns = reference_columns(rows)
 
-    dev = pick_device(spec.device)
-    model, tok = load_model(spec.model, spec.dtype, dev)
-    prompts = [encode_prompt(tok, m, spec.max_prompt_length) for m in messages]
-    n = len(prompts)
-    # Both passes see the same prompts, decoding and seed: only the weights differ.
-    gen = dict(max_new_tokens=max_new, greedy=mode == "greedy", temperature=spec.temperature, top_p=spec.top_p,
-               seed=int(seed), batch_size=batch_size)  # fmt: skip
-
-    def tell(done: int, what: str) -> None:
-        if progress:
-            progress(done / (2 * n + 1), what)
-
-    answers = {
-        "base": generate(model, tok, prompts, progress=lambda k: tell(k, f"base model: {k}/{n}"), **gen)
-    }
-    natural = {"base": naturalness(model, prompts, answers["base"].ids, tok.pad_token_id, batch_size)}
-    tell(n, "loading the tuned model")
-    model = _tuned_model(model, kind, folder, spec, dev)
-    answers["tuned"] = generate(
-        model, tok, prompts, progress=lambda k: tell(n + k, f"tuned model: {k}/{n}"), **gen
-    )
-    # Naturalness is measured under the *base* model for both sides: load it again (the tuned one replaced it).
-    tell(2 * n, "scoring the tuned answers under the base model")
-    del model
-    model, _ = load_model(spec.model, spec.dtype, dev)
-    natural["tuned"] = naturalness(model, prompts, answers["tuned"].ids, tok.pad_token_id, batch_size)
-    del model
-
+    gen = dict(mode=mode, seed=int(seed), max_new_tokens=max_new, batch_size=batch_size)
+    answers, natural = answer_all(spec, messages, {"tuned": (kind, folder)}, progress=progress, **gen)
     grader = reference_grader(rows, task.rewards_for(spec))
     scores = {side: score_answers(rewards, grader and grader[1], rows, messages, answers[side], natural[side])
               for side in SIDES}  # fmt: skip
-    table = pd.DataFrame({"prompt": [prompt_text(m) for m in messages]})
-    for (
-        c,
-        vals,
-    ) in columns.items():  # the reference (e.g. the expected answer) beside the answers, for the CSV
-        table[f"ref/{c}"] = vals
-    for side in SIDES:
-        table[side] = answers[side].texts
-    # "<side>/<reward>" holds reward scores (the UI shows them as chips), "<side>:<check>" the checks.
-    for side in SIDES:
-        for name, vals in scores[side]["rewards"].items():
-            table[f"{side}/{name}"] = [as_score(v) for v in vals]
-    for side in SIDES:
-        for name, vals in scores[side]["checks"].items():
-            table[f"{side}:{name}"] = [as_score(v) for v in vals]
-        table[f"{side}:degenerate_reason"] = scores[side]["degenerate_reason"]
-    summary = _summaries({s: scores[s]["rewards"] for s in SIDES}, "reward")
-    checks = _summaries({s: scores[s]["checks"] for s in SIDES}, "check")
-    lower = [c for c in checks.index if CHECKS[c].better == "lower"]  # fewer degenerate answers is a win
-    checks.loc[lower, ["wins", "losses"]] = checks.loc[lower, ["losses", "wins"]].to_numpy()
-    checks.insert(0, "better", [CHECKS[c].better or "" for c in checks.index])
-    if grader is None:
-        checks = checks.drop(index="correct")
+    table = answers_table(messages, columns, answers, scores)
+    summary = paired_frame(scores["base"]["rewards"], scores["tuned"]["rewards"], "reward")
+    checks = check_frame(scores["base"]["checks"], scores["tuned"]["checks"], graded=grader is not None)
+    n = len(rows)
     if progress:
         progress(1.0, f"compared {n} prompts")
     verdict = judge(summary.to_dict(orient="index"), checks.to_dict(orient="index"), n)
@@ -244,11 +207,78 @@ def _tuned_model(model, kind: str, folder: Path, spec, dev: str):
     return tuned.to(dev).eval()
 
 
-def _summaries(scores: dict[str, dict[str, list]], index: str) -> pd.DataFrame:
-    """One paired_summary row per name; `scores[side][name]` holds one value per prompt."""
-    names = list(scores["base"])
+def answer_all(spec, messages: list, tuned: dict[str, tuple[str, Path]], *, mode: str, seed: int,
+               max_new_tokens: int, batch_size: int = 8,
+               progress: Callable[[float, str], None] | None = None) -> tuple[dict[str, Answers], dict[str, list]]:  # fmt: skip
+    """The base model's answers and each tuned model's (`tuned`: side -> ("adapter" | "full", folder)) to the same
+    prompts with the same decoding and seed: only the weights differ. The base answers once, however many tuned
+    models there are. Also each side's naturalness, always measured under the base model."""
+    dev = pick_device(spec.device)
+    model, tok = load_model(spec.model, spec.dtype, dev)
+    prompts = [encode_prompt(tok, m, spec.max_prompt_length) for m in messages]
+    n, total = len(prompts), (1 + len(tuned)) * len(prompts) + 1
+    gen = dict(max_new_tokens=max_new_tokens, greedy=mode == "greedy", temperature=spec.temperature,
+               top_p=spec.top_p, seed=int(seed), batch_size=batch_size)  # fmt: skip
+
+    def tell(done: int, what: str) -> None:
+        if progress:
+            progress(done / total, what)
+
+    answers = {"base": generate(model, tok, prompts, progress=lambda k: tell(k, f"base model: {k}/{n}"), **gen)}
+    natural = {"base": naturalness(model, prompts, answers["base"].ids, tok.pad_token_id, batch_size)}
+    for i, (side, (kind, folder)) in enumerate(tuned.items()):
+        at = (1 + i) * n
+        tell(at, f"loading the {side} model")
+        if model is None:  # the previous tuned model was merged into the base: start from a fresh one
+            model, _ = load_model(spec.model, spec.dtype, dev)
+        model = _tuned_model(model, kind, folder, spec, dev)
+        answers[side] = generate(
+            model, tok, prompts, progress=lambda k, at=at, s=side: tell(at + k, f"{s} model: {k}/{n}"), **gen
+        )
+        model = None  # one model in memory at a time
+    # Naturalness is measured under the *base* model for every side: load it again (the tuned ones replaced it).
+    tell(total - 1, "scoring the tuned answers under the base model")
+    model, _ = load_model(spec.model, spec.dtype, dev)
+    for side in tuned:
+        natural[side] = naturalness(model, prompts, answers[side].ids, tok.pad_token_id, batch_size)
+    del model
+    return answers, natural
+
+
+def answers_table(messages: list, columns: dict[str, list], answers: dict[str, Answers],
+                  scores: dict[str, dict[str, Any]]) -> pd.DataFrame:  # fmt: skip
+    """One row per prompt: the prompt, its reference, each side's answer, then "<side>/<reward>" (reward scores,
+    shown as chips) and "<side>:<check>" (the checks) for every side, in the order of `answers`."""
+    sides = list(answers)
+    table = pd.DataFrame({"prompt": [prompt_text(m) for m in messages]})
+    for c, vals in columns.items():  # the reference (e.g. the expected answer) beside the answers, for the CSV
+        table[f"ref/{c}"] = vals
+    for side in sides:
+        table[side] = answers[side].texts
+    for side in sides:
+        for name, vals in scores[side]["rewards"].items():
+            table[f"{side}/{name}"] = [as_score(v) for v in vals]
+    for side in sides:
+        for name, vals in scores[side]["checks"].items():
+            table[f"{side}:{name}"] = [as_score(v) for v in vals]
+        table[f"{side}:degenerate_reason"] = scores[side]["degenerate_reason"]
+    return table
+
+
+def paired_frame(a: dict[str, list], b: dict[str, list], index: str) -> pd.DataFrame:
+    """One paired_summary row per name (b − a, prompt by prompt); `a[name]` holds one value per prompt."""
     out = pd.DataFrame.from_dict(
-        {name: paired_summary(scores["base"][name], scores["tuned"][name]) for name in names}, orient="index"
+        {name: paired_summary(a[name], b[name]) for name in a}, orient="index"
     )[SUMMARY_COLUMNS].astype({"wins": int, "ties": int, "losses": int})
     out.index.name = index
     return out
+
+
+def check_frame(a: dict[str, list], b: dict[str, list], graded: bool) -> pd.DataFrame:
+    """paired_frame of the checks, with wins counted in each check's better direction and a "better" column;
+    without a reference grader there is no "correct" row."""
+    checks = paired_frame(a, b, "check")
+    lower = [c for c in checks.index if CHECKS[c].better == "lower"]  # fewer degenerate answers is a win
+    checks.loc[lower, ["wins", "losses"]] = checks.loc[lower, ["losses", "wins"]].to_numpy()
+    checks.insert(0, "better", [CHECKS[c].better or "" for c in checks.index])
+    return checks if graded else checks.drop(index="correct")

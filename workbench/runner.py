@@ -6,6 +6,7 @@ produces is in the run store, so any process can watch it.
     stop_run(run_id)              # graceful: the worker finishes its step, saves a checkpoint and the adapter
     kill_run(run_id)              # SIGKILL; the run reads as interrupted and can be resumed from its checkpoint
     resume_run(run_id)            # an interrupted, stopped or failed run continues from its last checkpoint
+    start_runs([spec_a, spec_b])  # several runs queued as one (an A/B, experiments.py): all admitted or none
     reconcile()                   # marks runs whose worker died as interrupted; starts queued runs
 
 Only `Limits.max_active_runs` workers run at once (1 by default: a small machine trains one run at a time); up to
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from .config import Limits, RunSpec
 from .errors import RunnerBusy
+from .experiments import share_task
 from .hub_meta import check_model_sizes
 from .osutil import file_lock, pid_alive, process_start_time
 from .store import (
@@ -73,6 +75,7 @@ def worker_argv(run_id: str) -> list[str]:
 def _launch(run: Run) -> None:
     """Start the worker for a queued run and record its pid (with its start time, to detect pid reuse)."""
     run.clear_stop()
+    share_task(run)  # a variant of an A/B trains on the very rows its first sibling did
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # `python -m workbench` must find this package even when it is not pip-installed (a source checkout)
     src = str(Path(__file__).resolve().parent.parent)
@@ -152,6 +155,36 @@ def start_run(spec: RunSpec, limits: Limits | None = None) -> str:
         run.set_status("queued", None, queued_at=time.time())
         _start_or_wait(run, now)
     return run.id
+
+
+def start_runs(specs: list[RunSpec], limits: Limits | None = None, before_start=None) -> list[str]:
+    """Create several runs and queue them in order (the first starts if a slot is free), or none of them: RunnerBusy
+    when the queue has no room for all. `before_start(runs)` runs after they exist and before any worker starts."""
+    limits = limits or Limits.from_env()
+    for spec in specs:
+        limits.check(spec)
+    with _lock():
+        _mark_dead_interrupted()
+        _fill_slots(limits)
+        active, queued = _active_and_queued()
+        room = max(0, max(1, limits.max_active_runs) - len(active)) + max(0, limits.queue_size - len(queued))
+        if len(specs) > room:
+            busy = ", ".join(r.id for r in active + queued)
+            raise RunnerBusy(f"{len(specs)} runs do not fit: room is left for {room} ({busy} training or queued, "
+                             f"queue size {limits.queue_size}); queue fewer or wait for one to finish")  # fmt: skip
+        runs = []
+        for spec in specs:
+            runs.append(run := create_run(spec, status="queued"))
+            run.set_status("queued", None, queued_at=time.time())  # the queue starts them in this order
+        if before_start is not None:
+            before_start(runs)
+        ahead = [r.id for r in active + queued]
+        for run in runs:
+            why = f"waiting for {', '.join(ahead)} to finish" if ahead else None
+            run.set_status("queued", why, only_if=("queued",))
+            ahead.append(run.id)
+        _fill_slots(limits)
+    return [r.id for r in runs]
 
 
 def resume_run(run_id: str, limits: Limits | None = None) -> str:
