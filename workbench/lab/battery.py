@@ -179,6 +179,8 @@ def judge(sampled_totals: np.ndarray, sampled: np.ndarray, exploits: dict[str, n
             r["flagged"] = at_median * 2 >= n
             r["fix"] = fix_for(name, reward, specs)
             under = f"under `{reward}`" if reward else "(no reward tells it apart from a real answer)"
+            if reward in SIZE and name != "ramble":
+                under += ", which pays for brevity whatever is said"
             r["text"] = (f"{EXPLOITS[name]} scores at or above {beats:.0%} of real answers (the median in "
                          f"{at_median} of {n} prompts) {under}: {r['fix']}.")  # fmt: skip
         out.append(r)
@@ -195,15 +197,15 @@ def fix_for(exploit: str, reward: str | None, specs: Sequence[Any] = ()) -> str:
         return FIXES[exploit]
     if reward in SIZE and exploit != "ramble":
         if correct:
-            return (f"`{reward}` pays for brevity whatever is said: raise `{correct}`'s weight (now "
-                    f"{have[correct].weight:g}; it judges only prompts with a reference) or add a minimum-length term")  # fmt: skip
-        return f"`{reward}` pays for brevity whatever is said: add a correctness or minimum-length term"
+            return (f"raise `{correct}`'s weight (now {have[correct].weight:g}; it judges only prompts with a "
+                    "reference) or add a minimum-length term")  # fmt: skip
+        return FIXES["empty"]
     if reward in CORRECTNESS and exploit == "echo":
         return (
             "the prompt holds its own answer: grade only an <answer> block (strict=true) or use exact_match"
         )
     if reward in FORMAT and exploit != "wrong_format":
-        return f"`{reward}` pays for tags alone: {FIXES['wrong_format']}"
+        return f"format terms pay for tags alone; {FIXES['wrong_format']}"
     return FIXES[exploit]
 
 

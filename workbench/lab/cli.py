@@ -88,7 +88,7 @@ def preflight_text(doc: dict[str, Any]) -> str:
     """The report as lines for a terminal: the flags first, then the numbers behind them."""
     s = doc["seconds"]
     lines = [f"pre-flight: {doc['prompts']} prompts x {doc['group_size']} answers from the base model, "
-             f"{fmt(s.get('total'), '.1f')} s (sampling {fmt(s.get('sampling'), '.1f')} s)"]  # fmt: skip
+             f"{fmt(s.get('total'), '.1f')} s (loading and sampling {fmt(s.get('sampling'), '.1f')} s)"]  # fmt: skip
     flags = doc.get("flags") or []
     lines.append(f"{len(flags)} flag(s)" + (":" if flags else ": nothing found"))
     lines += [f"  ! {f['text']}" for f in flags]
