@@ -82,3 +82,78 @@ def test_a_visitor_resumes_their_run_after_the_server_restarts(stand_in, monkeyp
         assert open_run(run_id).status()["state"] == "running"
     finally:
         demo.close()
+
+
+def _load_fn(url: str) -> int:
+    """The id of the page-load event whose one input is the owner token."""
+    import httpx
+
+    config = httpx.get(url + "config", timeout=30).json()
+    (owner,) = [
+        c["id"]
+        for c in config["components"]
+        if c.get("props", {}).get("storage_key") == "grpo-workbench-owner"
+    ]
+    (dep,) = [
+        d
+        for d in config["dependencies"]
+        if d["inputs"] == [owner] and any(t[1] == "load" for t in d["targets"])
+    ]
+    return dep["id"]
+
+
+def _pump(page, pred, what: str, timeout_s: float = 60) -> None:
+    """Wait in Playwright's own loop (a plain sleep would hold back the events that make `pred` true)."""
+    for _ in range(int(timeout_s * 10)):
+        if pred():
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_the_browser_keeps_its_token_across_a_restart(monkeypatch, free_port):
+    """In Chromium: the page stores its owner token (encrypted in local storage) while the first server runs; after
+    a restart on the same home and address, the page decrypts it and sends the same token to the second server.
+    Had it failed to decrypt it, the page would have sent "" and been given a new token: its runs lost."""
+    from pathlib import Path
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.fail(f"{chromium} is missing: install Debian's chromium (`make chromium`)")
+    monkeypatch.setenv("SPACE_ID", "someone/grpo-workbench")
+    monkeypatch.delenv(access.SECRET_ENV, raising=False)
+    sent: list = []  # the token each page load sends
+
+    def on_request(req):
+        if "/queue/join" in req.url and req.method == "POST":
+            body = req.post_data_json or {}
+            if body.get("fn_index") == fn:
+                sent.append(body["data"][0])
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.on("request", on_request)
+        demo, url = _serve(free_port)
+        fn = _load_fn(url)
+        try:
+            page.goto(url)
+            page.wait_for_function("() => localStorage.getItem('grpo-workbench-owner')", timeout=60_000)
+            page.reload()  # the same server: the page reads its stored token back
+            _pump(page, lambda: len(sent) >= 2, "the second page load")
+        finally:
+            demo.close()
+        first, token = sent[:2]
+        assert first in ("", None) and token and len(token) >= 20
+        demo, url = _serve(free_port)
+        try:
+            assert _load_fn(url) == fn
+            page.reload()
+            _pump(page, lambda: len(sent) >= 3, "the page load after the restart")
+            assert sent[2] == token
+        finally:
+            demo.close()
+            browser.close()
