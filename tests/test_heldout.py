@@ -233,8 +233,18 @@ def test_the_base_models_baseline_is_worked_out_once_across_runs(tmp_path, monke
             spec, model, tok, [("length", lambda completions, **kw: [1.0] * len(completions), 1.0)]
         )
 
+    # step 0: the policy is the base, so the sampler's own log-probs are the naturalness (no forward pass), and they
+    # equal what the forward pass gives
+    real = scoring.naturalness
+    monkeypatch.setattr(scoring, "naturalness", lambda *a, **kw: pytest.fail("the sampler's log-probs were ignored"))
     first = evaluate_policy(engine(), rows, None, memo=BaseMemo(tmp_path))
     assert len(list(tmp_path.glob("*.json"))) == 1
+    e = engine()
+    prompts, _ = e.encode(rows)
+    ids = json.loads(next(tmp_path.glob("*.json")).read_text())["ids"]
+    with e.model.disable_adapter():
+        forward = real(e.model, prompts, ids, e.pad_id)
+    assert first.metrics["eval/checks/naturalness"] == pytest.approx(sum(forward) / len(forward), abs=1e-4)
     monkeypatch.setattr(scoring, "generate", lambda *a, **kw: pytest.fail("the baseline was generated again"))
     monkeypatch.setattr(
         scoring, "naturalness", lambda *a, **kw: pytest.fail("naturalness was computed again")

@@ -12,7 +12,7 @@ slice with it during training, so the curve and the final comparison measure the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,11 +27,14 @@ from .tasks import reference_columns
 
 @dataclass
 class Answers:
-    """One model's answers, one per prompt: the text, the token ids it generated (its end token included), cut?"""
+    """One model's answers, one per prompt: the text, the token ids it generated (its end token included), cut?
+    `logp`: greedy answers only, each one's mean log-prob per token under the model that wrote it, at temperature 1:
+    the base model's own answers get their naturalness free, with no second forward pass."""
 
     texts: list[str]
     ids: list[list[int]]
     truncated: list[bool]
+    logp: list[float | None] = field(default_factory=list)
 
     @property
     def tokens(self) -> list[int]:
@@ -45,13 +48,16 @@ def generate(model, tok, prompts: Sequence[list[int]], *, max_new_tokens: int, g
     dev = next(model.parameters()).device
     gen = None if greedy else torch.Generator(device=dev).manual_seed(seed)
     sampler = sampler or make_sampler(model)  # the fast one copies the weights now: build it per model
+    # Greedy picks the same tokens at any temperature; at 1 the sampler's log-probs are the naturalness measure.
     kw = dict(n=1, max_new_tokens=max_new_tokens, eos_ids=stop_ids(tok, model), pad_id=tok.pad_token_id,
-              temperature=temperature, top_p=top_p, greedy=greedy, generator=gen)  # fmt: skip
+              temperature=1.0 if greedy else temperature, top_p=top_p, greedy=greedy, generator=gen)  # fmt: skip
     out = Answers([], [], [])
     for i in range(0, len(prompts), batch_size):
         s = sampler.sample(prompts=list(prompts[i : i + batch_size]), **kw)
-        for ids, mask, trunc in zip(s.ids, s.mask, s.truncated, strict=True):
+        for ids, mask, trunc, logps in zip(s.ids, s.mask, s.truncated, s.logps, strict=True):
             kept = ids[mask.bool()].tolist()
+            if greedy:
+                out.logp.append(float(logps[mask.bool()].float().mean()) if kept else None)
             out.ids.append(kept)
             out.texts.append(tok.decode(kept, skip_special_tokens=True))
             out.truncated.append(bool(trunc))
