@@ -104,6 +104,7 @@ def test_uploads_pruned_by_age_count_and_size_never_one_a_queued_run_needs(stand
     runner.start_run(RunSpec())  # the only slot is taken: the next run waits, needing its upload
     needs = runner.start_run(RunSpec(task=f"file:{files[0]}"))
     assert open_run(needs).raw_status()["state"] == "queued"
+    create_run(RunSpec(task=f"file:{files[1]}"), status="finished")  # done with it: does not keep it
     assert housekeeping.prune_uploads(folder, Limits()) == []  # locally: only beyond the newest 200
     removed = housekeeping.prune_uploads(folder, Limits(upload_ttl_hours=7.5))
     assert removed == files[1:3]  # 10 h (needed by the queued run), 9 h, 8 h old; 7 h and newer kept

@@ -111,7 +111,8 @@ def expire_runs(limits: Limits, now: float | None = None) -> list[str]:
 
 
 def needed_uploads() -> set[Path]:
-    """Uploads a run will still read: a `file:` task of a run that has no copy of its rows yet (recovery.py)."""
+    """Uploads a run will still read: the `file:` task of a run that may still train (queued, running, or one a
+    resume would continue) and has no copy of its rows yet (recovery.py)."""
     from .recovery import TASK_FILE
 
     out = set()
@@ -120,7 +121,10 @@ def needed_uploads() -> set[Path]:
             task = run.spec.task.strip()
         except (OSError, ValueError):
             continue
-        if task.startswith("file:") and not (run.dir / TASK_FILE).exists():
+        if not task.startswith("file:") or (run.dir / TASK_FILE).exists():
+            continue
+        state = run.raw_status().get("state")
+        if state != "finished" and (state != "failed" or run.checkpoints()):
             out.add(Path(task[5:].strip()).resolve())
     return out
 
