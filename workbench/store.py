@@ -4,6 +4,7 @@
     versions.json    torch, transformers, peft, trl, workbench versions the run was created with
     status.json      {state, reason, pid, pid_start, started, ended, updated, ...}
     run.db           SQLite (WAL): one row per step (metrics), one per episode (prompt, completion, rewards, ...)
+    task.json        the run's own copy of its train and held-out rows, written at its first start (recovery.py)
     checkpoints/step-000010/   adapter + optimizer state every `save_every` steps (the latest few are kept)
     adapter/         the final adapter (or full model), written when the run ends
     worker.log       the worker process's stdout and stderr
