@@ -72,6 +72,8 @@ LIMITS: tuple[Limit, ...] = (
     Limit("compare_timeout_s", "WORKBENCH_COMPARE_TIMEOUT_S", 900.0, None, "seconds per comparison"),
     Limit("sandbox_memory_mb", "WORKBENCH_SANDBOX_MEMORY_MB", 8192, None,
           "memory (address space, MB) of the child process that loads a task or runs a comparison"),
+    Limit("sandbox_slots", "WORKBENCH_SANDBOX_SLOTS", 2, 2,
+          "such child processes running at once (at low priority); more wait their turn"),
     # --- disk (housekeeping.py; a run keeps its own copy of its rows, so a removed upload costs it nothing)
     Limit("run_ttl_days", "WORKBENCH_RUN_TTL_DAYS", 7.0, None,
           "days an ended run (finished, stopped, failed, interrupted) is kept before it is deleted"),
@@ -143,6 +145,7 @@ class Limits:
     task_timeout_s: float | None = 600.0
     compare_timeout_s: float | None = None
     sandbox_memory_mb: int | None = None
+    sandbox_slots: int = 2
     run_ttl_days: float | None = None
     upload_ttl_hours: float | None = None
     max_uploads_mb: float | None = None

@@ -12,7 +12,9 @@ can be killed, and its memory is returned when it ends.
 UserError keeps its message. `progress=callable` passes the child a `progress` keyword whose calls are relayed to
 `callable` in this process. `cancel()` is polled: when it turns true the child is killed and `Cancelled` raised.
 Children are forked from a forkserver that has the task modules imported, so a child starts in milliseconds; each
-child gets this process's environment and working folder at the time of the call.
+child gets this process's environment and working folder at the time of the call. Children run at a lower priority
+than the server, at most WORKBENCH_SANDBOX_SLOTS at once: a flood of hostile work waits its turn and never crowds
+out the server's answers to other visitors.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ POLL_S = 0.05
 # script in every child); imported once here, the children skip it. app.py guards its launch with __name__.
 PRELOAD = ["__main__", "workbench.tasks", "workbench.sandbox", "pandas", "reasoning_gym"]
 CHILD_ENV = "WORKBENCH_SANDBOX_CHILD"
+NICE = 10  # children's scheduling priority below the server's
+START_S = 120.0  # a child that has not started by then (forkserver start-up included) is a fault, not a limit
 _ctx: Any = None
+_sem: threading.BoundedSemaphore | None = None
 _ctx_lock = threading.Lock()
 
 
@@ -50,6 +55,16 @@ class Cancelled(UserError, RuntimeError):
 def in_child() -> bool:
     """True inside a sandbox child (work already limited: run it here rather than in a grandchild)."""
     return os.environ.get(CHILD_ENV) == "1"
+
+
+def _slots() -> threading.BoundedSemaphore:
+    global _sem
+    with _ctx_lock:
+        if _sem is None:
+            from .limits import Limits
+
+            _sem = threading.BoundedSemaphore(max(1, Limits.from_env().sandbox_slots))
+    return _sem
 
 
 def _context():
@@ -78,11 +93,13 @@ def _child(conn, fn, args, kwargs, environ, cwd, memory_mb, with_progress) -> No
     os.environ[CHILD_ENV] = "1"
     with contextlib.suppress(OSError):  # a folder gone since: relative names then simply do not resolve
         os.chdir(cwd)
+    os.nice(NICE)  # the server answering other visitors goes first
     if memory_mb:
         import resource
 
         limit = int(memory_mb) * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    conn.send(("started", None))  # the time limit counts from here, not from the forkserver's start-up
     try:
         if with_progress:
             kwargs = {**kwargs, "progress": _Reporter(conn)}
@@ -105,7 +122,19 @@ def run_limited(fn: Callable, *args: Any, timeout_s: float | None, what: str, en
                 cancel: Callable[[], bool] | None = None, progress: Callable[..., None] | None = None,
                 **kwargs: Any) -> Any:  # fmt: skip
     """fn(*args, **kwargs) in a child process; its result, or its exception raised here. LimitExceeded when it
-    runs past `timeout_s` (None = no limit) or `memory_mb`; `what` and `env` word that message."""
+    runs past `timeout_s` (None = no limit) or `memory_mb`; `what` and `env` word that message. At most
+    WORKBENCH_SANDBOX_SLOTS children run at once; a call waits for a free slot (the wait is not counted)."""
+    slots = _slots()
+    while not slots.acquire(timeout=POLL_S * 4):
+        if cancel is not None and cancel():
+            raise Cancelled(f"{what} was stopped on request")
+    try:
+        return _run(fn, args, kwargs, timeout_s, what, env, memory_mb, memory_env, cancel, progress)
+    finally:
+        slots.release()
+
+
+def _run(fn, args, kwargs, timeout_s, what, env, memory_mb, memory_env, cancel, progress) -> Any:
     ctx = _context()
     recv, send = ctx.Pipe(duplex=False)
     p = ctx.Process(
@@ -115,7 +144,8 @@ def run_limited(fn: Callable, *args: Any, timeout_s: float | None, what: str, en
     )
     p.start()
     send.close()  # the child holds the only write end: EOF here means it is gone
-    deadline = None if timeout_s is None else time.monotonic() + float(timeout_s)
+    deadline = time.monotonic() + START_S  # until the child says it started (a cold forkserver imports a lot)
+    started = False
     try:
         while True:
             if recv.poll(POLL_S):
@@ -123,6 +153,10 @@ def run_limited(fn: Callable, *args: Any, timeout_s: float | None, what: str, en
                     kind, payload = recv.recv()
                 except EOFError:
                     break  # died without a word: a kill from outside, or the memory limit hit in C code
+                if kind == "started":
+                    started = True
+                    deadline = None if timeout_s is None else time.monotonic() + float(timeout_s)
+                    continue
                 if kind == "progress":
                     if progress is not None:
                         progress(*payload)
@@ -133,6 +167,10 @@ def run_limited(fn: Callable, *args: Any, timeout_s: float | None, what: str, en
                     raise _memory_error(what, memory_mb, memory_env)
                 raise payload
             if deadline is not None and time.monotonic() > deadline:
+                if not started:
+                    raise RuntimeError(
+                        f"{what} could not start a child process in {START_S:g} s: see the server log"
+                    )
                 raise LimitExceeded(
                     f"{what} took longer than {float(timeout_s):g} s, this server's limit, and was stopped: use "
                     f"smaller settings (the server's owner can raise the limit with {env})"

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import Limits, RunSpec
-from .errors import ConfigError, ModelError, RewardError, TaskError
+from .errors import ConfigError, ModelError, RewardError, TaskError, UserError
 from .osutil import process_start_time
 from .store import Run, open_run
 
@@ -164,7 +164,8 @@ def failure_reason(e: BaseException) -> str:
 
 
 def _is_setup_error(e: BaseException) -> bool:
-    return isinstance(e, (ConfigError, ModelError, TaskError, RewardError))
+    # UserError: also a sandbox limit (LimitExceeded) whose message already names the variable that raises it
+    return isinstance(e, (ConfigError, ModelError, TaskError, RewardError, UserError))
 
 
 def _first_line(e: BaseException) -> str:
