@@ -3,9 +3,8 @@
     python app.py                         # http://127.0.0.1:7860 (GRADIO_SERVER_PORT to change the port)
 
 On a Hugging Face Space (SPACE_ID set) it listens on 0.0.0.0 and defaults to the hub copy of SmolLM2-135M-Instruct.
-Caps for a shared deployment come from the environment: WORKBENCH_MAX_STEPS, WORKBENCH_MAX_COMPLETION_LENGTH,
-WORKBENCH_MAX_UPLOAD_MB, WORKBENCH_QUEUE_SIZE (on a Space, unset step and length caps default to 200 steps and
-256 tokens). Runs are kept under $WORKBENCH_HOME.
+Limits for a shared deployment come from the environment (one table in workbench/limits.py, listed in the README;
+on a Space an unset one takes its Space default). Runs are kept under $WORKBENCH_HOME.
 """
 
 from __future__ import annotations

@@ -207,3 +207,13 @@ def test_a_step_that_never_ends_is_ended_by_the_watchdog(tmp_path):
     assert p.returncode == 1 and time.monotonic() - t0 < 30
     st = open_run(run.id).raw_status()
     assert st["state"] == "failed" and "WORKBENCH_MAX_RUN_MINUTES" in st["reason"]
+
+
+def test_the_readme_lists_every_limit_with_its_defaults():
+    from pathlib import Path
+
+    from workbench.limits import table_markdown
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    # after changing a limit: python -c "from workbench.limits import table_markdown; print(table_markdown())"
+    assert table_markdown() in readme

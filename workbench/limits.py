@@ -73,7 +73,7 @@ LIMITS: tuple[Limit, ...] = (
     Limit("sandbox_memory_mb", "WORKBENCH_SANDBOX_MEMORY_MB", 8192, None,
           "memory (address space, MB) of the child process that loads a task or runs a comparison"),
     Limit("sandbox_slots", "WORKBENCH_SANDBOX_SLOTS", 2, 2,
-          "such child processes running at once (at low priority); more wait their turn"),
+          "child processes doing visitor work (tasks, Compare) at once, at low priority; more wait their turn"),
     # --- disk (housekeeping.py; a run keeps its own copy of its rows, so a removed upload costs it nothing)
     Limit("run_ttl_days", "WORKBENCH_RUN_TTL_DAYS", 7.0, None,
           "days an ended run (finished, stopped, failed, interrupted) is kept before it is deleted"),
