@@ -89,3 +89,14 @@ def test_compare_runs_in_a_limited_child_and_a_catastrophic_regex_scores_zero(ev
     assert set(cmp.table["base/regex"]) <= {0.0} and set(cmp.table["tuned/regex"]) <= {0.0}
     with pytest.raises(ConfigError, match="WORKBENCH_MAX_COMPARE_TOKENS"):
         run_comparison(evil_run.id, HELD_OUT, 4, "", "", "greedy", 0, 5000)
+
+
+def test_a_stop_ends_a_task_load_that_hangs_in_the_worker(monkeypatch):
+    from workbench import worker
+    from workbench.store import create_run
+
+    monkeypatch.setenv("WORKBENCH_TASK_TIMEOUT_S", "600")  # the stop, not the limit, must end it
+    run = create_run(RunSpec(model="tiny-random", task="rg:basic_arithmetic,max_digits=12,max_terms=12"))
+    t0 = time.monotonic()
+    state, reason = worker.train(run, lambda: time.monotonic() - t0 > 2)
+    assert (state, reason) == ("stopped", "stopped while loading its task") and time.monotonic() - t0 < 30

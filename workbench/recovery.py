@@ -55,12 +55,13 @@ def saved_task(run: Run) -> Task | None:
     )
 
 
-def run_task(run: Run, limits: Limits | None = None) -> Task:
+def run_task(run: Run, limits: Limits | None = None, cancel=None) -> Task:
     """The rows the run trains and is judged on: its copy; on its first start, loaded from the source and copied.
-    What is returned is read back from the copy, so a first start and a resume see the very same rows."""
+    What is returned is read back from the copy, so a first start and a resume see the very same rows. `cancel()`
+    turning true stops a first load (tasks.load_task)."""
     task = saved_task(run)
     if task is None:
-        save_task(run, load_task(run.spec, limits))
+        save_task(run, load_task(run.spec, limits, cancel))
         task = saved_task(run)
     return task
 

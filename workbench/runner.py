@@ -163,6 +163,8 @@ def start_runs(specs: list[RunSpec], limits: Limits | None = None, before_start=
     limits = limits or Limits.from_env()
     for spec in specs:
         limits.check(spec)
+        spec.check_rewards()
+        check_model_sizes(spec, limits)
     with _lock():
         _mark_dead_interrupted()
         _fill_slots(limits)

@@ -210,11 +210,15 @@ def train(
     for the real ones in tests."""
     from .heldout import HeldOutChecks, evaluate_policy
     from .recovery import restore_checkpoint, run_task
+    from .sandbox import Cancelled
     from .tasks import prompt_batches
 
     spec = run.spec
     fault = Fault(os.environ.get(FAULT_ENV))
-    task = run_task(run, Limits.from_env())  # the run's own copy of its rows: a resume sees the same ones
+    try:  # the run's own copy of its rows (a resume sees the same ones); a stop ends a slow first load at once
+        task = run_task(run, Limits.from_env(), cancel=should_stop)
+    except Cancelled:
+        return "stopped", "stopped while loading its task"
     if spec.engine == "trl":
         return _train_trl(run, spec, task, should_stop)
     factory = engine_factory or build_engine
