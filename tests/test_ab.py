@@ -253,3 +253,80 @@ def test_compare_many_asks_the_base_once_and_agrees_with_the_two_way_compare(sta
     doc = json.loads(json.dumps(cmp.to_dict(), allow_nan=False))
     assert doc["n_prompts"] == 4 and set(doc["variants"]) == {"length-only", "task-rewards"}
     assert "never by a variant's own reward" in doc["ranking_rule"] and "verdicts against the base" in cmp.text()
+
+
+# --- the app: "Add variant" on the Train tab, the A/B section of the Compare tab -------------------------------
+def _canned_comparison():
+    from workbench.compare_many import MultiComparison
+
+    scores, designs = _hacked_and_better()
+    ab = summarise(scores, designs, graded=True, n_prompts=N)
+    texts = {"base": "Paris is the capital.", "length-only": "🌱🌱🌱🌱🌱", "quick": "<b>Paris</b>."}
+    t = pd.DataFrame({"prompt": ["Capital of France?"] * N, **{s: [x] * N for s, x in texts.items()}})
+    for side, sc in scores.items():
+        for kind, sep in (("rewards", "/"), ("checks", ":")):
+            for k, vals in sc[kind].items():
+                t[f"{side}{sep}{k}"] = vals
+        t[f"{side}:degenerate_reason"] = ["symbol or emoji run" if d else "" for d in sc["checks"]["degenerate"]]
+    variants = {v: {"run_id": f"run-{v}", "total": f"total@{v}", "rewards": dict(designs[v])} for v in designs}
+    return MultiComparison(variants, "greedy", 0, 48, t, ab)
+
+
+def test_the_train_tab_collects_variants_and_launches_them_within_the_visitors_share(stand_in):
+    from workbench.ui import access
+    from workbench.ui.variants import add_variant, launch_variants, variants_markdown
+
+    vs = add_variant([], "", [length_reward()])
+    vs = add_variant(vs, "correct", [length_reward(), RewardSpec("contains_answer", 2.0)])
+    assert [v["name"] for v in vs] == ["A", "correct"] and "*Add at least" not in variants_markdown(vs)
+    assert "contains_answer:2" in variants_markdown(vs) and "Add at least 1 more" in variants_markdown(vs[:1])
+    with pytest.raises(ConfigError, match="exactly these rewards"):
+        add_variant(vs, "again", [length_reward()])
+    with pytest.raises(ConfigError, match="already"):
+        add_variant(vs, "A", [])
+    with pytest.raises(ValueError, match="no parameter"):
+        add_variant(vs, "C", [RewardSpec("length", 1.0, {"targett": 3})])
+
+    with pytest.raises(ConfigError, match="3 variants is above .* limit of 2"):  # a visitor allowed 2 runs
+        launch_variants(_tiny(), [*vs, {"name": "task", "rewards": []}], Limits(max_runs_per_visitor=2), "tok")
+    assert list_runs() == []
+    first, msg = launch_variants(_tiny(), vs, Limits(max_runs_per_visitor=2), "tok")
+    exp = list_experiments()[0]
+    assert first == exp.runs["A"] and exp.id in msg and len(list_runs()) == 2
+    for rid in exp.runs.values():
+        access.check_owner(rid, "tok", "stop")  # the launching browser owns every variant
+
+
+def test_the_compare_tab_shows_the_ranking_the_pairs_and_the_answers_in_columns():
+    from workbench.ui.ab import ab_headline, columns_html, pairs_frame, ranking_frame
+
+    cmp = _canned_comparison()
+    r = ranking_frame(cmp)
+    assert r["variant"].tolist() == ["quick", "length-only", "(base)"] and r["correct"].iloc[-1] == 0.5
+    assert set(pairs_frame(cmp)["name"]) == {"correct", "degenerate", "naturalness", "repetition",
+                                             "total@length-only", "total@quick"}  # fmt: skip
+    head = ab_headline(cmp)
+    assert "never by a variant's own reward" in head and head.index("1. **quick**") < head.index("2. **length-only")
+    html = columns_html(cmp, limit=2)
+    assert html.count('class="wb-pair"') == 2 and "repeat(3, minmax(0, 1fr))" in html
+    assert "&lt;b&gt;Paris&lt;/b&gt;" in html and "<b>Paris" not in html  # answers are escaped
+    assert "degenerate: symbol or emoji run" in html and f"… {N - 2} more in the CSV" in html
+    assert "never by a variant" in cmp.text() and "quick − length-only: correct +0.67" in cmp.text()
+
+
+@pytest.mark.slow
+def test_the_app_launches_an_ab_and_lists_it_for_compare(app_url, stand_in):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(app_url, verbose=False)
+    vs = [{"name": "short", "rewards": [{"name": "length", "weight": 1.0, "params": {}}]},
+          {"name": "task", "rewards": []}]  # fmt: skip
+    client.predict(variants=vs, model="tiny-random", max_steps=2, api_name="/launch_ab")
+    exp = list_experiments()[0]
+    assert list(exp.runs) == ["short", "task"] and open_run(exp.runs["short"]).spec.model == "tiny-random"
+    exps, runs = client.predict(api_name="/ab_choices")
+    assert exp.id in json.dumps(exps)
+    with pytest.raises(AppError, match="no adapter or checkpoint yet"):  # nothing trained yet: said, not crashed
+        client.predict(list(exp.runs.values()), "held-out prompts", 2, "", "", "greedy", 0, 8, "last",
+                       api_name="/compare_ab")  # fmt: skip

@@ -32,9 +32,8 @@ import numpy as np
 import pandas as pd
 
 from .checks import CHECKS
-from .evaluate import check_frame, paired_frame
 from .grpo.advantages import to_floats, weighted_rewards
-from .stats import SUMMARY_COLUMNS
+from .stats import SUMMARY_COLUMNS, check_frame, paired_frame
 from .verdict import Verdict, check_change, judge
 
 LEVEL_ORDER = ("better", "unclear", "mixed", "worse", "hacked", "too few")

@@ -112,12 +112,12 @@ class MultiComparison:
             lines.append(f"{x['rank']:>2} {x['variant']:<20} {x['verdict']:<8} {_pct(x['correct']):>7} {deg:>7} "
                          f"{x['naturalness']:>7.2f} {ci:<24} {x['ahead_of_next']}")  # fmt: skip
         b = r.attrs.get("base", {})
-        lines.append(f"{'':>2} {'(base)':<20} {'':<8} {_pct(b.get('correct')):>7} "
-                     f"{round((b.get('degenerate') or 0) * n)}/{n:<5} {b.get('naturalness', float('nan')):>7.2f}")  # fmt: skip
+        deg = f"{round((b.get('degenerate') or 0) * n)}/{n}"
+        lines.append(f"{'':>2} {'(base)':<20} {'':<8} {_pct(b.get('correct')):>7} {deg:>7} "
+                     f"{b.get('naturalness', float('nan')):>7.2f}")  # fmt: skip
         lines += ["", "verdicts against the base:"]
         lines += [f"  {v}: {x.level.upper()}: {x.headline}" for v, x in self.verdicts.items()]
-        keep = self.pairs[self.pairs["name"].isin(["correct", "degenerate", "naturalness", "repetition"])
-                          | self.pairs["name"].str.startswith("total@")]  # fmt: skip
+        keep = quality_pairs(self.pairs)
         if len(keep):
             lines += ["", "pairs of variants (b − a, paired 95% CI):"]
             for (a, b_), grp in keep.groupby(["a", "b"], sort=False):
@@ -131,6 +131,19 @@ class MultiComparison:
                 lines += [f"  {str(t)[:80]!r} ({why})" for t, why in
                           zip(bad[v].head(3), bad[f"{v}:degenerate_reason"].head(3), strict=True)]  # fmt: skip
         return "\n".join(lines)
+
+
+PAIR_CHECKS = ("correct", "degenerate", "naturalness", "repetition")
+
+
+def quality_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `pairs` worth reading first, pair by pair: the checks of answer quality, then each total."""
+    parts = []
+    for _, grp in pairs.groupby(["a", "b"], sort=False):
+        checks = grp[(grp["kind"] == "check") & grp["name"].isin(PAIR_CHECKS)]
+        parts.append(checks.iloc[checks["name"].map(PAIR_CHECKS.index).argsort()])
+        parts.append(grp[(grp["kind"] == "reward") & grp["name"].str.startswith("total@")])
+    return pd.concat(parts) if parts else pairs.iloc[:0]
 
 
 def _pct(x: Any) -> str:

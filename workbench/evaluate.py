@@ -20,14 +20,14 @@ from typing import Any
 
 import pandas as pd
 
-from .checks import CHECKS, reference_grader
+from .checks import reference_grader
 from .errors import CompareError
 from .models import encode_prompt, load_model, merge_adapter, pick_device, pick_dtype
 from .osutil import json_safe
 from .recovery import task_for_run
 from .rewards import build_rewards, prompt_text
 from .scoring import Answers, generate, naturalness, score_answers
-from .stats import SUMMARY_COLUMNS, as_score, paired_summary
+from .stats import SUMMARY_COLUMNS, as_score, check_frame, paired_frame, paired_summary  # noqa: F401
 from .store import open_run
 from .tasks import chat_messages, check_prompt, reference_columns
 from .verdict import Verdict, judge
@@ -263,22 +263,3 @@ def answers_table(messages: list, columns: dict[str, list], answers: dict[str, A
             table[f"{side}:{name}"] = [as_score(v) for v in vals]
         table[f"{side}:degenerate_reason"] = scores[side]["degenerate_reason"]
     return table
-
-
-def paired_frame(a: dict[str, list], b: dict[str, list], index: str) -> pd.DataFrame:
-    """One paired_summary row per name (b − a, prompt by prompt); `a[name]` holds one value per prompt."""
-    out = pd.DataFrame.from_dict(
-        {name: paired_summary(a[name], b[name]) for name in a}, orient="index"
-    )[SUMMARY_COLUMNS].astype({"wins": int, "ties": int, "losses": int})
-    out.index.name = index
-    return out
-
-
-def check_frame(a: dict[str, list], b: dict[str, list], graded: bool) -> pd.DataFrame:
-    """paired_frame of the checks, with wins counted in each check's better direction and a "better" column;
-    without a reference grader there is no "correct" row."""
-    checks = paired_frame(a, b, "check")
-    lower = [c for c in checks.index if CHECKS[c].better == "lower"]  # fewer degenerate answers is a win
-    checks.loc[lower, ["wins", "losses"]] = checks.loc[lower, ["losses", "wins"]].to_numpy()
-    checks.insert(0, "better", [CHECKS[c].better or "" for c in checks.index])
-    return checks if graded else checks.drop(index="correct")

@@ -1,9 +1,11 @@
 """Paired statistics of base vs tuned: means, the paired difference with a bootstrap 95% CI, wins/ties/losses.
 
-numpy only, no torch: the Compare tab lays out its table with SUMMARY_COLUMNS before any model is loaded.
+numpy and pandas, no torch: the Compare tab lays out its table with SUMMARY_COLUMNS before any model is loaded,
+and the A/B statistics (ab_stats.py) are computed from stored scores without one.
 
-    from workbench.stats import paired_summary
+    from workbench.stats import paired_summary, paired_frame
     paired_summary([0.1, 0.4, None], [0.5, 0.4, 0.9])   # None: the score does not apply to that prompt
+    paired_frame(base_scores, tuned_scores, "reward")    # one such row per name: {name: [one value per prompt]}
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
+
+from .checks import CHECKS
 
 SUMMARY_COLUMNS = ["base_mean", "tuned_mean", "diff", "ci_low", "ci_high", "wins", "ties", "losses"]
 TIE = 1e-9  # scores closer than this count as a tie (float noise in weighted sums)
@@ -57,3 +62,22 @@ def paired_summary(
         # Clamp to the observed range: percentile interpolation can step a rounding error outside it.
         out["ci_low"], out["ci_high"] = float(max(lo, d.min())), float(min(hi, d.max()))
     return out
+
+
+def paired_frame(a: dict[str, list], b: dict[str, list], index: str) -> pd.DataFrame:
+    """One paired_summary row per name (b − a, prompt by prompt); `a[name]` holds one value per prompt."""
+    out = pd.DataFrame.from_dict(
+        {name: paired_summary(a[name], b[name]) for name in a}, orient="index"
+    )[SUMMARY_COLUMNS].astype({"wins": int, "ties": int, "losses": int})
+    out.index.name = index
+    return out
+
+
+def check_frame(a: dict[str, list], b: dict[str, list], graded: bool) -> pd.DataFrame:
+    """paired_frame of the checks, with wins counted in each check's better direction and a "better" column;
+    without a reference grader there is no "correct" row."""
+    checks = paired_frame(a, b, "check")
+    lower = [c for c in checks.index if CHECKS[c].better == "lower"]  # fewer degenerate answers is a win
+    checks.loc[lower, ["wins", "losses"]] = checks.loc[lower, ["losses", "wins"]].to_numpy()
+    checks.insert(0, "better", [CHECKS[c].better or "" for c in checks.index])
+    return checks if graded else checks.drop(index="correct")

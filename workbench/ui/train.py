@@ -20,7 +20,7 @@ from ..config import PRESETS, Limits, RunSpec
 from ..rewards import REGISTRY, build_reward
 from ..store import TERMINAL, RunNotFound, list_runs, open_run
 from ..tasks import BUILTIN_TASKS, load_task
-from . import access, controls, insights, lab, plots, quota, uploads, views
+from . import access, controls, insights, lab, plots, quota, uploads, variants, views
 from .common import UploadError, guarded, skips
 
 # --- plain functions (tested without a server) ---------------------------------------------------------------
@@ -169,6 +169,7 @@ def build_train_tab(limits: Limits, token: gr.BrowserState) -> dict[str, Any]:
                 c["launch"] = gr.Button("Launch", variant="primary", elem_id="wb-launch", scale=2)
                 c["stop"] = gr.Button("Stop", variant="stop", elem_id="wb-stop", interactive=False, scale=1)
             lab.build_preflight(c)  # "Check rewards": the pre-flight report of these settings
+            variants.build_variants(c)  # "Add variant": an A/B of reward designs on matched seeds
             fields: dict[str, Any] = {}
             for title, fs in controls.grouped_fields():
                 with gr.Accordion(title, open=title == "Task & model"):
@@ -323,6 +324,7 @@ def wire_train_tab(c: dict[str, Any], limits: Limits, token: gr.BrowserState) ->
         gr.Info(f"Stopping run {run_id} after its current step; its adapter is saved, so you can compare it.")
         return gr.update(interactive=False)
 
+    variants.wire_variants(c, limits, launch_kwargs, names, flat_names, poll)
     c["stop"].click(stop, [c["watch"], token], c["stop"], api_name="stop")
     c["timer"].tick(poll, [c["watch"], c["seen"]], watch_out, show_progress="hidden", concurrency_limit=None,
                     api_name="poll")  # fmt: skip
