@@ -9,6 +9,9 @@
 The reward functions are the scorer: evaluation and training share one definition of "correct". The difference is
 paired (the same prompt answered by both models), and its 95% interval is a paired bootstrap over prompts, so a
 handful of prompts gives an honest, wide interval rather than a confident-looking mean.
+
+`answer_all` (the base answers once, then any number of tuned models) and `answers_table` are shared with the A/B
+comparison of several runs (compare_many.py); the paired statistics are stats.py's.
 """
 
 from __future__ import annotations
