@@ -209,7 +209,7 @@ def share_task(run: Run) -> bool:
         for rid in exp.runs.values():
             src = open_run(rid).dir / TASK_FILE if rid != run.id else None
             if src is not None and src.is_file():
-                tmp = run.dir / f".{TASK_FILE}.{secrets.token_hex(3)}"
+                tmp = run.dir / f".tmp-{TASK_FILE}-{secrets.token_hex(3)}"  # swept if a crash leaves it
                 shutil.copyfile(src, tmp)
                 os.replace(tmp, run.dir / TASK_FILE)  # a reader sees the whole copy or none
                 return True
