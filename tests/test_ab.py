@@ -24,6 +24,7 @@ from workbench.experiments import (
     start_experiment,
     variant_specs,
 )
+from workbench.stats import SUMMARY_COLUMNS
 from workbench.store import list_runs, open_run
 
 N = 12
@@ -252,6 +253,8 @@ def test_compare_many_asks_the_base_once_and_agrees_with_the_two_way_compare(sta
     assert pd.read_csv(files[1])["variant"].tolist() == cmp.ranking["variant"].tolist()
     doc = json.loads(json.dumps(cmp.to_dict(), allow_nan=False))
     assert doc["n_prompts"] == 4 and set(doc["variants"]) == {"length-only", "task-rewards"}
+    one = doc["variants"]["task-rewards"]  # "repetition" is a reward of this variant and a check: both kept apart
+    assert set(one["summary"]["repetition"]) == set(SUMMARY_COLUMNS) and one["checks"]["repetition"]["better"] == "lower"
     assert "never by a variant's own reward" in doc["ranking_rule"] and "verdicts against the base" in cmp.text()
 
 

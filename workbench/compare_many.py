@@ -87,11 +87,12 @@ class MultiComparison:
         """JSON-safe (NaN as None), for `workbench compare --json` and the API."""
         variants = {}
         for v, info in self.variants.items():
-            s = self.stats.summaries[v].set_index("name")
-            cols = [c for c in s.columns if c not in ("kind",)]
+            s = self.stats.summaries[v]
+            # by kind first: "repetition" names both a reward and a check
+            rewards, checks = (s[s["kind"] == k].drop(columns="kind").set_index("name") for k in ("reward", "check"))
             variants[v] = {**info, "verdict": self.verdicts[v].to_dict(),
-                           "summary": {k: s.loc[k, cols].to_dict() for k in s.index[s["kind"] == "reward"]},
-                           "checks": {k: s.loc[k, cols].to_dict() for k in s.index[s["kind"] == "check"]},
+                           "summary": rewards.drop(columns="better").to_dict(orient="index"),
+                           "checks": checks.to_dict(orient="index"),
                            "degenerate": int(self.table[f"{v}:degenerate"].sum())}  # fmt: skip
         doc = {"mode": self.mode, "seed": self.seed, "max_new_tokens": self.max_new_tokens,
                "n_prompts": len(self.table), **self.meta, "ranking_rule": RANKING_RULE,
