@@ -36,12 +36,19 @@ CONCISE = [("length", 1.0), ("contains_answer", 2.0), ("repetition", 1.0)]
 def test_a_variant_is_a_reward_list_a_preset_or_settings_and_may_not_move_the_prompts():
     assert parse_variant("length:1,target=12,unit=words; contains_answer:2") == (
         "length+contains_answer",
-        {"rewards": [RewardSpec("length", 1.0, {"target": 12, "unit": "words"}), RewardSpec("contains_answer", 2.0)]},
+        {
+            "rewards": [
+                RewardSpec("length", 1.0, {"target": 12, "unit": "words"}),
+                RewardSpec("contains_answer", 2.0),
+            ]
+        },
     )
     assert parse_variant("task") == ("task-rewards", {"rewards": []})  # the task's own rewards
     assert parse_variant('{"name": "kl", "beta": 0.1}') == ("kl", {"beta": 0.1})
     name, changes = parse_variant("preset:length-only")
-    assert name == "length-only" and changes["beta"] == 0.0 and "seed" not in changes and "task" not in changes
+    assert (
+        name == "length-only" and changes["beta"] == 0.0 and "seed" not in changes and "task" not in changes
+    )
 
     made = variant_specs(PRESETS["quick"], ["preset:length-only", "preset:quick"])
     (a, sa, ca), (b, sb, cb) = made
@@ -147,19 +154,25 @@ def test_the_checks_rank_the_hacked_variant_last_whatever_its_own_reward_says():
     # length-only's own reward rose more than quick's (0.75 vs 0.6 + ...): it still ranks last
     assert r.set_index("variant").loc["length-only", "own_reward_diff"] == pytest.approx(0.75)
     assert r["ahead_of_next"].iloc[0] == "verdict: better vs hacked" and r["ahead_of_next"].iloc[1] == ""
-    assert r.attrs["base"]["correct"] == 0.5 and r.set_index("variant").loc["length-only", "degenerate"] == 0.5
+    assert (
+        r.attrs["base"]["correct"] == 0.5 and r.set_index("variant").loc["length-only", "degenerate"] == 0.5
+    )
 
     # each variant against the base is what a 2-way compare says: its own total and rewards, and the checks
     s = ab.summaries["quick"].set_index("name")
     assert s.loc["total@quick", "diff"] == pytest.approx(0.6 + 2 * (8 / 12 - 0.5))
-    assert s.loc["total@length-only", "diff"] == pytest.approx(0.6)  # quick scored by length-only's design too
+    assert s.loc["total@length-only", "diff"] == pytest.approx(
+        0.6
+    )  # quick scored by length-only's design too
     assert s.loc["degenerate", "better"] == "lower" and s.loc["correct", "kind"] == "check"
 
     # the pair: quick − length-only on the same prompts
     p = ab.pairs.set_index("name")
     assert set(ab.pairs["a"]) == {"length-only"} and set(ab.pairs["b"]) == {"quick"}
     assert p.loc["correct", "diff"] == pytest.approx(8 / 12) and p.loc["correct", "ci_low"] > 0
-    assert p.loc["degenerate", "diff"] == pytest.approx(-0.5) and p.loc["degenerate", "wins"] == 6  # fewer = win
+    assert (
+        p.loc["degenerate", "diff"] == pytest.approx(-0.5) and p.loc["degenerate", "wins"] == 6
+    )  # fewer = win
     assert p.loc["total@length-only", "diff"] == pytest.approx(-0.15)  # by length-only's design, it wins
 
 
@@ -169,7 +182,9 @@ def test_within_a_verdict_the_checks_order_and_say_whether_they_separate():
         "base": _side(0.2, half, 0.0, -0.7, 0.05),
         "a": _side(0.8, [1.0] * 8 + [0.0] * 4, 0.0, -0.8, 0.05),
         "b": _side(0.8, [1.0] * 7 + [0.0] * 5, 0.0, -0.8, 0.05),  # one fewer correct than a: within the noise
-        "c": _side(0.8, [1.0] * N, 0.0, -0.8, 0.05, answer_hit=half),  # all correct; its reward did not see it
+        "c": _side(
+            0.8, [1.0] * N, 0.0, -0.8, 0.05, answer_hit=half
+        ),  # all correct; its reward did not see it
     }
     designs = {"a": CONCISE, "b": CONCISE, "c": LENGTH_ONLY}
     add_totals(scores, designs)
@@ -204,7 +219,11 @@ def test_totals_follow_the_training_sum_and_rewards_are_labelled_once():
         "A": [length_reward(), RewardSpec("contains_answer", 2.0)],
         "B": [RewardSpec("length", 0.5, {"target": 30, "unit": "words"}), RewardSpec("contains_answer", 1.0)],
     })  # fmt: skip
-    assert list(labels) == ["length", "contains_answer", "length@B"]  # same name, other target: its own column
+    assert list(labels) == [
+        "length",
+        "contains_answer",
+        "length@B",
+    ]  # same name, other target: its own column
     assert designs == {"A": [("length", 1.0), ("contains_answer", 2.0)],
                        "B": [("length@B", 0.5), ("contains_answer", 1.0)]}  # fmt: skip
 
@@ -237,7 +256,9 @@ def test_compare_many_asks_the_base_once_and_agrees_with_the_two_way_compare(sta
     assert {"base", "length-only", "task-rewards", "base/total@length-only", "task-rewards/contains_answer",
             "length-only:degenerate", "task-rewards:naturalness"} <= set(t.columns)  # fmt: skip
     assert cmp.variants["length-only"]["rewards"] == {"length": 1.0}
-    assert set(cmp.ranking["variant"]) == {"length-only", "task-rewards"} and len(cmp.pairs["b"].unique()) == 1
+    assert (
+        set(cmp.ranking["variant"]) == {"length-only", "task-rewards"} and len(cmp.pairs["b"].unique()) == 1
+    )
 
     # the 2-way compare of one variant says the same of it: same answers, same verdict
     rid = exp.runs["task-rewards"]
@@ -253,9 +274,16 @@ def test_compare_many_asks_the_base_once_and_agrees_with_the_two_way_compare(sta
     assert pd.read_csv(files[1])["variant"].tolist() == cmp.ranking["variant"].tolist()
     doc = json.loads(json.dumps(cmp.to_dict(), allow_nan=False))
     assert doc["n_prompts"] == 4 and set(doc["variants"]) == {"length-only", "task-rewards"}
-    one = doc["variants"]["task-rewards"]  # "repetition" is a reward of this variant and a check: both kept apart
-    assert set(one["summary"]["repetition"]) == set(SUMMARY_COLUMNS) and one["checks"]["repetition"]["better"] == "lower"
-    assert "never by a variant's own reward" in doc["ranking_rule"] and "verdicts against the base" in cmp.text()
+    one = doc["variants"][
+        "task-rewards"
+    ]  # "repetition" is a reward of this variant and a check: both kept apart
+    assert (
+        set(one["summary"]["repetition"]) == set(SUMMARY_COLUMNS)
+        and one["checks"]["repetition"]["better"] == "lower"
+    )
+    assert (
+        "never by a variant's own reward" in doc["ranking_rule"] and "verdicts against the base" in cmp.text()
+    )
 
 
 # --- the app: "Add variant" on the Train tab, the A/B section of the Compare tab -------------------------------
@@ -270,8 +298,12 @@ def _canned_comparison():
         for kind, sep in (("rewards", "/"), ("checks", ":")):
             for k, vals in sc[kind].items():
                 t[f"{side}{sep}{k}"] = vals
-        t[f"{side}:degenerate_reason"] = ["symbol or emoji run" if d else "" for d in sc["checks"]["degenerate"]]
-    variants = {v: {"run_id": f"run-{v}", "total": f"total@{v}", "rewards": dict(designs[v])} for v in designs}
+        t[f"{side}:degenerate_reason"] = [
+            "symbol or emoji run" if d else "" for d in sc["checks"]["degenerate"]
+        ]
+    variants = {
+        v: {"run_id": f"run-{v}", "total": f"total@{v}", "rewards": dict(designs[v])} for v in designs
+    }
     return MultiComparison(variants, "greedy", 0, 48, t, ab)
 
 
@@ -291,7 +323,9 @@ def test_the_train_tab_collects_variants_and_launches_them_within_the_visitors_s
         add_variant(vs, "C", [RewardSpec("length", 1.0, {"targett": 3})])
 
     with pytest.raises(ConfigError, match="3 variants is above .* limit of 2"):  # a visitor allowed 2 runs
-        launch_variants(_tiny(), [*vs, {"name": "task", "rewards": []}], Limits(max_runs_per_visitor=2), "tok")
+        launch_variants(
+            _tiny(), [*vs, {"name": "task", "rewards": []}], Limits(max_runs_per_visitor=2), "tok"
+        )
     assert list_runs() == []
     first, msg = launch_variants(_tiny(), vs, Limits(max_runs_per_visitor=2), "tok")
     exp = list_experiments()[0]
@@ -309,7 +343,9 @@ def test_the_compare_tab_shows_the_ranking_the_pairs_and_the_answers_in_columns(
     assert set(pairs_frame(cmp)["name"]) == {"correct", "degenerate", "naturalness", "repetition",
                                              "total@length-only", "total@quick"}  # fmt: skip
     head = ab_headline(cmp)
-    assert "never by a variant's own reward" in head and head.index("1. **quick**") < head.index("2. **length-only")
+    assert "never by a variant's own reward" in head and head.index("1. **quick**") < head.index(
+        "2. **length-only"
+    )
     html = columns_html(cmp, limit=2)
     assert html.count('class="wb-pair"') == 2 and "repeat(3, minmax(0, 1fr))" in html
     assert "&lt;b&gt;Paris&lt;/b&gt;" in html and "<b>Paris" not in html  # answers are escaped
@@ -330,6 +366,8 @@ def test_the_app_launches_an_ab_and_lists_it_for_compare(app_url, stand_in):
     assert list(exp.runs) == ["short", "task"] and open_run(exp.runs["short"]).spec.model == "tiny-random"
     exps, runs = client.predict(api_name="/ab_choices")
     assert exp.id in json.dumps(exps)
-    with pytest.raises(AppError, match="no adapter or checkpoint yet"):  # nothing trained yet: said, not crashed
+    with pytest.raises(
+        AppError, match="no adapter or checkpoint yet"
+    ):  # nothing trained yet: said, not crashed
         client.predict(list(exp.runs.values()), "held-out prompts", 2, "", "", "greedy", 0, 8, "last",
                        api_name="/compare_ab")  # fmt: skip

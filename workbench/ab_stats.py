@@ -68,7 +68,9 @@ def add_totals(scores: dict[str, dict[str, Any]], designs: dict[str, list[tuple[
     for side in scores.values():
         rewards = side["rewards"]
         for v, design in designs.items():
-            per_func = to_floats([[np.nan if x is None else x for x in rewards[k]] for k, _ in design]).T  # (N, F)
+            per_func = to_floats(
+                [[np.nan if x is None else x for x in rewards[k]] for k, _ in design]
+            ).T  # (N, F)
             rewards[total_label(v)] = weighted_rewards(per_func, [w for _, w in design]).tolist()
 
 
@@ -92,7 +94,7 @@ def summarise(scores: dict[str, dict[str, Any]], designs: dict[str, list[tuple[s
         rewards = paired_frame(scores[a]["rewards"], scores[b]["rewards"], "name")
         checks = check_frame(scores[a]["checks"], scores[b]["checks"], graded)
         pairs.append(_stack(rewards, checks).assign(a=a, b=b))
-    pair_frame = (pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame(columns=PAIR_COLUMNS))
+    pair_frame = pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame(columns=PAIR_COLUMNS)
     pair_frame = pair_frame.rename(columns={"base_mean": "a_mean", "tuned_mean": "b_mean"})[PAIR_COLUMNS]
     return ABStats(summaries, verdicts, pair_frame, rank(summaries, verdicts, pair_frame, n_prompts))
 

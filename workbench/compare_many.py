@@ -42,7 +42,9 @@ from .tasks import chat_messages, reference_columns
 
 @dataclass
 class MultiComparison:
-    variants: dict[str, dict[str, Any]]  # name -> {"run_id", "adapter", "weights", "rewards": {label: weight}}
+    variants: dict[
+        str, dict[str, Any]
+    ]  # name -> {"run_id", "adapter", "weights", "rewards": {label: weight}}
     mode: str
     seed: int
     max_new_tokens: int
@@ -89,7 +91,9 @@ class MultiComparison:
         for v, info in self.variants.items():
             s = self.stats.summaries[v]
             # by kind first: "repetition" names both a reward and a check
-            rewards, checks = (s[s["kind"] == k].drop(columns="kind").set_index("name") for k in ("reward", "check"))
+            rewards, checks = (
+                s[s["kind"] == k].drop(columns="kind").set_index("name") for k in ("reward", "check")
+            )
             variants[v] = {**info, "verdict": self.verdicts[v].to_dict(),
                            "summary": rewards.drop(columns="better").to_dict(orient="index"),
                            "checks": checks.to_dict(orient="index"),
@@ -108,7 +112,9 @@ class MultiComparison:
         lines.append(f"{'#':>2} {'variant':<20} {'verdict':<8} {'correct':>7} {'degen.':>7} {'natural':>7} "
                      f"{'own reward Δ [95% CI]':<24} ahead of the next")  # fmt: skip
         for _, x in r.iterrows():
-            ci = f"{x['own_reward_diff']:+.2f} [{x['own_reward_ci_low']:+.2f}, {x['own_reward_ci_high']:+.2f}]"
+            ci = (
+                f"{x['own_reward_diff']:+.2f} [{x['own_reward_ci_low']:+.2f}, {x['own_reward_ci_high']:+.2f}]"
+            )
             deg = f"{round(x['degenerate'] * n)}/{n}"
             lines.append(f"{x['rank']:>2} {x['variant']:<20} {x['verdict']:<8} {_pct(x['correct']):>7} {deg:>7} "
                          f"{x['naturalness']:>7.2f} {ci:<24} {x['ahead_of_next']}")  # fmt: skip
@@ -220,7 +226,9 @@ def compare_many(runs: dict[str, str], weights: str = "last", rows: list[dict] |
                                   batch_size=batch_size, progress=progress)  # fmt: skip
     scores = {}
     for side in answers:
-        scores[side] = score_answers(rewards, grader and grader[1], rows, messages, answers[side], natural[side])
+        scores[side] = score_answers(
+            rewards, grader and grader[1], rows, messages, answers[side], natural[side]
+        )
         scores[side]["rewards"].pop("total")  # the union's sum means nothing: each variant has its own total
     add_totals(scores, designs)
     stats = summarise(scores, designs, graded=grader is not None, n_prompts=len(rows))
@@ -239,7 +247,9 @@ def _check_matched(opened: dict, tasks: dict, own_rows: bool) -> None:
     """The base must be one model asked one set of questions the same way: refuse runs that differ there."""
     (v0, r0), t0 = next(iter(opened.items())), tasks[next(iter(opened))]
     for v, r in opened.items():
-        what = [k for k in ("model", "max_prompt_length", "dtype") if getattr(r.spec, k) != getattr(r0.spec, k)]
+        what = [
+            k for k in ("model", "max_prompt_length", "dtype") if getattr(r.spec, k) != getattr(r0.spec, k)
+        ]
         if tasks[v].system_prompt_for(r.spec) != t0.system_prompt_for(r0.spec):
             what.append("system prompt")
         if not own_rows and [x["prompt"] for x in tasks[v].eval] != [x["prompt"] for x in t0.eval]:

@@ -135,7 +135,9 @@ def prompt_rows(task, rows: list[dict] | None) -> list[dict]:
     """The rows to compare on (default: the task's held-out prompts), each prompt checked."""
     rows = task.eval if rows is None else list(rows)
     if not rows:
-        raise CompareError("no prompts to compare: give at least one prompt, or use the run's held-out prompts")
+        raise CompareError(
+            "no prompts to compare: give at least one prompt, or use the run's held-out prompts"
+        )
     return [{**r, "prompt": check_prompt(r.get("prompt"), f"prompt {i}")} for i, r in enumerate(rows, 1)]
 
 
@@ -227,7 +229,9 @@ def answer_all(spec, messages: list, tuned: dict[str, tuple[str, Path]], *, mode
         if progress:
             progress(done / total, what)
 
-    answers = {"base": generate(model, tok, prompts, progress=lambda k: tell(k, f"base model: {k}/{n}"), **gen)}
+    answers = {
+        "base": generate(model, tok, prompts, progress=lambda k: tell(k, f"base model: {k}/{n}"), **gen)
+    }
     natural = {"base": naturalness(model, prompts, answers["base"].ids, tok.pad_token_id, batch_size)}
     for i, (side, (kind, folder)) in enumerate(tuned.items()):
         at = (1 + i) * n
@@ -254,7 +258,7 @@ def answers_table(messages: list, columns: dict[str, list], answers: dict[str, A
     shown as chips) and "<side>:<check>" (the checks) for every side, in the order of `answers`."""
     sides = list(answers)
     table = pd.DataFrame({"prompt": [prompt_text(m) for m in messages]})
-    for c, vals in columns.items():  # the reference (e.g. the expected answer) beside the answers, for the CSV
+    for c, vals in columns.items():  # the reference (e.g. the expected answer) beside the answers
         table[f"ref/{c}"] = vals
     for side in sides:
         table[side] = answers[side].texts

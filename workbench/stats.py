@@ -66,9 +66,9 @@ def paired_summary(
 
 def paired_frame(a: dict[str, list], b: dict[str, list], index: str) -> pd.DataFrame:
     """One paired_summary row per name (b − a, prompt by prompt); `a[name]` holds one value per prompt."""
-    out = pd.DataFrame.from_dict(
-        {name: paired_summary(a[name], b[name]) for name in a}, orient="index"
-    )[SUMMARY_COLUMNS].astype({"wins": int, "ties": int, "losses": int})
+    out = pd.DataFrame.from_dict({name: paired_summary(a[name], b[name]) for name in a}, orient="index")[
+        SUMMARY_COLUMNS
+    ].astype({"wins": int, "ties": int, "losses": int})
     out.index.name = index
     return out
 

@@ -72,7 +72,9 @@ def ab_headline(cmp) -> str:
     lines = [f"*{RANKING_RULE}*", ""]  # our own words: no escaping
     for _, r in cmp.ranking.iterrows():
         v = cmp.verdicts[r["variant"]]
-        lines.append(f"{r['rank']}. **{views.esc(r['variant'])}**: {views.esc(v.level)}. {views.esc(v.headline)}")
+        lines.append(
+            f"{r['rank']}. **{views.esc(r['variant'])}**: {views.esc(v.level)}. {views.esc(v.headline)}"
+        )
     return "\n".join(lines)
 
 
@@ -82,7 +84,9 @@ def ranking_frame(cmp) -> pd.DataFrame:
     base = {"rank": None, "variant": "(base)", "verdict": "", **cmp.ranking.attrs.get("base", {}),
             "own_reward_diff": None, "ahead_of_next": ""}  # fmt: skip
     out = pd.concat([r, pd.DataFrame([base])], ignore_index=True)
-    return out.round({c: 3 for c in ("correct", "degenerate", "naturalness", "repetition", "words", "own_reward_diff")})
+    return out.round(
+        {c: 3 for c in ("correct", "degenerate", "naturalness", "repetition", "words", "own_reward_diff")}
+    )
 
 
 def pairs_frame(cmp) -> pd.DataFrame:
@@ -90,7 +94,20 @@ def pairs_frame(cmp) -> pd.DataFrame:
     from ..compare_many import quality_pairs
 
     keep = quality_pairs(cmp.pairs)
-    cols = ["a", "b", "kind", "name", "a_mean", "b_mean", "diff", "ci_low", "ci_high", "wins", "ties", "losses"]
+    cols = [
+        "a",
+        "b",
+        "kind",
+        "name",
+        "a_mean",
+        "b_mean",
+        "diff",
+        "ci_low",
+        "ci_high",
+        "wins",
+        "ties",
+        "losses",
+    ]
     return keep[cols].round({c: 3 for c in ("a_mean", "b_mean", "diff", "ci_low", "ci_high")})
 
 
@@ -127,7 +144,9 @@ def columns_html(cmp, limit: int = 30, max_chars: int = 900) -> str:
 def build_ab_section(c: dict[str, Any]) -> dict[str, Any]:
     """Under the 2-way comparison; reads the tab's prompt, decoding and weights controls (`c`)."""
     ab: dict[str, Any] = {}
-    with gr.Accordion("A/B: the base and several tuned models at once, ranked", open=False, elem_id="wb-ab") as box:
+    with gr.Accordion(
+        "A/B: the base and several tuned models at once, ranked", open=False, elem_id="wb-ab"
+    ) as box:
         gr.Markdown("Pick an experiment (Train tab → *A/B of reward designs*) or 2 to 4 runs of one model and "
                     "task. The prompts, decoding and weights above apply.")  # fmt: skip
         with gr.Row():
@@ -152,7 +171,9 @@ def build_ab_section(c: dict[str, Any]) -> dict[str, Any]:
         return gr.update(choices=experiment_choices()), gr.update(choices=two_way.run_choices())
 
     ab["refresh"].click(refresh, None, [ab["exp"], ab["runs"]], api_name="ab_choices")
-    box.expand(refresh, None, [ab["exp"], ab["runs"]], api_visibility="private")  # the store, read when opened
+    box.expand(
+        refresh, None, [ab["exp"], ab["runs"]], api_visibility="private"
+    )  # the store, read when opened
 
     @guarded(1)
     def pick(exp_id):
@@ -163,14 +184,21 @@ def build_ab_section(c: dict[str, Any]) -> dict[str, Any]:
     ab["exp"].change(pick, ab["exp"], ab["runs"], api_visibility="private")
 
     @guarded(5)
-    def go(ids, source, n, prompt, answer, mode, seed, max_new_tokens, weights="last", progress=gr.Progress()):  # noqa: B008
+    def go(ids, source, n, prompt, answer, mode, seed, max_new_tokens, weights="last",
+           progress=gr.Progress()):  # noqa: B008  # fmt: skip
         if not ids or len(ids) < 2:
             raise CompareError("pick an experiment, or 2 to 4 runs")
         progress(0.0, desc="Loading the models…")
         cmp = run_ab(ids, source, n, prompt, answer, mode, seed, max_new_tokens,
                      progress=lambda f, msg: progress(f, desc=msg), weights=weights)  # fmt: skip
         files = cmp.to_csv(download_folder("wb-ab-") / "ab.csv")
-        return ab_headline(cmp), ranking_frame(cmp), pairs_frame(cmp), [str(f) for f in files], columns_html(cmp)
+        return (
+            ab_headline(cmp),
+            ranking_frame(cmp),
+            pairs_frame(cmp),
+            [str(f) for f in files],
+            columns_html(cmp),
+        )
 
     ab["go"].click(go, [ab["runs"], c["source"], c["n"], c["prompt"], c["answer"], c["mode"], c["seed"],
                         c["max_new_tokens"], c["weights"]],

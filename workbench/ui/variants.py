@@ -56,7 +56,9 @@ def variants_markdown(variants: list[dict] | None) -> str:
         rewards = " + ".join(esc(str(RewardSpec(**r))) for r in v["rewards"]) or "the task's own rewards"
         lines.append(f"- **{esc(v['name'])}**: {rewards}")
     more = len(variants) < MIN_VARIANTS
-    return "\n".join(lines) + (f"\n\n*Add at least {MIN_VARIANTS - len(variants)} more to launch.*" if more else "")
+    return "\n".join(lines) + (
+        f"\n\n*Add at least {MIN_VARIANTS - len(variants)} more to launch.*" if more else ""
+    )
 
 
 def launch_variants(base: RunSpec, variants: list[dict], limits: Limits, token: str | None,
