@@ -37,6 +37,7 @@ from .osutil import process_start_time
 from .store import Run, open_run
 
 FAULT_ENV = "WORKBENCH_FAULT"
+WORKER_NICE = 5  # below the web server (and above the sandbox children doing visitor work, at 10)
 FAULT_KINDS = ("nan_reward", "raise_reward", "oom")
 
 
@@ -301,6 +302,9 @@ def _train_trl(run: Run, spec: RunSpec, task: Any, should_stop: Callable[[], boo
 
 def main(run_id: str) -> int:
     """Entry point of `workbench worker RUN_ID`: returns 0 when the run finished or stopped, 1 when it failed."""
+    # The web server answering visitors goes first: training takes what CPU it leaves (on a quiet machine, all of it).
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
     run = open_run(run_id)
     should_stop = StopFlag(run, Limits.from_env().max_run_minutes)
     should_stop.install()
