@@ -242,7 +242,7 @@ def test_training_and_compare_give_the_model_the_same_prompt_ids(tmp_path, templ
 @pytest.mark.slow
 def test_checks_score_both_sides_and_naturalness_is_measured_under_the_base_model(adapter):
     from workbench.models import encode_prompt, load_model
-    from workbench.scoring import naturalness
+    from workbench.scoring import generate, naturalness
 
     folder, _ = adapter
     run = _run()
@@ -255,20 +255,26 @@ def test_checks_score_both_sides_and_naturalness_is_measured_under_the_base_mode
         encode_prompt(tok, chat_messages(r, task.system_prompt), run.spec.max_prompt_length)
         for r in task.eval
     ]
-    ids = [tok(a, add_special_tokens=False)["input_ids"] for a in t["tuned"]]
-    by_hand = []
-    for p, i in zip(prompts, ids, strict=True):
-        full = torch.tensor([p + i])
-        logp = (
-            base_model(full).logits[0, len(p) - 1 : -1].log_softmax(-1).gather(-1, torch.tensor(i)[:, None])
-        )
-        by_hand.append(float(logp.mean().detach()))
+
+    def by_hand(side: str) -> list[float]:
+        out = []
+        for p, a in zip(prompts, t[side], strict=True):
+            i = tok(a, add_special_tokens=False)["input_ids"]
+            logits = base_model(torch.tensor([p + i])).logits[0, len(p) - 1 : -1]
+            out.append(float(logits.log_softmax(-1).gather(-1, torch.tensor(i)[:, None]).mean().detach()))
+        return out
+
     # the stored tokens also hold the end token when the answer ended: compare where no end token was generated
     cut = t["tuned:truncated"] > 0
     assert cut.any()
     assert t.loc[cut, "tuned:naturalness"].tolist() == pytest.approx(
-        [b for b, c in zip(by_hand, cut, strict=True) if c], abs=1e-4
+        [b for b, c in zip(by_hand("tuned"), cut, strict=True) if c], abs=1e-4
     )
+    # the base's own values come from its sampler's log-probs, no second forward pass: the forward's numbers
+    again = generate(base_model, tok, prompts, max_new_tokens=doc["max_new_tokens"], greedy=True)
+    assert again.texts == t["base"].tolist()
+    forward = naturalness(base_model, prompts, again.ids, tok.pad_token_id)
+    assert t["base:naturalness"].tolist() == pytest.approx(forward, abs=1e-4)
     assert naturalness(base_model, prompts[:1], [[]]) == [None]  # no tokens, nothing to measure
     # every check has a paired summary with its direction, and the verdict and degenerate counts are in the JSON
     # the concise prompts carry reference answers: correctness is checked although no reward of the run reads them
