@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test bench lint format prepare chromium clean
+.PHONY: run test bench bench-sweep lint format prepare chromium clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: $(DEV_STAMP) prepare chromium
 
 bench: $(DEV_STAMP) prepare
 	$(BIN)/python benchmarks/bench_engine.py
+
+# how a step's cost grows with G, the completion length and the model (the README's Speed table)
+bench-sweep: $(DEV_STAMP) prepare
+	$(BIN)/python benchmarks/bench_engine.py --sweep
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

@@ -1,26 +1,30 @@
-"""Benchmark: our GRPO engine against TRL's GRPOTrainer on identical work, side by side in one run.
+"""Benchmark: our GRPO engine against TRL's GRPOTrainer on identical work, step by step in one run.
 
-    make bench                                   # = .venv/bin/python benchmarks/bench_engine.py
-    .venv/bin/python benchmarks/bench_engine.py --steps 5 --warmup 1
+    make bench                                         # = .venv/bin/python benchmarks/bench_engine.py
+    .venv/bin/python benchmarks/bench_engine.py --steps 2             # a quick smoke run
+    .venv/bin/python benchmarks/bench_engine.py --sweep               # the scaling sweep (the README's table)
+    .venv/bin/python benchmarks/bench_engine.py --sweep --points 360m-g4-t32 --steps 2
 
-The work, the same in both: the bundled SmolLM2-135M-Instruct, LoRA r=16 all-linear, 2 prompts × G=4
-completions per step from the same batches in the same order, every completion forced to exactly 32 new tokens
-(min_new_tokens = max_new_tokens; checked below), beta 0, μ 1, the same learning rate. Each engine runs in its
-own precision (bf16 where the CPU has AVX512-BF16/AMX, else fp32: dtype "auto"; TRL then trains with
-`bf16=True`) and in its own subprocess, so peak memory is per engine and no warm cache is shared. `--warmup`
-steps are run and dropped, then `--steps` steps are timed.
+The work, the same on both sides: LoRA r=16 all-linear, 2 prompts × G completions per step from the same batches in
+the same order, every completion forced to exactly T new tokens (min_new_tokens = max_new_tokens; checked below),
+beta 0, μ 1, the same learning rate. The default point is the bundled SmolLM2-135M-Instruct, G=4, T=32. Each
+engine runs in its own precision (bf16 where the CPU has AVX512-BF16/AMX, else fp32: dtype "auto"; TRL then trains
+with `bf16=True`) and in its own subprocess (`bench_child.py`), so peak memory is per engine.
+
+Hygiene: both children are loaded, then run their steps alternately (engine, TRL, TRL, engine, ...: the order flips
+every step), so a machine that slows down mid-run slows both alike; the one waiting uses no CPU. `--warmup` steps
+per side are dropped, then `--steps` (default 10 at the default point, 3 per sweep point) are timed. Both children
+get the same environment, the same torch thread count and the same allocator settings (glibc keeps freed memory).
 
 How to read it:
-- step time: wall time of one whole step (rollout, rewards, update); the median over the timed steps decides.
-  For TRL it is the time between two streamed steps (so it includes TRL's per-step overheads); TRL's own
-  callback-measured step time is shown next to it.
-- engine split: medians of generation / rewards / training phases of the engine's step.
-- training GFLOP/s: estimated FLOPs of the engine's training phase (see `train_flops`) over its measured time,
-  and as a fraction of the bf16 / fp32 matmul peak measured in this run (2048² matmuls, before and after the
-  engines; a note is printed when the two differ, i.e. something else used the CPU).
-- peak RSS: the subprocess's maximum resident memory (model load included).
-- last line: `speedup_vs_trl=<TRL median step / engine median step>`; the bar is 3.0. Exit code 0 either way,
-  1 only when the work was not identical (a completion not 32 tokens long) or a child failed.
+- step time: wall time of one whole step (rollout, rewards, update): median, interquartile range, min–max. For TRL
+  it runs from the end of its previous step's log to the end of this one's (its per-step overheads included).
+- ratio: TRL's step over the engine's step, per pair of steps run back to back; its median and min–max.
+- machine limits: the bf16 matmul peak (2048², before and after the run) and the copy bandwidth (512 MB). The
+  generation floor is T × (bytes of every matrix a decode step reads) ÷ bandwidth; the training phase's share is
+  its estimated FLOPs (`bench_machine.train_flops`) over its time, against the bf16 peak.
+- last line: `speedup_vs_trl=<TRL median step / engine median step>`; the bar is 5.0. Exit code 0 either way, 1 only
+  when the work was not identical (a completion not T tokens long) or a child failed.
 """
 
 from __future__ import annotations
@@ -28,230 +32,233 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import warnings
+from pathlib import Path
 
-NEW_TOKENS = 32
-BAR = 3.0
+from bench_machine import copy_bandwidth, matmul_peak
 
-
-def make_spec(steps: int):
-    from workbench.config import RunSpec
-
-    return RunSpec(model="smollm2-135m-instruct", task="concise", num_generations=4, prompts_per_step=2,
-                   max_completion_length=NEW_TOKENS, beta=0.0, num_iterations=1, learning_rate=2e-4,
-                   lora_r=16, lora_alpha=32, lora_target_modules="all-linear", max_steps=steps, dtype="auto",
-                   seed=0)  # fmt: skip
+BAR = 5.0
+HERE = Path(__file__).resolve().parent
+BIG = "llama-360m-random"  # built from a config by bench_child.build_random_llama
+DEFAULT_POINT = ("smollm2-135m-instruct", 4, 32)
+# the sweep: G grows at T=32, T grows at G=4, both at once, and a 360M model at the default work
+SWEEP = [("smollm2-135m-instruct", g, t) for g, t in ((4, 32), (8, 32), (16, 32), (4, 128), (16, 128))]
+SWEEP += [(BIG, 4, 32)]
 
 
-def matmul_peak(dtype, n: int = 2048, reps: int = 8) -> float:
-    """Best-of-`reps` GFLOP/s of an n×n @ n×n matmul on the CPU in `dtype`."""
-    import torch
-
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    torch.matmul(a, b)  # warm-up (oneDNN primitive creation)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+def label(model: str, g: int, t: int) -> str:
+    return f"{'360m' if model == BIG else '135m' if model == DEFAULT_POINT[0] else model}-g{g}-t{t}"
 
 
-def train_flops(model, P: int, L: int, B: int, T: int) -> float:
-    """FLOPs of one training forward+backward of the engine (μ = 1, beta 0: no old/ref passes).
+class Child:
+    """One engine's subprocess, spoken to one step at a time (see bench_child's protocol)."""
 
-    The engine runs each prompt once per group: P·L prompt tokens (padded, as computed) + B·T completion
-    tokens.
-    - frozen linear weights N (2-D, non-embedding): forward 2·N and input-gradient 2·N per token, no weight
-      gradient → 4·N·tokens;
-    - LoRA A/B (N_lora): forward 2, input grad 2, weight grad 2 → 6·N_lora·tokens;
-    - attention scores and mixing (QKᵀ, AV), full masked matrices as SDPA computes them: forward
-      4·q·k·(H·d) per layer, backward twice that;
-    - lm_head (tied to the frozen embedding) at completion positions only: 2·h·V forward + 2·h·V input grad.
-    Norms, RoPE, softmax, the loss and the optimizer are left out (small), so this slightly under-counts.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = base.config
-    n_lin = n_lora = 0
-    for name, p in base.named_parameters():
-        if "lora_" in name:
-            n_lora += p.numel()
-        elif p.ndim == 2 and "embed_tokens" not in name and "lm_head" not in name:
-            n_lin += p.numel()
-    tokens = P * L + B * T
-    hd = cfg.num_attention_heads * (
-        getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    def __init__(self, engine: str, model: str, g: int, t: int, total: int, args, env: dict):
+        cmd = [sys.executable, str(HERE / "bench_child.py"), "--engine", engine, "--model", model,
+               "--generations", str(g), "--tokens", str(t), "--total", str(total),
+               "--threads", str(args.threads), "--device", args.device]  # fmt: skip
+        self.name = "engine" if engine == "builtin" else "TRL"
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def read(self) -> dict:
+        """The next protocol line; other lines are passed through."""
+        for line in self.proc.stdout:
+            if line.startswith("@@"):
+                return json.loads(line[2:])
+            print(f"  [{self.name}] {line.rstrip()}", flush=True)
+        self.proc.wait()
+        raise RuntimeError(f"{self.name} benchmark child ended (exit {self.proc.returncode})")
+
+    def step(self) -> dict:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # our own child, by its handle
+
+
+def run_point(model: str, g: int, t: int, steps: int, args, env: dict) -> dict:
+    """Both engines on one point, alternating; returns {'engine': [...], 'TRL': [...], 'ready': {...}}."""
+    total = args.warmup + steps
+    print(f"\n== {label(model, g, t)}: {args.warmup} warm-up + {steps} timed steps per side, alternating ==",
+          flush=True)  # fmt: skip
+    kids = [Child(e, model, g, t, total, args, env) for e in ("builtin", "trl")]
+    try:
+        ready = {k.name: k.read() for k in kids}
+        out: dict = {k.name: [] for k in kids}
+        for i in range(total):
+            for k in kids if i % 2 == 0 else kids[::-1]:
+                out[k.name].append(k.step())
+    finally:
+        for k in kids:
+            k.close()
+    return {name: rows[args.warmup :] for name, rows in out.items()} | {"ready": ready}
+
+
+def spread(xs: list[float]) -> dict:
+    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
+    return {"median": statistics.median(xs), "q1": q[0], "q3": q[2], "min": min(xs), "max": max(xs)}
+
+
+def fmt_spread(s: dict, digits: int = 2) -> str:
+    f = f"{{:.{digits}f}}"
+    return (f"{f.format(s['median'])} (IQR {f.format(s['q1'])}–{f.format(s['q3'])}, "
+            f"min–max {f.format(s['min'])}–{f.format(s['max'])})")  # fmt: skip
+
+
+def summarize(data: dict, t: int, g: int, bandwidth: float, peak: float) -> dict:
+    eng, trl = data["engine"], data["TRL"]
+    col = {side: {k: [r[k] for r in rows] for k in rows[0]} for side, rows in (("engine", eng), ("TRL", trl))}
+    lens = {side: [n for r in rows for n in r["lengths"]] for side, rows in (("engine", eng), ("TRL", trl))}
+    ok = all(len(v) == 2 * g * len(eng) and set(v) == {t} for v in lens.values())
+    floor = t * data["ready"]["engine"]["decode_bytes"] / (bandwidth * 1e9)
+    gflops = sum(col["engine"]["flops"]) / sum(col["engine"]["training"]) / 1e9
+    paired = [b / a for a, b in zip(col["engine"]["wall"], col["TRL"]["wall"], strict=True)]
+    s = {side: spread(col[side]["wall"]) for side in col}
+    return {"ok": ok, "lengths": {k: sorted(set(v)) for k, v in lens.items()}, "wall": s,
+            "phases": {side: {k: statistics.median(col[side][k])
+                              for k in ("step_time", "generation", "rewards", "training")} for side in col},
+            "rss_mb": {side: max(col[side]["rss_mb"]) for side in col}, "ratio": s["TRL"]["median"] / s["engine"]["median"],
+            "paired": spread(paired), "gen_floor": floor, "gflops": gflops, "peak_share": gflops / peak,
+            "train_gflop_per_step": statistics.mean(col["engine"]["flops"]) / 1e9,
+            "steps": {side: col[side]["wall"] for side in col}}  # fmt: skip
+
+
+def report(sm: dict, data: dict, t: int) -> None:
+    for side in ("engine", "TRL"):
+        r = data["ready"][side]
+        print(f"{side}: lengths {sm['lengths'][side]} -> {'all exactly' if sm['ok'] else 'NOT all'} {t} tokens; "
+              f"{r['precision']}; {r['threads']} threads")  # fmt: skip
+    print(f"\n{'':24}{'engine':>12}{'TRL':>12}")
+    print(
+        f"{'median step (s)':24}{sm['wall']['engine']['median']:>12.2f}{sm['wall']['TRL']['median']:>12.2f}"
     )
-    attn_fwd = cfg.num_hidden_layers * 4 * hd * (P * L * L + B * T * (L + T))
-    head = B * T * 4 * cfg.hidden_size * cfg.vocab_size
-    return tokens * (4 * n_lin + 6 * n_lora) + 3 * attn_fwd + head
+    for key in ("step_time", "generation", "rewards", "training"):
+        print(
+            f"{'  ' + key + ' (s)':24}{sm['phases']['engine'][key]:>12.3f}{sm['phases']['TRL'][key]:>12.3f}"
+        )
+    print(f"{'peak RSS (MB)':24}{sm['rss_mb']['engine']:>12.0f}{sm['rss_mb']['TRL']:>12.0f}")
+    print("  (TRL's split: 'generation' includes its log-prob passes before the first reward call)")
+    for side in ("engine", "TRL"):
+        print(f"{side} step (s): {fmt_spread(sm['wall'][side])}")
+        print(f"  steps: {' '.join(f'{x:.2f}' for x in sm['steps'][side])}")
+    print(f"ratio TRL/engine: {sm['ratio']:.2f} (medians); per step pair {fmt_spread(sm['paired'])}")
+    gen = sm["phases"]["engine"]["generation"]
+    print(f"generation: engine {gen:.3f} s vs weight-streaming floor {sm['gen_floor']:.3f} s "
+          f"({data['ready']['engine']['decode_bytes'] / 1e6:.0f} MB per decode step × {t} tokens) = "
+          f"{gen / sm['gen_floor']:.1f}× the floor (target ≤ 2×)")  # fmt: skip
+    print(f"training: {sm['train_gflop_per_step']:.1f} GFLOP/step at {sm['gflops']:.0f} GFLOP/s = "
+          f"{sm['peak_share']:.0%} of the bf16 matmul peak (target ≥ 50 %)")  # fmt: skip
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+def table(rows: list[tuple[str, int, int, dict]], steps: int) -> str:
+    out = ["| model | G | T | engine s/step (IQR) | TRL s/step (IQR) | TRL ÷ engine (per-pair min–max) | "
+           "engine generation ÷ floor | engine training, % of bf16 peak |",
+           "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for model, g, t, sm in rows:
+        e, r, p = sm["wall"]["engine"], sm["wall"]["TRL"], sm["paired"]
+        name = "SmolLM2-360M shape, random" if model == BIG else "SmolLM2-135M (bundled)"
+        gen = sm["phases"]["engine"]["generation"] / sm["gen_floor"]
+        out.append(f"| {name} | {g} | {t} | {e['median']:.2f} ({e['q1']:.2f}–{e['q3']:.2f}) | "
+                   f"{r['median']:.2f} ({r['q1']:.2f}–{r['q3']:.2f}) | **{sm['ratio']:.2f}×** "
+                   f"({p['min']:.2f}–{p['max']:.2f}) | {gen:.1f}× | {sm['peak_share']:.0%} |")  # fmt: skip
+    out.append(f"\n{steps} timed steps per side and point (after warm-up), alternating engine and TRL.")
+    return "\n".join(out)
 
 
-def run_builtin(total: int) -> dict:
-    import itertools
-
+def measure_machine(device: str) -> tuple[dict, float]:
     import torch
 
-    from workbench.grpo import GRPOEngine
-    from workbench.tasks import load_task, prompt_batches
-
-    spec = make_spec(total)
-    task = load_task(spec)
-    engine = GRPOEngine.from_spec(spec, task)
-    out: dict = {"wall": [], "step_time": [], "generation": [], "rewards": [], "training": [], "lengths": [],
-                 "flops": []}  # fmt: skip
-    for rows in itertools.islice(prompt_batches(task.train, spec.prompts_per_step, spec.seed), total):
-        prompts = engine.encode(rows)[0]
-        P, L = len(prompts), max(map(len, prompts))  # the padded prompt block the training forward computes
-        t0 = time.perf_counter()
-        res = engine.step(rows, min_new_tokens=NEW_TOKENS)
-        out["wall"].append(time.perf_counter() - t0)
-        for key in ("step_time", "generation", "rewards", "training"):
-            out[key].append(res.metrics[key if key == "step_time" else f"time/{key}"])
-        out["lengths"].append([e.length for e in res.episodes])
-        out["flops"].append(train_flops(engine.model, P, L, len(res.episodes), NEW_TOKENS))
-    base = engine.model.get_base_model()
-    lora = next(p for n, p in engine.model.named_parameters() if "lora_" in n)
-    out["precision"] = f"weights {base.dtype}, LoRA {lora.dtype}, sampler {type(engine.sampler).__name__}"
-    out["rss_mb"], out["threads"] = _rss_mb(), torch.get_num_threads()
-    return out
-
-
-def run_trl(total: int) -> dict:
-    import torch
-
-    from workbench.tasks import load_task
-    from workbench.trl_engine import build_trainer
-
-    spec = make_spec(total).replace(engine="trl")
-    task = load_task(spec)
-    out: dict = {"wall": [], "step_time": [], "generation": [], "rewards": [], "training": [], "lengths": []}
-    stamps = []
-
-    def on_step(res) -> None:
-        stamps.append(time.perf_counter())
-        out["wall"].append(stamps[-1] - stamps[-2])
-        out["step_time"].append(res.metrics["step_time"])
-        for key in ("generation", "rewards", "training"):
-            out[key].append(res.metrics[f"time/{key}"])
-        out["lengths"].append([e.length for e in res.episodes])
-
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_trainer(spec, task, on_step, lambda: False, tmp)
-        # TRL copies GRPOConfig.generation_kwargs into a GenerationConfig at __init__ and also passes the dict
-        # to unwrap_model_for_generation (it overrides the model's generation config): set both.
-        trainer.generation_config.min_new_tokens = NEW_TOKENS
-        trainer.generation_kwargs["min_new_tokens"] = NEW_TOKENS
-        lora = next(p for n, p in trainer.model.named_parameters() if "lora_" in n)
-        base = trainer.model.get_base_model()
-        out["precision"] = f"GRPOConfig bf16={trainer.args.bf16}, weights {base.dtype}, LoRA {lora.dtype}"
-        stamps.append(time.perf_counter())
-        trainer.train()
-    out["rss_mb"], out["threads"] = _rss_mb(), torch.get_num_threads()
-    return out
-
-
-# --- the parent: run both children, print the table ---------------------------------------------------------
-
-
-def child(engine: str, args) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--engine",
-        engine,
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-    ]
-    print(f"running {engine} ({args.warmup} warm-up + {args.steps} timed steps) ...", flush=True)
-    env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # no weight-loading bars in the report
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
-    lines = proc.stdout.strip().splitlines()
-    for line in lines[:-1]:
-        print(f"  [{engine}] {line}")
-    if proc.returncode != 0 or not lines or not lines[-1].startswith("{"):
-        sys.exit(f"{engine} benchmark failed (exit {proc.returncode})")
-    data = json.loads(lines[-1])
-    return {k: v[args.warmup :] if isinstance(v, list) else v for k, v in data.items()}  # drop warm-up
-
-
-def fmt_steps(xs: list[float]) -> str:
-    return " ".join(f"{x:.2f}" for x in xs)
+    peak = {
+        "bf16": matmul_peak(torch.bfloat16, device=device),
+        "fp32": matmul_peak(torch.float32, device=device),
+    }
+    bw = copy_bandwidth(device=device)
+    return peak, bw
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per engine (at least 3)")
-    ap.add_argument("--warmup", type=int, default=1, help="warm-up steps per engine, not timed")
-    ap.add_argument(
-        "--engine", choices=("builtin", "trl"), help="internal: run one engine, print one JSON line"
-    )
+    ap.add_argument("--steps", type=int, help="timed steps per side and point (default 10; 3 with --sweep)")
+    ap.add_argument("--warmup", type=int, default=1, help="warm-up steps per side, not timed")
+    ap.add_argument("--sweep", action="store_true", help="run the scaling sweep instead of the default point")
+    ap.add_argument("--points", help=f"with --sweep: a comma list of {', '.join(label(*p) for p in SWEEP)}")
+    ap.add_argument("--model", default=DEFAULT_POINT[0], help="the default point's model (e.g. tiny-random)")
+    ap.add_argument("--threads", type=int, help="torch threads for both sides (default: torch's own count)")
+    ap.add_argument("--device", default="cpu", help="cpu (the figures this project reports) or cuda")
+    ap.add_argument("--json", help="also write every measurement to this file")
     args = ap.parse_args()
-    if args.steps < 3 or args.warmup < 1:
-        ap.error("need --steps >= 3 and --warmup >= 1")
-    total = args.warmup + args.steps
-    if args.engine:
-        warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecation notices
-        print(json.dumps((run_builtin if args.engine == "builtin" else run_trl)(total)), flush=True)
-        return 0
-
+    steps = args.steps or (3 if args.sweep else 10)
+    if steps < 1 or args.warmup < 1:
+        ap.error("need --steps >= 1 and --warmup >= 1")
     import torch
 
     from workbench.models import cpu_has_fast_bf16
 
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, fast bf16 CPU: {cpu_has_fast_bf16()}"
-    )
-    peak = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
-    print(f"matmul peak (2048², best of 8): bf16 {peak['bf16']:.0f} GFLOP/s, fp32 {peak['fp32']:.0f} GFLOP/s")
-    ours, trl = child("builtin", args), child("trl", args)
-    again = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
-    if any(not 0.85 < again[k] / peak[k] < 1.15 for k in peak):  # the higher of the two counts below
-        print(f"note: the matmul peak moved during the run (now bf16 {again['bf16']:.0f}, "
-              f"fp32 {again['fp32']:.0f} GFLOP/s): another process probably used the CPU; rerun")  # fmt: skip
-    peak = {k: max(peak[k], again[k]) for k in peak}
+    args.threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    # One environment for both children: same threads (OpenMP and torch), no tokenizer threads, no progress bars.
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # fmt: skip
+    print(f"torch {torch.__version__}, {args.threads} threads for both sides, device {args.device}, "
+          f"fast bf16 CPU: {cpu_has_fast_bf16()}")  # fmt: skip
+    peak, bw = measure_machine(args.device)
+    print(f"machine: matmul peak (2048², best of 8) bf16 {peak['bf16']:.0f} GFLOP/s, fp32 {peak['fp32']:.0f} "
+          f"GFLOP/s; copy bandwidth (512 MB, read + write) {bw:.1f} GB/s")  # fmt: skip
+    if steps < 10:
+        print(f"note: {steps} timed steps per side; the bench's bar is read on at least 10")
+    points = [(args.model, *DEFAULT_POINT[1:])]
+    if args.sweep:
+        want = set(args.points.split(",")) if args.points else None
+        points = [p for p in SWEEP if want is None or label(*p) in want]
+    tmp = tempfile.mkdtemp(prefix="bench-360m-") if any(p[0] == BIG for p in points) else None
+    results, ok = [], True
+    try:
+        for model, g, t in points:
+            path = model
+            if model == BIG:
+                from bench_child import build_random_llama
 
-    ok = True
-    for name, r in (("engine", ours), ("TRL", trl)):
-        lens = [n for step in r["lengths"] for n in step]
-        good = len(lens) == 8 * args.steps and all(n == NEW_TOKENS for n in lens)
-        ok &= good
-        print(f"{name}: {len(lens)} timed completions, lengths {sorted(set(lens))} -> "
-              f"{'all exactly' if good else 'NOT all'} {NEW_TOKENS} tokens; {r['precision']}")  # fmt: skip
-    med = {"engine": statistics.median(ours["wall"]), "TRL": statistics.median(trl["wall"])}
-    print(f"\n{'':24}{'engine':>12}{'TRL':>12}")
-    print(f"{'median step (s)':24}{med['engine']:>12.2f}{med['TRL']:>12.2f}")
-    print(f"{'  own step_time (s)':24}{statistics.median(ours['step_time']):>12.2f}"
-          f"{statistics.median(trl['step_time']):>12.2f}")  # fmt: skip
-    for key in ("generation", "rewards", "training"):
-        print(f"{'  ' + key + ' (s)':24}{statistics.median(ours[key]):>12.3f}"
-              f"{statistics.median(trl[key]):>12.3f}")  # fmt: skip
-    print(f"{'peak RSS (MB)':24}{ours['rss_mb']:>12.0f}{trl['rss_mb']:>12.0f}")
-    print(f"{'torch threads':24}{ours['threads']:>12}{trl['threads']:>12}")
-    print(f"timed steps (s)  engine: {fmt_steps(ours['wall'])}   TRL: {fmt_steps(trl['wall'])}")
-    print("  (TRL's split: 'generation' includes its log-prob passes before the first reward call)")
-
-    gflops = sum(ours["flops"]) / sum(ours["training"]) / 1e9
-    frac = f"{gflops / peak['bf16']:.0%} of bf16 peak, {gflops / peak['fp32']:.0%} of fp32 peak"
-    per_step = statistics.mean(ours["flops"]) / 1e9
-    print(f"engine training phase: {per_step:.1f} GFLOP/step, {gflops:.0f} GFLOP/s = {frac}")
-    ratio = med["TRL"] / med["engine"]
-    print(f"bar {BAR:.1f}x: {'met' if ratio >= BAR else 'NOT met'} ({ratio:.2f}x)")
+                path = str(Path(tmp) / BIG)
+                if not Path(path).exists():
+                    print(f"building {BIG} (SmolLM2-360M's shape, random weights) ...", flush=True)
+                    build_random_llama(path)
+            try:
+                data = run_point(path, g, t, steps, args, env)
+            except RuntimeError as e:
+                print(f"FAILED: {e}")
+                return 1
+            sm = summarize(data, t, g, bw, peak["bf16"])
+            ok &= sm["ok"]
+            report(sm, data, t)
+            results.append((model, g, t, sm))
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    again, bw2 = measure_machine(args.device)
+    print(f"\nmachine after the run: bf16 {again['bf16']:.0f} GFLOP/s, copy {bw2:.1f} GB/s")
+    if not 0.85 < again["bf16"] / peak["bf16"] < 1.15 or not 0.85 < bw2 / bw < 1.15:
+        print("note: the machine's limits moved during the run: another process probably used the CPU")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"peak": peak, "bandwidth": bw, "points": results}, indent=1))
+    if args.sweep:
+        print("\n" + table(results, steps))
     if not ok:
-        print("INVALID: completions were not all exactly 32 tokens, so the work was not identical")
-    print(f"speedup_vs_trl={ratio:.2f}")
+        print("INVALID: completions were not all exactly T tokens long, so the work was not identical")
+    ratio = results[0][3]["ratio"]
+    if not args.sweep:
+        print(f"bar {BAR:.1f}x: {'met' if ratio >= BAR else 'NOT met'} ({ratio:.2f}x)")
+        print(f"speedup_vs_trl={ratio:.2f}")
     return 0 if ok else 1
 
 
