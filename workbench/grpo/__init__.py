@@ -12,7 +12,8 @@ Modules: `types` (Episode, StepResult, errors), `advantages` (the reward total a
 `loss` (TRL 1.16's policy losses), `llama` (the Llama-style plumbing the next four share), `merged` (the sampler's
 merged, fused copy of the weights), `sampler` (the rollout samplers behind one protocol), `fused` (frozen
 projections fused for training), `forward` (log-probs at completion positions, prompt shared by its group), `engine`
-(GRPOEngine: one step, checkpoints).
+(GRPOEngine: one step, checkpoints), `selfcheck` (the hand-written paths checked once against the HF forward on a
+device the tests do not cover, e.g. CUDA; they fall back with a log line where the check fails).
 """
 
 from .types import Episode, NonFiniteError, RewardFunctionError, StepResult

@@ -31,6 +31,7 @@ from .fused import FusedProjections
 from .llama import supports
 from .loss import policy_loss
 from .sampler import Samples, make_sampler
+from .selfcheck import forward_ok
 from .types import Episode, NonFiniteError, RewardFunctionError, StepResult
 
 _STATE = "engine_state.pt"
@@ -113,6 +114,8 @@ class GRPOEngine:
         self.fused = supports(self.model)  # asked once: it walks every module
         usable = self.fused and FusedProjections.usable(self.model)
         self.proj = FusedProjections(self.model) if usable else None
+        if self.fused and not forward_ok(self.model, self.proj):  # checked once on a device the tests skip
+            self.fused, self.proj = False, None
         self.eos_ids = stop_ids(tokenizer, self.model)
         self.pad_id = tokenizer.pad_token_id
         self.step_count = 0

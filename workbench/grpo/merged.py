@@ -116,7 +116,7 @@ class MergedWeights:
         if any(p is None for p in packed.values()):
             return
         try:
-            x = torch.randn(3, mats[0].shape[1], dtype=mats[0].dtype)
+            x = torch.randn(3, mats[0].shape[1], dtype=mats[0].dtype, device=mats[0].device)
             ok = torch.allclose(
                 packed_linear(x, packed[id(mats[0])]), F.linear(x, mats[0]), rtol=1e-2, atol=1e-3
             )

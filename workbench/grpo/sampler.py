@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from .llama import apply_rope, base_of, unsupported
 from .merged import MergedWeights
+from .selfcheck import checked_sampler
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,8 @@ class Sampler(Protocol):
 def make_sampler(model) -> Sampler:
     """The fused sampler where the architecture allows it, else `model.generate` (saying why, once per model)."""
     why = unsupported(model)
-    if why is None:
-        return FusedLlamaSampler(model)
+    if why is None:  # off the CPU, after a first-use check (logged when it fails)
+        return checked_sampler(model, FusedLlamaSampler(model))
     log.warning("fused sampling and training forward off: %s. Sampling with model.generate and training through "
                 "the model's own forward instead (slower, same results)", why)  # fmt: skip
     return GenerateSampler(model)
@@ -173,9 +174,10 @@ class FusedLlamaSampler:
         P, B = len(prompts), len(prompts) * n
         L = max(len(p) for p in prompts)
         lens = torch.tensor([len(p) for p in prompts], device=dev)
-        ids = torch.full((P, L), pad_id, dtype=torch.long, device=dev)
+        ids = torch.full((P, L), pad_id, dtype=torch.long)
         for i, p in enumerate(prompts):
             ids[i, L - len(p) :] = torch.tensor(p, dtype=torch.long)
+        ids = ids.to(dev)  # built on the host, copied once (not one small copy per prompt)
         pad = (L - lens)[:, None]  # (P, 1) left padding
         pos = (torch.arange(L, device=dev)[None] - pad).clamp(min=0)  # (P, L) real positions
         S = L + max_new_tokens
