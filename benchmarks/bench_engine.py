@@ -201,6 +201,12 @@ def main() -> int:
     steps = args.steps or (3 if args.sweep else 10)
     if steps < 1 or args.warmup < 1:
         ap.error("need --steps >= 1 and --warmup >= 1")
+    points = [(args.model, *DEFAULT_POINT[1:])]
+    if args.sweep:
+        want = set(args.points.split(",")) if args.points else None
+        if want and want - {label(*p) for p in SWEEP}:
+            ap.error(f"unknown points {sorted(want - {label(*p) for p in SWEEP})}")
+        points = [p for p in SWEEP if want is None or label(*p) in want]
     import torch
 
     from workbench.models import cpu_has_fast_bf16
@@ -217,10 +223,6 @@ def main() -> int:
           f"GFLOP/s; copy bandwidth (512 MB, read + write) {bw:.1f} GB/s")  # fmt: skip
     if steps < 10:
         print(f"note: {steps} timed steps per side; the bench's bar is read on at least 10")
-    points = [(args.model, *DEFAULT_POINT[1:])]
-    if args.sweep:
-        want = set(args.points.split(",")) if args.points else None
-        points = [p for p in SWEEP if want is None or label(*p) in want]
     tmp = tempfile.mkdtemp(prefix="bench-360m-") if any(p[0] == BIG for p in points) else None
     results, ok = [], True
     try:
