@@ -357,11 +357,11 @@ PRESETS: dict[str, RunSpec] = {
     # call it reward hacking.
     "length-only": _CONCISE.replace(max_steps=30, rewards=[length_reward()]),
     # Format and correctness, judged where the model is used: Compare in sampled mode at the training temperature
-    # (greedy decoding already copies the worked example's tags from step 0). 48 held-out prompts: with 24 a gain
-    # of +17 points of correctness still had a CI from 0.
+    # (greedy decoding already copies the worked example's tags from step 0). 96 held-out prompts: with 24 a gain
+    # of +17 points of correctness still had a CI from 0, with 48 one seed's +14.
     "reasoning": RunSpec(
         task="arithmetic",
-        eval_size=48,
+        eval_size=96,
         max_steps=80,
         num_generations=8,
         prompts_per_step=2,
