@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench.config import RewardSpec, RunSpec, length_reward
+from workbench.config import PRESETS, RewardSpec, RunSpec, length_reward
 from workbench.evaluate import SUMMARY_COLUMNS, CompareError, compare, paired_summary, tuned_weights
 from workbench.models import ModelError
 from workbench.store import create_run
@@ -178,6 +178,10 @@ def test_sampled_mode_repeats_with_the_same_seed_and_a_full_model_folder_works(a
     assert a.table["tuned"].tolist() == b.table["tuned"].tolist()
     c = compare(run.id, folder, mode="sampled", seed=4)
     assert c.table["base"].tolist() != a.table["base"].tolist()  # the seed is what fixes the samples
+    # no mode: the run's compare_mode (the reasoning preset is judged sampled)
+    own = compare(_run(temperature=1.0, top_p=1.0, compare_mode="sampled").id, folder, seed=3)
+    assert own.mode == "sampled" and own.table["base"].tolist() == a.table["base"].tolist()
+    assert PRESETS["reasoning"].compare_mode == "sampled" and PRESETS["quick"].compare_mode == "greedy"
 
     # use_lora off saves a full model instead of an adapter: compare loads it as the tuned model
     peft_model.merge_and_unload().save_pretrained(tmp_path / "full")

@@ -200,7 +200,7 @@ def union_rewards(designs: dict[str, list[RewardSpec]]) -> tuple[dict[str, Rewar
 
 # --- the comparison ------------------------------------------------------------------------------------------
 def compare_many(runs: dict[str, str], weights: str = "last", rows: list[dict] | None = None,
-                 mode: str = "greedy", seed: int = 0, max_new_tokens: int | None = None,
+                 mode: str | None = None, seed: int = 0, max_new_tokens: int | None = None,
                  progress: Callable[[float, str], None] | None = None, batch_size: int = 8) -> MultiComparison:  # fmt: skip
     """Answer `rows` (default: the runs' shared held-out prompts) with the base model and every run's tuned model
     (`runs`: variant name -> run id); score, compare and rank (see the module docstring)."""
@@ -211,6 +211,7 @@ def compare_many(runs: dict[str, str], weights: str = "last", rows: list[dict] |
     opened = {v: open_run(rid) for v, rid in runs.items()}
     first = next(iter(opened.values()))
     spec = first.spec
+    mode = mode or spec.compare_mode  # None: the first run's
     max_new = check_decoding(mode, max_new_tokens or spec.max_completion_length, batch_size)
     folders = {v: tuned_weights(r.require_weights(weights)) for v, r in opened.items()}  # fail before loading
     tasks = {v: task_for_run(r) for v, r in opened.items()}

@@ -185,6 +185,12 @@ class RunSpec:
         "correct, naturalness (higher is better), degenerate, repetition (lower is better).",
         choices=("reward", "correct", "naturalness", "degenerate", "repetition"),
     )
+    compare_mode: str = knob(
+        "greedy",
+        "How Compare decodes unless told: greedy = each model's most likely answer; sampled = at the run's "
+        "temperature, seeded (what the policy does when it samples; the reasoning preset is judged so).",
+        choices=("greedy", "sampled"),
+    )
     # --- run
     seed: int = knob(
         0,
@@ -362,6 +368,7 @@ PRESETS: dict[str, RunSpec] = {
     "reasoning": RunSpec(
         task="arithmetic",
         eval_size=96,
+        compare_mode="sampled",
         max_steps=80,
         num_generations=8,
         prompts_per_step=2,

@@ -146,15 +146,17 @@ def compare(
     run_id: str,
     adapter: Path,
     rows: list[dict] | None = None,
-    mode: str = "greedy",
+    mode: str | None = None,
     seed: int = 0,
     max_new_tokens: int | None = None,
     progress: Callable[[float, str], None] | None = None,
     batch_size: int = 8,
 ) -> Comparison:
-    """Answer `rows` (default: the run task's held-out prompts) with the base model and with the tuned one; score."""
+    """Answer `rows` (default: the run task's held-out prompts) with the base model and with the tuned one; score.
+    `mode`: greedy or sampled decoding; None = the run's compare_mode."""
     run = open_run(run_id)
     spec = run.spec
+    mode = mode or spec.compare_mode
     max_new = check_decoding(mode, max_new_tokens or spec.max_completion_length, batch_size)
     kind, folder = tuned_weights(adapter)  # before loading anything: a wrong folder fails fast
     task = task_for_run(run)  # the run's own copy of its rows, when it has one

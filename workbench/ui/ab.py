@@ -63,7 +63,7 @@ def ab_in_child(runs: dict[str, str], source: str, n: int, prompt: str, answer: 
     from ..compare_many import compare_many  # imports torch: only when a comparison is asked for
 
     rows = two_way.comparison_rows(next(iter(runs.values())), source, n, prompt, answer)
-    return compare_many(runs, weights=weights, rows=rows, mode=mode, seed=seed, max_new_tokens=tokens,
+    return compare_many(runs, weights=weights, rows=rows, mode=two_way.decoding(mode), seed=seed, max_new_tokens=tokens,
                         progress=progress)  # fmt: skip
 
 

@@ -89,7 +89,17 @@ def compare_in_child(run_id: str, adapter: str, source: str, n: int, prompt: str
     from ..evaluate import compare  # imports torch: only when a comparison is asked for
 
     rows = comparison_rows(run_id, source, n, prompt, answer)
-    return compare(run_id, Path(adapter), rows=rows, mode=mode, seed=seed, max_new_tokens=tokens, progress=progress)
+    return compare(run_id, Path(adapter), rows=rows, mode=decoding(mode), seed=seed, max_new_tokens=tokens,
+                   progress=progress)  # fmt: skip
+
+
+RUN_DECODING = "the run's"
+
+
+def decoding(mode: str | None) -> str | None:
+    """The decoding radio's choice as Compare's `mode`: None = the run's compare_mode (anything else unknown is
+    refused by Compare with the modes it takes)."""
+    return None if mode in (None, "", RUN_DECODING) else mode
 
 
 LEVEL_LABEL = {"better": "Better", "hacked": "Reward hacking", "worse": "Worse", "mixed": "Mixed",
@@ -192,10 +202,11 @@ def build_compare_tab(train: dict, token: gr.BrowserState | None = None) -> dict
         c["n"] = gr.Slider(1, 100, value=8, step=1, label="how many held-out prompts",
                            info="Capped at the run's eval_size; fewer is faster on a CPU.")  # fmt: skip
         c["mode"] = gr.Radio(
-            ["greedy", "sampled"],
-            value="greedy",
+            [RUN_DECODING, "greedy", "sampled"],
+            value=RUN_DECODING,
             label="decoding",
-            info="greedy: the most likely answer; sampled: at the run's temperature, seeded.",
+            info="greedy: the most likely answer; sampled: at the run's temperature, seeded; the run's: its "
+            "compare_mode (greedy unless its preset says otherwise).",
         )
         c["max_new_tokens"] = gr.Number(value=0, precision=0, minimum=0, label="max new tokens",
                                         info="0 = the run's max_completion_length.")  # fmt: skip
