@@ -122,7 +122,13 @@ def summarize(data: dict, t: int, g: int, bandwidth: float, peak: float) -> dict
     lens = {side: [n for r in rows for n in r["lengths"]] for side, rows in (("engine", eng), ("TRL", trl))}
     ok = all(len(v) == 2 * g * len(eng) and set(v) == {t} for v in lens.values())
     floor = t * data["ready"]["engine"]["decode_bytes"] / (bandwidth * 1e9)
-    gflops = sum(col["engine"]["flops"]) / sum(col["engine"]["training"]) / 1e9
+    # the median step's rate, not total over total: one step slowed by another process would drag the mean down
+    gflops = (
+        statistics.median(
+            f / secs for f, secs in zip(col["engine"]["flops"], col["engine"]["training"], strict=True)
+        )
+        / 1e9
+    )
     paired = [b / a for a, b in zip(col["engine"]["wall"], col["TRL"]["wall"], strict=True)]
     s = {side: spread(col[side]["wall"]) for side in col}
     return {"ok": ok, "lengths": {k: sorted(set(v)) for k, v in lens.items()}, "wall": s,
