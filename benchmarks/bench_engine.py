@@ -87,10 +87,10 @@ class Child:
             self.proc.kill()  # our own child, by its handle
 
 
-def run_point(model: str, g: int, t: int, steps: int, args, env: dict) -> dict:
+def run_point(model: str, g: int, t: int, steps: int, args, env: dict, name: str) -> dict:
     """Both engines on one point, alternating; returns {'engine': [...], 'TRL': [...], 'ready': {...}}."""
     total = args.warmup + steps
-    print(f"\n== {label(model, g, t)}: {args.warmup} warm-up + {steps} timed steps per side, alternating ==",
+    print(f"\n== {name}: {args.warmup} warm-up + {steps} timed steps per side, alternating ==",
           flush=True)  # fmt: skip
     kids = [Child(e, model, g, t, total, args, env) for e in ("builtin", "trl")]
     try:
@@ -242,7 +242,7 @@ def main() -> int:
                     print(f"building {BIG} (SmolLM2-360M's shape, random weights) ...", flush=True)
                     build_random_llama(path)
             try:
-                data = run_point(path, g, t, steps, args, env)
+                data = run_point(path, g, t, steps, args, env, label(model, g, t))
             except RuntimeError as e:
                 print(f"FAILED: {e}")
                 return 1
