@@ -6,8 +6,9 @@ Started by `bench_engine.py` (never by hand), once per engine and benchmark poin
 
 The protocol, so the parent can alternate the two engines step by step: the child loads its model and prints one
 `@@{json}` line ("ready"); then, for each of --total steps, it waits for a line on stdin, runs one step and prints
-one `@@{json}` line with that step's times. While it waits it uses no CPU, so the other engine runs alone. Any
-other output (warnings) is passed through by the parent. EOF on stdin ends the child early.
+one `@@{json}` line with that step's times. While it waits it uses no CPU, so the other engine runs alone. After
+the last step it waits for EOF before it exits (so its teardown never overlaps the other's last step). Any other
+output (warnings) is passed through by the parent. EOF on stdin ends the child early.
 
 Both sides get the same allocator settings (`keep_freed_memory`: glibc keeps freed memory instead of returning it
 to the OS) and the same torch thread count (`--threads`); the parent gives both the same environment.
@@ -107,6 +108,7 @@ def run_builtin(args) -> None:
               "rewards": m["time/rewards"], "training": m["time/training"],
               "lengths": [e.length for e in res.episodes], "rss_mb": rss_mb(),
               "flops": train_flops(engine.model, P, L, len(res.episodes), args.tokens)})  # fmt: skip
+    wait_go()  # exit only when the parent is done: our teardown must not overlap the other engine's last step
 
 
 def run_trl(args) -> None:
@@ -128,7 +130,8 @@ def run_trl(args) -> None:
         emit({"wall": wall, "step_time": m["step_time"], "generation": m["time/generation"],
               "rewards": m["time/rewards"], "training": m["time/training"],
               "lengths": [e.length for e in res.episodes], "rss_mb": rss_mb()})  # fmt: skip
-        if res.step < args.total and not wait_go():
+        # after the last step too: TRL's teardown must not overlap the other engine's last step
+        if not wait_go() or res.step >= args.total:
             raise SystemExit(0)
         began[0] = time.perf_counter()
 
