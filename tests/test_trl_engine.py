@@ -79,6 +79,7 @@ ELSEWHERE = {
     "model", "task", "train_size", "eval_size", "system_prompt", "rewards", "max_prompt_length", "use_lora",
     "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "dtype", "device", "engine", "save_every",
     "eval_every", "eval_prompts", "keep_best_by",  # the held-out checks are the worker's (heldout.py), not TRL's
+    "compare_mode",  # how Compare decodes, after training
 }  # fmt: skip
 
 
