@@ -4,6 +4,7 @@ sizes from the hub's metadata, runs per visitor, a run's wall-clock time. Each r
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -186,6 +187,8 @@ def test_a_run_past_its_wall_clock_limit_stops_itself_with_the_reason(monkeypatc
     monkeypatch.setattr(worker, "train", slow_train)
     monkeypatch.setattr(runner, "launch_queued", lambda: [])
     assert worker.main(run.id) == 0
+    # the watchdog ends with the run: left armed, it would end this very process minutes later (os._exit)
+    assert all(t.finished.is_set() for t in threading.enumerate() if isinstance(t, threading.Timer))
     st = open_run(run.id).status()
     assert (
         st["state"] == "stopped"

@@ -342,7 +342,9 @@ def cmd_models(args: argparse.Namespace) -> Result:
 def cmd_worker(args: argparse.Namespace) -> Result:
     from .store import open_run
     from .worker import main as worker_main
+    from .worker import nice_down
 
+    nice_down()
     code = worker_main(args.run)
     st = open_run(args.run).status()
     return code, {"run_id": args.run, "status": st["state"], "reason": st.get("reason")}, ""

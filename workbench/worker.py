@@ -302,13 +302,26 @@ def _train_trl(run: Run, spec: RunSpec, task: Any, should_stop: Callable[[], boo
 
 def main(run_id: str) -> int:
     """Entry point of `workbench worker RUN_ID`: returns 0 when the run finished or stopped, 1 when it failed."""
-    # The web server answering visitors goes first: training takes what CPU it leaves (on a quiet machine, all of it).
-    with contextlib.suppress(OSError):
-        os.nice(WORKER_NICE)
     run = open_run(run_id)
     should_stop = StopFlag(run, Limits.from_env().max_run_minutes)
     should_stop.install()
-    should_stop.watchdog()
+    timer = should_stop.watchdog()
+    try:
+        return _work(run, should_stop)
+    finally:  # the watchdog must not outlive the run: main may be called in a process that goes on (tests)
+        if timer is not None:
+            timer.cancel()
+
+
+def nice_down() -> None:
+    """Lower this process's priority: the web server answering visitors goes first, and training takes what CPU it
+    leaves (on a quiet machine, all of it). For the worker's own process only (`workbench worker`)."""
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
+
+
+def _work(run: Run, should_stop: StopFlag) -> int:
+    run_id = run.id
     me = {"pid": os.getpid(), "pid_start": process_start_time(os.getpid())}
     if not run.set_status("running", "loading", only_if=("queued", "running"), phase="loading", **me):
         print(f"run {run_id} is {run.raw_status().get('state')}, not queued: nothing to do", flush=True)
