@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli_ab import cmd_compare_many, cmd_train_ab, wants_many
-from .cli_args import UsageError, build_parser, spec_from_args
+from .cli_args import UsageError, build_parser, decoding_args, spec_from_args
 from .cli_rate import cmd_rate, summary_lines, with_ratings
 from .errors import ConfigError, UserError
 from .lab.cli import COMMANDS as LAB_COMMANDS
@@ -242,14 +242,7 @@ def cmd_compare(args: argparse.Namespace) -> Result:
     if wants_many(args):  # several runs, or an experiment: the base and every tuned model at once
         return cmd_compare_many(args)
     run = open_run(args.run)
-    cmp = compare(
-        run.id,
-        run.require_weights(args.weights),
-        mode=args.mode,
-        seed=args.seed,
-        max_new_tokens=args.max_new_tokens,
-        progress=lambda frac, msg: print(f"[{frac:4.0%}] {msg}", file=sys.stderr, flush=True),
-    )
+    cmp = compare(run.id, run.require_weights(args.weights), **decoding_args(args))
     if args.csv:
         cmp.to_csv(args.csv)
     best = run.best_info() if args.weights == "best" else None

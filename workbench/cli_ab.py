@@ -81,17 +81,11 @@ def _reward_text(r: Any) -> str:
 
 def cmd_compare_many(args: argparse.Namespace) -> Result:
     """One comparison of the base and every run's tuned model; the ranked table first."""
+    from .cli_args import decoding_args
     from .compare_many import compare_many, runs_to_compare
 
     runs = runs_to_compare([args.run, *(args.more or [])])
-    cmp = compare_many(
-        runs,
-        weights=args.weights,
-        mode=args.mode,
-        seed=args.seed,
-        max_new_tokens=args.max_new_tokens,
-        progress=lambda frac, msg: print(f"[{frac:4.0%}] {msg}", file=sys.stderr, flush=True),
-    )
+    cmp = compare_many(runs, weights=args.weights, **decoding_args(args))
     if args.csv:
         cmp.to_csv(args.csv)
     return 0, cmp.to_dict(), cmp.text()

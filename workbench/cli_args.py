@@ -122,3 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(cmd)
     return p
+
+
+def decoding_args(args: argparse.Namespace) -> dict:
+    """Compare's decoding flags (both `compare` forms), with progress lines on stderr."""
+    import sys
+
+    return dict(mode=args.mode, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                progress=lambda frac, msg: print(f"[{frac:4.0%}] {msg}", file=sys.stderr, flush=True))  # fmt: skip
