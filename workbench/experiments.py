@@ -23,10 +23,8 @@ and each run folder holds `experiment.json` naming its experiment, so Compare fi
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +33,8 @@ from typing import Any
 from .config import PRESETS, Limits, RewardSpec, RunSpec, json_object, workbench_home
 from .errors import ConfigError, RunNotFound
 from .osutil import write_json_atomic
-from .recovery import TASK_FILE
-from .store import Run, open_run
+from .recovery import EXPERIMENT_MARKER, TASK_FILE, share_task  # noqa: F401 (share_task: here too)
+from .store import Run
 
 MIN_VARIANTS, MAX_VARIANTS = 2, 4
 # What a variant may not change: the training prompts and their order (task, sizes, seed, prompts per step), the
@@ -46,7 +44,7 @@ SHARED = ("model", "task", "train_size", "eval_size", "seed", "prompts_per_step"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,31}$")  # a column prefix in Compare: no "/" or ":"
 RESERVED = ("base", "prompt", "total")
 EXP_ID_RE = re.compile(r"^exp-[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
-MARKER = "experiment.json"
+MARKER = EXPERIMENT_MARKER
 
 
 @dataclass
@@ -130,7 +128,7 @@ def start_experiment(
 ) -> Experiment:
     """Queue every variant as a run (all or none: RunnerBusy when the queue has no room for them all), recorded
     before any worker starts; the first starts now if a slot is free."""
-    from . import runner  # the runner imports share_task from here
+    from . import runner
 
     made = variant_specs(base, variants)
     exp = Experiment(new_experiment_id(), time.time(), base.to_dict())
@@ -141,7 +139,8 @@ def start_experiment(
         ]
         save_experiment(exp)
         for (name, _, _), run in zip(made, runs, strict=True):
-            write_json_atomic(run.dir / MARKER, {"experiment": exp.id, "variant": name})
+            write_json_atomic(run.dir / MARKER, {"experiment": exp.id, "variant": name,
+                                                 "siblings": [r.id for r in runs]})  # fmt: skip
 
     runner.start_runs([s for _, s, _ in made], limits, before_start=record)
     return exp
@@ -198,21 +197,3 @@ def variant_name(run: Run) -> str | None:
         return str(json.loads((run.dir / MARKER).read_text())["variant"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def share_task(run: Run) -> bool:
-    """Give a variant that has no copy of its task rows yet the copy a sibling made (the runner calls this as it
-    starts a run). Never raises: without a sibling's copy the worker loads the rows itself, as for any run."""
-    try:
-        if (run.dir / TASK_FILE).exists() or (exp := experiment_of(run)) is None:
-            return False
-        for rid in exp.runs.values():
-            src = open_run(rid).dir / TASK_FILE if rid != run.id else None
-            if src is not None and src.is_file():
-                tmp = run.dir / f".tmp-{TASK_FILE}-{secrets.token_hex(3)}"  # swept if a crash leaves it
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, run.dir / TASK_FILE)  # a reader sees the whole copy or none
-                return True
-    except (OSError, RunNotFound):
-        pass
-    return False

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,28 @@ def restore_checkpoint(run: Run, engine: Any) -> tuple[Path | None, list[str]]:
             bad.append(f"{ckpt.name} could not be loaded ({type(e).__name__}: {first})")
             os.replace(ckpt, ckpt.with_name(f".corrupt-{ckpt.name}-{secrets.token_hex(3)}"))
     return None, bad
+
+
+EXPERIMENT_MARKER = "experiment.json"  # in a run of an A/B experiment (experiments.py): its id, variant, siblings
+
+
+def share_task(run: Run) -> bool:
+    """Give a variant of an A/B that has no copy of its task rows yet the copy a sibling made (the runner calls this
+    as it starts a run). Never raises: without a sibling's copy the worker loads the rows itself, as for any run."""
+    from .errors import RunNotFound
+    from .store import open_run
+
+    try:
+        if (run.dir / TASK_FILE).exists():
+            return False
+        siblings = json.loads((run.dir / EXPERIMENT_MARKER).read_text()).get("siblings", [])
+        for rid in siblings:
+            src = open_run(rid).dir / TASK_FILE if rid != run.id else None
+            if src is not None and src.is_file():
+                tmp = run.dir / f".tmp-{TASK_FILE}-{secrets.token_hex(3)}"  # swept if a crash leaves it
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, run.dir / TASK_FILE)  # a reader sees the whole copy or none
+                return True
+    except (OSError, ValueError, AttributeError, RunNotFound):
+        pass
+    return False

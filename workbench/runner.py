@@ -26,9 +26,9 @@ from pathlib import Path
 
 from .config import Limits, RunSpec
 from .errors import RunnerBusy
-from .experiments import share_task
 from .hub_meta import check_model_sizes
 from .osutil import file_lock, pid_alive, process_start_time
+from .recovery import share_task
 from .store import (
     TERMINAL,
     Run,
