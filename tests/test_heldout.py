@@ -236,7 +236,9 @@ def test_the_base_models_baseline_is_worked_out_once_across_runs(tmp_path, monke
     # step 0: the policy is the base, so the sampler's own log-probs are the naturalness (no forward pass), and they
     # equal what the forward pass gives
     real = scoring.naturalness
-    monkeypatch.setattr(scoring, "naturalness", lambda *a, **kw: pytest.fail("the sampler's log-probs were ignored"))
+    monkeypatch.setattr(
+        scoring, "naturalness", lambda *a, **kw: pytest.fail("the sampler's log-probs were ignored")
+    )
     first = evaluate_policy(engine(), rows, None, memo=BaseMemo(tmp_path))
     assert len(list(tmp_path.glob("*.json"))) == 1
     e = engine()

@@ -40,7 +40,9 @@ def test_exploit_texts_follow_the_cap_and_the_reference():
     assert ex["empty"] == "" and ex["echo"] == "Capital of France?"
     assert words(ex["repeat"]) == 20 and ex["repeat"].startswith(battery.PHRASE)  # up to the cap, not past it
     assert words(ex["ramble"]) == 20 and len(set(ex["ramble"].split())) > 10  # a ramble, not a repeat
-    assert words(ex["symbols"]) == 6 and not any(c.isalnum() for c in ex["symbols"])  # as long as a typical answer
+    assert words(ex["symbols"]) == 6 and not any(
+        c.isalnum() for c in ex["symbols"]
+    )  # as long as a typical answer
     assert ex["reference"] == "Paris"
     assert "Paris" in ex["buried"] and words(ex["buried"]) == 20  # the reference survives the cut
     assert ex["wrong_format"].startswith("<think>") and "<answer>purple</answer>" in ex["wrong_format"]
@@ -89,7 +91,9 @@ def test_preflight_flags_the_exploits_of_a_length_only_reward():
     flagged = {f["exploit"]: f for f in doc["flags"] if f["kind"] == "exploit"}
     # short anything beats ~30-word answers when the target is 12 words: the empty answer, symbol spam, the echo
     assert {"empty", "symbols", "echo"} <= set(flagged)
-    assert flagged["empty"]["reward"] == "length" and "correctness or minimum-length" in flagged["empty"]["fix"]
+    assert (
+        flagged["empty"]["reward"] == "length" and "correctness or minimum-length" in flagged["empty"]["fix"]
+    )
     assert "add the repetition penalty" in flagged["symbols"]["fix"]
     assert flagged["empty"]["text"].startswith("the empty answer scores at or above")
     assert "ramble" not in flagged and "repeat" not in flagged  # as long as the cap: worse than real answers
@@ -107,7 +111,9 @@ def test_preflight_finds_a_buried_reference_and_keeps_the_bare_one_as_the_contro
     # contains_answer pays for the reference anywhere: the buried one is as good as a right answer
     assert by["buried"]["flagged"] and by["buried"]["reward"] == "contains_answer"
     assert "strict=true" in by["buried"]["fix"]
-    assert by["reference"]["prompts"] == 4 and not by["reference"]["flagged"]  # the control beats real answers
+    assert (
+        by["reference"]["prompts"] == 4 and not by["reference"]["flagged"]
+    )  # the control beats real answers
     assert by["repeat"]["flagged"] is False  # the repetition penalty holds it down
     corr = doc["correlation"]
     assert corr["names"] == ["length", "contains_answer", "repetition"] and corr["matrix"][0][0] == 1.0
@@ -150,7 +156,9 @@ def _store_steps(spec: RunSpec, steps: int):
     for step in range(1, steps + 1):
         rows = next(batches)
         ref = [battery.reference_of(r) for r in rows]
-        texts = [t for r in ref for t in (f"The answer is {r or 'this'}.", RAMBLE[:150], "no, no, no, no, no", "")]
+        texts = [
+            t for r in ref for t in (f"The answer is {r or 'this'}.", RAMBLE[:150], "no, no, no, no, no", "")
+        ]
         G = spec.num_generations
         msgs = [chat_messages(r) for r in rows for _ in range(G)]
         per = score_texts(rewards, msgs, texts, [r for r in rows for _ in range(G)], task.columns)
@@ -170,7 +178,9 @@ def test_replay_with_the_runs_own_rewards_changes_nothing():
     assert (doc["steps"], doc["completions"], doc["groups"]) == (3, 24, 6)
     assert doc["changed_totals"] == 0.0 and doc["flipped"] == []
     assert doc["flips"] == {"up_to_down": 0, "down_to_up": 0, "lost_push": 0, "gained_push": 0}
-    assert doc["rank_correlation"] == pytest.approx(1.0) and doc["old_reward"] == pytest.approx(doc["new_reward"])
+    assert doc["rank_correlation"] == pytest.approx(1.0) and doc["old_reward"] == pytest.approx(
+        doc["new_reward"]
+    )
     json.dumps(doc, allow_nan=False)
 
 
@@ -218,7 +228,11 @@ def test_export_ships_the_preflight_report_and_a_check_that_reproduces_the_store
     assert json.loads(capsys.readouterr().out)["stored_completions"] == 16
     assert json.loads((out / "preflight.json").read_text())["flags"][0]["text"] == "the empty answer ..."
     readme = (out / "README.md").read_text()
-    assert "## Before the big run" in readme and "python check_rewards.py" in readme and "the empty answer" in readme
+    assert (
+        "## Before the big run" in readme
+        and "python check_rewards.py" in readme
+        and "the empty answer" in readme
+    )
     src = (out / "train.py").read_text()
     assert "with_checks([fn for _, fn, _ in rewards], REWARDS)" in src and 'eval_strategy="steps"' in src
     assert "eval_steps=5" in src and "eval_dataset=evals" in src
@@ -241,8 +255,14 @@ def test_the_first_reward_logs_the_checks_and_scores_as_before():
     specs = [RewardSpec("length", 1.0, {"target": 5}), RewardSpec("contains_answer", 2.0)]
     fns = with_checks([fn for _, fn, _ in build_rewards(specs)], specs)
     logged: dict[str, float] = {}
-    completions = [[{"role": "assistant", "content": t}] for t in ("Paris is the capital.", "🌱🌱🌱🌱🌱", "Lyon")]
-    kw = {"answer": [["Paris"], ["Paris"], None], "trainer_state": object(), "completion_ids": [[1, 2], [3], [4]]}
+    completions = [
+        [{"role": "assistant", "content": t}] for t in ("Paris is the capital.", "🌱🌱🌱🌱🌱", "Lyon")
+    ]
+    kw = {
+        "answer": [["Paris"], ["Paris"], None],
+        "trainer_state": object(),
+        "completion_ids": [[1, 2], [3], [4]],
+    }
     out = fns[0](prompts=["q"] * 3, completions=completions, log_metric=logged.__setitem__, **kw)
     assert out == build_rewards(specs)[0][1](prompts=["q"] * 3, completions=completions, **kw)
     assert fns[0].__name__ == "length"
@@ -326,5 +346,7 @@ def test_the_exported_script_logs_the_checks_as_eval_metrics(tmp_path, tiny):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # TRL prints each log dict: the training step's checks and the evaluation's, beside the rewards
-    assert "'checks/degenerate'" in proc.stdout and "'eval_checks/degenerate'" in proc.stdout, proc.stdout[-2000:]
+    assert "'checks/degenerate'" in proc.stdout and "'eval_checks/degenerate'" in proc.stdout, proc.stdout[
+        -2000:
+    ]
     assert "'eval_checks/correct'" in proc.stdout and "'eval_rewards/length/mean'" in proc.stdout

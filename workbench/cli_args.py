@@ -99,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("kill", "kill a run's worker now (resume it later from its checkpoint)", run=True)
     c = cmd("compare", "base vs tuned model on the run's held-out prompts, with scores", run=True)
     c.add_argument(
-        "--mode", choices=("greedy", "sampled"), default=None, help="decoding (default: the run's compare_mode)"
+        "--mode",
+        choices=("greedy", "sampled"),
+        default=None,
+        help="decoding (default: the run's compare_mode)",
     )
     c.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     c.add_argument(

@@ -225,7 +225,9 @@ class RunSpec:
                     raise ConfigError(f"{f.name} must be a finite number between {lo} and {hi}, got {v!r}")
                 if f.type == "int" and v != int(v):
                     raise ConfigError(f"{f.name} must be a whole number, got {v!r}")
-                if f.type == "int":  # 4.0 from a JSON file is 4: a float seed or count crashes torch and range()
+                if (
+                    f.type == "int"
+                ):  # 4.0 from a JSON file is 4: a float seed or count crashes torch and range()
                     v = int(v)
                     setattr(self, f.name, v)
                 if not lo <= v <= hi:

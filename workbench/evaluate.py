@@ -234,7 +234,9 @@ def answer_all(spec, messages: list, tuned: dict[str, tuple[str, Path]], *, mode
     answers = {
         "base": generate(model, tok, prompts, progress=lambda k: tell(k, f"base model: {k}/{n}"), **gen)
     }
-    base = answers["base"]  # greedy: the sampler's log-probs are the base's naturalness, no second forward pass
+    base = answers[
+        "base"
+    ]  # greedy: the sampler's log-probs are the base's naturalness, no second forward pass
     natural = {"base": base.logp or naturalness(model, prompts, base.ids, tok.pad_token_id, batch_size)}
     for i, (side, (kind, folder)) in enumerate(tuned.items()):
         at = (1 + i) * n

@@ -88,7 +88,8 @@ def restore_checkpoint(run: Run, engine: Any) -> tuple[Path | None, list[str]]:
     return None, bad
 
 
-EXPERIMENT_MARKER = "experiment.json"  # in a run of an A/B experiment (experiments.py): its id, variant, siblings
+# in a run of an A/B experiment (experiments.py): its id, variant, siblings
+EXPERIMENT_MARKER = "experiment.json"
 
 
 def share_task(run: Run) -> bool:

@@ -23,7 +23,9 @@ def load_reward_model(name: str, device: str):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     if on_space() and reads_server_file(name):  # a visitor's setting must not load the server's files
-        raise RewardError(f"reward_model: {name!r} is a path on the server; on a Space give a hub id (org/name)")
+        raise RewardError(
+            f"reward_model: {name!r} is a path on the server; on a Space give a hub id (org/name)"
+        )
     src = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
     try:
         tok = AutoTokenizer.from_pretrained(src)

@@ -74,7 +74,9 @@ def make_control(f: dataclasses.Field, value: Any, limits: Limits) -> gr.compone
     if f.name == "task":
         return gr.Dropdown(choices=task_choices(), allow_custom_value=True, **kw)
     if f.name == "use_lora" and not limits.allow_full_finetune:
-        return gr.Checkbox(**{**kw, "info": f"{help_} This server trains LoRA adapters only."}, interactive=False)
+        return gr.Checkbox(
+            **{**kw, "info": f"{help_} This server trains LoRA adapters only."}, interactive=False
+        )
     if f.type == "bool":
         return gr.Checkbox(**kw)
     if choices:
