@@ -1,5 +1,5 @@
 """Shared test fixtures: every test gets its own WORKBENCH_HOME; converted models are shared across the session;
-stand-in workers for the runner's queue; the whole app on a free port."""
+stand-in workers for the runner's queue; the whole app on a free port; a page in headless chromium."""
 
 from __future__ import annotations
 
@@ -62,6 +62,25 @@ def stand_in(monkeypatch: pytest.MonkeyPatch):
     yield
     for run in reversed(list_runs()):  # newest first: queued runs leave the queue before a slot frees
         runner.kill_run(run.id)
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (`make chromium`); never a browser Playwright downloads
+
+
+@pytest.fixture
+def page():
+    """A Playwright page in headless chromium, 1440×1000."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`make chromium`)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser.new_page(viewport={"width": 1440, "height": 1000})
+        browser.close()
 
 
 @pytest.fixture

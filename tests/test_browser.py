@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"  # the README's pictures
 # Points on the total-reward curve: the plotly div keeps its traces in `.data`.
 POINTS_JS = """() => {
@@ -26,22 +25,6 @@ POINTS_JS = """() => {
   const mean = (div._fullData || []).find(t => t.name === 'mean');  // decoded traces (x may be base64 in .data)
   return mean ? mean._length : 0;
 }"""
-
-
-@pytest.fixture
-def page():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`make chromium`)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        pg = browser.new_page(viewport={"width": 1440, "height": 1000})
-        yield pg
-        browser.close()
 
 
 def set_field(page, name: str, value: str) -> None:

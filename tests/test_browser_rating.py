@@ -6,31 +6,13 @@ canned comparison rated by keyboard, a reload in the middle keeps the place, the
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from rating_data import MODEL, PAIRS, canned_comparison
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
 # The rating section's markup, and the text of the whole page, as the rater's browser holds them.
 RATE_HTML = "() => document.querySelector('#wb-rate').innerHTML.toLowerCase()"
 PAGE_TEXT = "() => document.body.innerText"
-
-
-@pytest.fixture
-def page():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`make chromium`)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser.new_page(viewport={"width": 1440, "height": 1000})
-        browser.close()
 
 
 def open_compare(page, url: str) -> None:

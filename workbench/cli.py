@@ -9,6 +9,7 @@
     workbench preflight [train flags]  |  workbench replay RUN --reward ...   the reward design lab (lab/cli.py)
     workbench models [--prepare]                                      list models; convert the bundled one
     workbench worker RUN                                              internal: the training process
+    workbench standby SPEC_JSON                                       internal: a worker waiting for its run
 
 The parser, with the run flags generated from RunSpec, is built in cli_args.py; this module holds the commands.
 Every command takes --json: stdout then carries exactly one JSON document and everything else goes to stderr.
@@ -343,6 +344,18 @@ def cmd_worker(args: argparse.Namespace) -> Result:
     return code, {"run_id": args.run, "status": st["state"], "reason": st.get("reason")}, ""
 
 
+def cmd_standby(args: argparse.Namespace) -> Result:
+    from .config import RunSpec
+    from .standby import wait_for_run
+    from .worker import nice_down
+
+    nice_down()
+    args.run = wait_for_run(RunSpec.from_json(args.spec))
+    if args.run is None:  # the server went away before it had a run for this worker
+        return 0, {"run_id": None, "status": None}, ""
+    return cmd_worker(args)
+
+
 # --- entry point --------------------------------------------------------------------------------------------
 COMMANDS = {
     "train": cmd_train,
@@ -355,6 +368,7 @@ COMMANDS = {
     "export": cmd_export,
     "models": cmd_models,
     "worker": cmd_worker,
+    "standby": cmd_standby,
     "rate": cmd_rate,
     **LAB_COMMANDS,
 }

@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = cmd("models", "list models; --prepare converts the bundled one")
     m.add_argument("--prepare", action="store_true", help="convert the bundled model now (once)")
     cmd("worker", "internal: the training process of a run", run=True)
+    s = cmd("standby", "internal: a worker started before its run, which it reads from stdin (standby.py)")
+    s.add_argument("spec", metavar="SPEC_JSON", help="the run spec to warm up for (the form's)")
     add_rate_command(cmd)
     from .lab.cli import add_parsers  # the reward design lab: preflight, replay
 

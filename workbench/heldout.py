@@ -130,6 +130,17 @@ def _answers(engine: Any, prompts: list[list[int]], memo: BaseMemo):
     return answers
 
 
+def remember_baseline(engine: Any, task: Any) -> None:
+    """Work out the base model's step-0 answers to the engine's held-out slice into the cross-run memo (a standby
+    worker does this before its run, so the run's first evaluation is a file read)."""
+    prompts, _ = engine.encode(eval_rows(engine.spec, task))
+    _answers(engine, prompts, BaseMemo(baseline_folder()))
+
+
+def baseline_folder() -> Path:
+    return workbench_home() / "cache" / "heldout-baselines"
+
+
 def evaluate_policy(engine: Any, rows: list[dict], grader: Callable | None, memo: BaseMemo | None = None) -> EvalResult:  # fmt: skip
     """Greedy answers of `engine`'s current policy to `rows`, scored with the run's rewards and every check."""
     from .rewards import prompt_text
@@ -217,7 +228,7 @@ class HeldOutChecks:
 
     def __init__(self, run: Any, spec: Any, task: Any, evaluate: Callable = evaluate_policy):
         self.run, self.spec, self.evaluate = run, spec, evaluate
-        self.memo = BaseMemo(workbench_home() / "cache" / "heldout-baselines")
+        self.memo = BaseMemo(baseline_folder())
         self.rows = eval_rows(spec, task)
         if not self.rows:
             raise ConfigError(f"task {spec.task!r} has no held-out prompts to evaluate: raise eval_size")

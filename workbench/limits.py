@@ -56,6 +56,9 @@ LIMITS: tuple[Limit, ...] = (
     # --- who runs what
     Limit("max_active_runs", "WORKBENCH_MAX_ACTIVE_RUNS", 1, 1, "runs training at once"),
     Limit("queue_size", "WORKBENCH_QUEUE_SIZE", 4, 4, "runs waiting for a free slot"),
+    Limit("standby_worker", "WORKBENCH_STANDBY_WORKER", True, True,
+          "a worker kept started with the form's model loaded while a slot is free, so a launch trains at once "
+          "(about 1 GB of memory while it waits)"),
     Limit("max_runs_per_visitor", "WORKBENCH_MAX_RUNS_PER_VISITOR", 2, None,
           "runs one visitor (browser or address) has training or queued"),
     # --- uploads
@@ -137,6 +140,7 @@ class Limits:
     max_run_minutes: float | None = None
     max_active_runs: int = 1
     queue_size: int = 4
+    standby_worker: bool = True
     max_runs_per_visitor: int | None = None
     max_upload_mb: float = 20.0
     max_upload_rows: int | None = None

@@ -176,9 +176,23 @@ def load_tokenizer(name: str):
     return tok
 
 
+# Models loaded ahead of the run that will ask for them (a standby worker, standby.py): each one is given out once,
+# since a run changes its model (LoRA layers, training).
+_KEPT: dict[tuple[str, str, str], tuple] = {}
+
+
+def keep_loaded(name: str, dtype: str = "auto", device: str = "auto") -> None:
+    """Load `name` now; the next load_model with the same arguments returns it instead of loading again."""
+    _KEPT[(name, dtype, device)] = load_model(name, dtype, device)
+
+
 def load_model(name: str, dtype: str = "auto", device: str = "auto"):
     """Return (model, tokenizer), the model in eval mode on `device` in the chosen dtype."""
     from transformers import AutoModelForCausalLM
+
+    kept = _KEPT.pop((name, dtype, device), None)
+    if kept is not None:
+        return kept
 
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)

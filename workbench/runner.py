@@ -8,6 +8,7 @@ produces is in the run store, so any process can watch it.
     resume_run(run_id)            # an interrupted, stopped or failed run continues from its last checkpoint
     start_runs([spec_a, spec_b])  # several runs queued as one (an A/B, experiments.py): all admitted or none
     reconcile()                   # marks runs whose worker died as interrupted; starts queued runs
+    keep_standby(spec)            # the web server: keep a worker warm for the form's spec (standby.py)
 
 Only `Limits.max_active_runs` workers run at once (1 by default: a small machine trains one run at a time); up to
 `Limits.queue_size` more wait in order and start when a slot frees (the ending worker, or the next reconcile(),
@@ -17,6 +18,7 @@ This module does not import torch: the server and the CLI stay light.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -29,6 +31,7 @@ from .errors import RunnerBusy
 from .hub_meta import check_model_sizes
 from .osutil import file_lock, pid_alive, process_start_time
 from .recovery import share_task
+from .standby import Standby
 from .store import (
     TERMINAL,
     Run,
@@ -40,8 +43,13 @@ from .store import (
     worker_alive,
 )
 
+log = logging.getLogger(__name__)
 # Popen objects of the workers this process started: polled so that dead children do not linger as zombies.
 _CHILDREN: dict[str, subprocess.Popen] = {}
+# The standby worker this process keeps (only a process that called keep_standby: the web server): the spec it warms
+# up for, the one there is, and how many died before they were given a run.
+_STANDBY: dict = {"want": None, "now": None, "failures": 0}  # want: a RunSpec; now: a Standby
+STANDBY_TRIES = 3  # standbys that die unused before the runner stops starting them (their log says why)
 
 
 def _lock():
@@ -72,29 +80,46 @@ def worker_argv(run_id: str) -> list[str]:
     return [sys.executable, "-m", "workbench", "worker", run_id]
 
 
-def _launch(run: Run) -> None:
-    """Start the worker for a queued run and record its pid (with its start time, to detect pid reuse)."""
-    run.clear_stop()
-    share_task(run)  # a variant of an A/B trains on the very rows its first sibling did
+def standby_argv(spec: RunSpec) -> list[str]:
+    return [sys.executable, "-m", "workbench", "standby", spec.to_json()]
+
+
+def _worker_env() -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # `python -m workbench` must find this package even when it is not pip-installed (a source checkout)
     src = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _launch(run: Run) -> None:
+    """Start the worker for a queued run (or hand it to the standby) and record its pid (with its start time, to
+    detect pid reuse)."""
+    run.clear_stop()
+    share_task(run)  # a variant of an A/B trains on the very rows its first sibling did
+    env = _worker_env()
+    sb, _STANDBY["now"] = _STANDBY["now"], None
     with open(run.log_path, "ab") as log:
-        log.write(f"=== worker starting {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
+        warm = sb is not None and sb.env == env
+        log.write(f"=== worker starting {time.strftime('%Y-%m-%d %H:%M:%S')}{' (standby)' if warm else ''} ===\n".encode())  # fmt: skip
         log.flush()
-        try:
-            p = subprocess.Popen(
-                worker_argv(run.id),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,  # the server's Ctrl-C / SIGTERM do not reach the worker
-            )
-        except OSError as e:  # never leave a run queued forever behind a worker that cannot start
-            run.set_status("failed", f"could not start the worker process: {e}")
-            raise
+        if warm and sb.hand(run.id):
+            p = sb.proc
+        else:
+            if sb is not None:  # started under another environment, or dead: a cold worker instead
+                sb.discard()
+            try:
+                p = subprocess.Popen(
+                    worker_argv(run.id),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,  # the server's Ctrl-C / SIGTERM do not reach the worker
+                )
+            except OSError as e:  # never leave a run queued forever behind a worker that cannot start
+                run.set_status("failed", f"could not start the worker process: {e}")
+                raise
     _CHILDREN[run.id] = p
     run.set_status("running", "starting", only_if=("queued",), pid=p.pid, pid_start=process_start_time(p.pid))
 
@@ -108,7 +133,48 @@ def _fill_slots(limits: Limits) -> list[str]:
         _launch(run)
         active.append(run)
         started.append(run.id)
+    _refresh_standby(limits, free=len(active) < max(1, limits.max_active_runs) and not queued)
     return started
+
+
+def keep_standby(spec: RunSpec | None, limits: Limits | None = None) -> None:
+    """Keep a standby worker (standby.py) warm for `spec` (the form's) while a worker slot is free, for the next
+    launch from this process; None ends the one there is. Refreshed on every launch and reconcile (the server's
+    housekeeping)."""
+    with _lock():
+        _STANDBY["want"], _STANDBY["failures"] = spec, 0
+        active, queued = _active_and_queued()
+        limits = limits or Limits.from_env()
+        _refresh_standby(limits, free=len(active) < max(1, limits.max_active_runs) and not queued)
+
+
+def standby_ready() -> bool:
+    """True when this process has a standby worker that is warm and waiting."""
+    sb = _STANDBY["now"]
+    return sb is not None and sb.ready()
+
+
+def _refresh_standby(limits: Limits, free: bool) -> None:
+    """Discard a standby that died or no longer fits; start one where a slot is free (caller holds the lock)."""
+    sb, want = _STANDBY["now"], _STANDBY["want"]
+    if sb is not None and (
+        not sb.alive() or sb.key != want or sb.env != _worker_env() or not limits.standby_worker
+    ):
+        if not sb.alive():
+            _STANDBY["failures"] += 1
+            log.warning(
+                "the standby worker ended unused (exit code %s): see %s", sb.proc.returncode, sb.log_path
+            )
+        sb.discard()
+        _STANDBY["now"] = sb = None
+    if sb is None and want and free and limits.standby_worker and _STANDBY["failures"] < STANDBY_TRIES:
+        try:
+            _STANDBY["now"] = Standby.start(
+                standby_argv(want), _worker_env(), runs_dir() / ".standby.log", want
+            )
+        except OSError as e:
+            _STANDBY["failures"] += 1
+            log.warning("could not start a standby worker: %s", e)
 
 
 def _busy_message(active: list[Run], queued: list[Run], limits: Limits) -> str:

@@ -187,6 +187,11 @@ def _run(fn, args, kwargs, timeout_s, what, env, memory_mb, memory_env, cancel, 
     raise RuntimeError(f"{what} ended without a result (exit code {p.exitcode}): see the server log")
 
 
+def warm_up() -> None:
+    """Start the forkserver now (its imports take seconds), so that the first real child starts at once."""
+    run_limited(os.getpid, timeout_s=None, what="starting the sandbox", env="WORKBENCH_SANDBOX_SLOTS")
+
+
 def _memory_error(what: str, memory_mb: int | None, memory_env: str) -> LimitExceeded:
     return LimitExceeded(
         f"{what} needed more than {memory_mb} MB, this server's memory limit, and was stopped: use smaller settings "

@@ -223,7 +223,9 @@ def train(
     if spec.engine == "trl":
         return _train_trl(run, spec, task, should_stop)
     factory = engine_factory or build_engine
+    t0 = time.perf_counter()
     engine = factory(spec, task, fault)
+    print(f"model and engine ready in {time.perf_counter() - t0:.1f} s", flush=True)
     ckpt, bad = restore_checkpoint(run, engine)  # the newest that loads: past a corrupt one, the older
     for line in bad:
         print(f"{line}: set aside, trying the one before it", flush=True)

@@ -11,9 +11,9 @@ from typing import Any
 
 import gradio as gr
 
-from .. import housekeeping
+from .. import housekeeping, runner
 from ..config import Limits
-from . import access, settings
+from . import access, controls, settings
 from .common import CSS, guarded, theme
 from .compare import build_compare_tab
 from .learn import build_learn_tab
@@ -108,5 +108,10 @@ def launch_options(limits: Limits | None = None) -> dict[str, Any]:
 
 def start_server_housekeeping(limits: Limits | None = None) -> housekeeping.Keeper:
     """At app start: runs left 'running' by a previous server's workers are marked interrupted, queued runs start,
-    the disk is tidied; then a thread keeps the queue moving (even after a SIGKILL) and the disk bounded."""
-    return housekeeping.start(limits or settings.deployment_limits())
+    the disk is tidied; then a thread keeps the queue moving (even after a SIGKILL) and the disk bounded, and a
+    standby worker warm with the form's model while a slot is free (Limits.standby_worker)."""
+    limits = limits or settings.deployment_limits()
+    keeper = housekeeping.start(limits)
+    if limits.standby_worker:
+        runner.keep_standby(controls.preset_spec(controls.START_PRESET, limits), limits)
+    return keeper

@@ -94,6 +94,9 @@ def make_control(f: dataclasses.Field, value: Any, limits: Limits) -> gr.compone
     return gr.Textbox(lines=2 if f.name == "system_prompt" else 1, **kw)
 
 
+START_PRESET = "quick"  # the preset the Train form starts on
+
+
 def preset_spec(name: str, limits: Limits) -> RunSpec:
     """A preset as this server runs it: the default model of this deployment, values clipped to its limits."""
     if name not in PRESETS:

@@ -156,12 +156,12 @@ def launch_spec(spec: RunSpec, limits: Limits, token: str | None, request: Any =
 
 def build_train_tab(limits: Limits, token: gr.BrowserState) -> dict[str, Any]:
     """Lay out the Train tab and wire its events; returns its components by name."""
-    start = controls.preset_spec("quick", limits)
+    start = controls.preset_spec(controls.START_PRESET, limits)
     c: dict[str, Any] = {}
     names = controls.field_order()
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=360):
-            c["preset"] = gr.Dropdown(choices=list(PRESETS), value="quick", label="preset", elem_id="wb-preset",
+            c["preset"] = gr.Dropdown(choices=list(PRESETS), value=controls.START_PRESET, label="preset", elem_id="wb-preset",
                                       info="Fills every setting below; change any of them afterwards.")  # fmt: skip
             c["plan"] = gr.Markdown(plan_text(start.max_steps, start.prompts_per_step, start.num_generations,
                                               start.max_completion_length), elem_id="wb-plan")  # fmt: skip

@@ -1,0 +1,137 @@
+"""A standby worker: a worker process started before it has a run, so a launch trains at once.
+
+A cold worker spends about 5 s on 2 cores before its first step (importing torch, transformers and peft, loading
+the model, starting the sandbox's forkserver), and a first run on a machine 2 s more on the base model's held-out
+answers at step 0. The web server keeps one standby (when `Limits.standby_worker` is on and a worker slot is free)
+that has done all of that for the spec the form starts on, then waits for a run id on its stdin. The runner hands
+it the next run to launch (runner._launch); a run on another model or task still skips the imports. One standby
+serves one run and then exits like any worker: nothing of one run reaches the next.
+
+    server side (runner.py):   sb = Standby.start(argv, env, log_path, key); sb.ready(); sb.hand(run_id) -> bool
+    process side:              `workbench standby SPEC_JSON` -> warm(spec), then wait_for_run() -> run id
+
+The standby is the server's child and reads its stdin: when the server ends (even by SIGKILL) the pipe closes and
+the standby exits. It runs with the environment the server had when it started; the runner hands it a run only
+when that environment is still the one a cold worker would get.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import RunSpec
+
+READY = "standby ready"  # the line the standby writes to its log once warm (Standby.ready reads it)
+
+
+class Standby:
+    """The server's handle on one standby process."""
+
+    def __init__(self, proc: subprocess.Popen, env: dict, log_path: Path, key: tuple):
+        self.proc, self.env, self.log_path, self.key = proc, env, log_path, key
+        self.started = time.monotonic()
+
+    @classmethod
+    def start(cls, argv: list[str], env: dict, log_path: Path, key: tuple) -> Standby:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # like any worker: the server's Ctrl-C does not reach it
+            )
+        return cls(proc, env, log_path, key)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ready(self) -> bool:
+        """Warm and waiting (its log says so, and it is still alive)."""
+        try:
+            return self.alive() and READY in self.log_path.read_text(errors="replace")
+        except OSError:
+            return False
+
+    def hand(self, run_id: str) -> bool:
+        """Give it `run_id` to train. False when it can no longer take one (it died): start a cold worker."""
+        if not self.alive() or self.proc.stdin is None:
+            return False
+        try:
+            self.proc.stdin.write(f"{run_id}\n".encode())
+            self.proc.stdin.close()
+        except OSError:  # BrokenPipeError: it died between the check and the write
+            return False
+        return True
+
+    def discard(self) -> None:
+        """End it (it holds no run): close its stdin, then make sure it is gone."""
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+
+
+# --- the standby process --------------------------------------------------------------------------------------
+def warm(spec: RunSpec) -> None:
+    """Import what a run needs; work out the base model's held-out answers at step 0 for `spec` (kept across runs,
+    heldout.BaseMemo) on an engine of its own, which also runs every kernel once; load the model again for the run
+    that will ask for it; start the sandbox's forkserver."""
+    from . import scoring  # noqa: F401
+    from .grpo import GRPOEngine
+    from .heldout import remember_baseline
+    from .models import keep_loaded
+    from .sandbox import warm_up as warm_sandbox
+    from .tasks import load_task
+
+    if spec.eval_every and spec.engine == "builtin":
+        task = load_task(spec)
+        remember_baseline(GRPOEngine.from_spec(spec, task), task)  # the engine and its model go with the call
+    keep_loaded(spec.model, spec.dtype, spec.device)
+    warm_sandbox()
+
+
+def wait_for_run(spec: RunSpec) -> str | None:
+    """Warm up, then block until the server hands over a run id (None when the server went away first). From then
+    on this process's output goes to that run's worker.log."""
+    t0 = time.monotonic()
+    try:
+        warm(spec)
+        print(
+            f"{READY}: pid {os.getpid()}, {spec.model} on {spec.task} in {time.monotonic() - t0:.1f} s",
+            flush=True,
+        )
+    except Exception:  # e.g. a model that does not load: still a warm process; the run will report the error
+        traceback.print_exc()
+        print(f"{READY}, without all of its warm-up (traceback above)", flush=True)
+    run_id = sys.stdin.readline().strip()
+    if not run_id:
+        return None
+    from .store import open_run
+
+    log = os.open(open_run(run_id).log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    print(
+        f"standby worker {os.getpid()} takes run {run_id} (started {time.monotonic() - t0:.0f} s ago)",
+        flush=True,
+    )
+    return run_id
