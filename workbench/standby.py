@@ -18,6 +18,8 @@ when that environment is still the one a cold worker would get.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import os
 import subprocess
 import sys
@@ -101,9 +103,16 @@ def warm(spec: RunSpec) -> None:
 
     if spec.eval_every and spec.engine == "builtin":
         task = load_task(spec)
-        remember_baseline(GRPOEngine.from_spec(spec, task), task)  # the engine and its model go with the call
+        remember_baseline(GRPOEngine.from_spec(spec, task), task)
+        release_memory()  # that engine and its model are garbage now: give their memory back while we wait
     keep_loaded(spec.model, spec.dtype, spec.device)
     warm_sandbox()
+
+
+def release_memory() -> None:
+    gc.collect()  # peft's modules hold reference cycles
+    with contextlib.suppress(OSError, AttributeError):  # glibc keeps freed memory for reuse unless asked
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def wait_for_run(spec: RunSpec) -> str | None:
