@@ -21,109 +21,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 from .cli_ab import cmd_compare_many, cmd_train_ab, wants_many
-from .cli_args import UsageError, build_parser, decoding_args, spec_from_args
+from .cli_args import UsageError, decoding_args, spec_from_args
+from .cli_follow import Result, fmt_num, follow, reason_text
+from .cli_parser import build_parser
 from .cli_rate import cmd_rate, summary_lines, with_ratings
 from .errors import ConfigError, UserError
 from .lab.cli import COMMANDS as LAB_COMMANDS
 from .osutil import json_safe
 
 __all__ = ["COMMANDS", "build_parser", "main", "spec_from_args"]
-
-# Results a command returns: (exit code, the JSON document, the text printed without --json).
-Result = tuple[int, Any, str]
-
-
-def _fmt_secs(s: float) -> str:
-    s = int(max(0, s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
-def _fmt_num(x: Any, spec: str = ".3f") -> str:
-    """A metric for a terminal line: formatted with `spec`, or "-" when missing or not finite."""
-    return format(x, spec) if isinstance(x, (int, float)) and math.isfinite(x) else "-"
-
-
-# --- following a run ----------------------------------------------------------------------------------------
-def follow(run_id: str, since: int = 0) -> Result:
-    """Print progress until the run ends; Ctrl-C asks it to stop after the step, a second Ctrl-C kills it."""
-    from . import runner
-    from .store import TERMINAL, open_run
-
-    run = open_run(run_id)
-    print(f"run {run.id} stored in {run.dir}", flush=True)
-    last, said, ctrl_c, times = since, None, 0, []
-    while True:
-        try:
-            st = run.status()
-            now = (st["state"], st.get("reason"))
-            if now != said and st["state"] not in TERMINAL:
-                print(f"{st['state']}" + (f": {st['reason']}" if st.get("reason") else ""), flush=True)
-                said = now
-            for m in run.metrics(since_step=last):
-                last = m["step"]
-                times.append(m.get("step_time") or 0.0)
-                avg = sum(times[-5:]) / len(times[-5:])
-                print(
-                    f"step {last:>4}/{st['max_steps']}  reward {_fmt_num(m.get('reward'))} "
-                    f"(std {_fmt_num(m.get('reward_std'))})  length {_fmt_num(m.get('completions/mean_length'), '.1f')}  "
-                    f"{avg:.1f} s/step  ETA {_fmt_secs(avg * (st['max_steps'] - last))}",
-                    flush=True,
-                )
-            if st["state"] in TERMINAL:
-                break
-            time.sleep(0.5)
-        except KeyboardInterrupt:
-            ctrl_c += 1
-            if ctrl_c == 1:
-                runner.stop_run(run_id)
-                print("stopping after the current step (Ctrl-C again to kill the worker)", flush=True)
-            else:
-                runner.kill_run(run_id)
-    return _run_result(run)
-
-
-def reason_text(run_id: str, st: dict) -> str:
-    """A run's stored reason in the CLI's words: a run that can go on says which command continues it."""
-    from .store import RESUMABLE
-
-    reason = st.get("reason") or ""
-    if st.get("resumable", st.get("state") in RESUMABLE):
-        reason += ("; " if reason else "") + f"continue it with `workbench resume {run_id}`"
-    return reason
-
-
-def _run_result(run) -> Result:
-    from .store import FAILED
-
-    st = run.status()
-    reason = reason_text(run.id, st)
-    doc = {
-        "run_id": run.id,
-        "dir": str(run.dir),
-        "status": st["state"],
-        "reason": reason or None,
-        "steps_done": st["steps_done"],
-        "max_steps": st["max_steps"],
-        "final_metrics": run.last_metrics(),
-        "adapter": str(run.final_adapter()) if run.final_adapter() else None,
-    }
-    text = f"{st['state']}: {st['steps_done']}/{st['max_steps']} steps" + (f" ({reason})" if reason else "")
-    if doc["adapter"]:
-        text += f"\nadapter: {doc['adapter']}\ncompare with the base model: workbench compare {run.id}"
-    if st["state"] in FAILED:
-        print(f"error: run {run.id} {st['state']}: {reason}", file=sys.stderr)
-        return 2, doc, text
-    return 0, doc, text
 
 
 # --- commands -----------------------------------------------------------------------------------------------
@@ -185,7 +98,7 @@ def cmd_runs(args: argparse.Namespace) -> Result:
                      "model": spec.model, "dir": str(run.dir)})  # fmt: skip
     lines = [f"{'RUN':22} {'STATE':11} {'STEPS':>9} {'REWARD':>7}  TASK / MODEL"]
     lines += [
-        f"{r['id']:22} {r['state']:11} {r['steps_done']:>4}/{r['max_steps']:<4} {_fmt_num(r['reward']):>7}  "
+        f"{r['id']:22} {r['state']:11} {r['steps_done']:>4}/{r['max_steps']:<4} {fmt_num(r['reward']):>7}  "
         f"{r['task']} / {r['model']}"
         for r in rows
     ]
@@ -222,11 +135,11 @@ def cmd_show(args: argparse.Namespace) -> Result:
     m = doc["last_metrics"]
     if m:
         lines.append(
-            f"  step {m['step']}: reward {_fmt_num(m.get('reward'))}, kl {_fmt_num(m.get('kl'))}, "
-            f"length {_fmt_num(m.get('completions/mean_length'), '.1f')}"
+            f"  step {m['step']}: reward {fmt_num(m.get('reward'))}, kl {fmt_num(m.get('kl'))}, "
+            f"length {fmt_num(m.get('completions/mean_length'), '.1f')}"
         )
     for e in doc["episodes"][:4]:
-        lines.append(f"  [{_fmt_num(e['reward'], '+.2f')}] {e['completion'][:100]!r}")
+        lines.append(f"  [{fmt_num(e['reward'], '+.2f')}] {e['completion'][:100]!r}")
     lines += heldout_lines(doc["evals"], doc["best"]) + [f"  warning: {w}" for w in doc["warnings"]]
     if st["state"] in FAILED and run.log_path.exists():
         lines += ["  last lines of worker.log:"] + [

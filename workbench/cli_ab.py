@@ -18,7 +18,8 @@ import argparse
 import sys
 from typing import Any
 
-Result = tuple[int, Any, str]
+from .cli_follow import Result
+
 VARIANT_HELP = (
     "an A/B of reward designs: repeat 2 to 4 times, one run per variant on the same prompts, seed and held-out "
     "set. A reward list 'length:1,target=12; contains_answer:2', 'task' (the task's rewards), 'preset:NAME', or a "
@@ -42,8 +43,8 @@ def wants_many(args: argparse.Namespace) -> bool:
 
 def cmd_train_ab(args: argparse.Namespace) -> Result:
     """Queue the variants as one experiment, then follow each run in queue order (unless --detach)."""
-    from .cli import follow
     from .cli_args import spec_from_args
+    from .cli_follow import follow
     from .experiments import start_experiment
 
     exp = start_experiment(spec_from_args(args), args.variant)

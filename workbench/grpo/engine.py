@@ -30,7 +30,8 @@ from .forward import completion_logps
 from .fused import FusedProjections
 from .llama import supports
 from .loss import policy_loss
-from .sampler import Samples, make_sampler
+from .sampler import make_sampler
+from .samples import Samples
 from .selfcheck import forward_ok
 from .types import Episode, NonFiniteError, RewardFunctionError, StepResult
 

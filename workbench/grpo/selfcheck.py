@@ -19,6 +19,7 @@ import logging
 import torch
 
 from .forward import completion_logps, hf_logps
+from .samples import GenerateSampler
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,6 @@ def sampler_error(model, sampler) -> str | None:
 def forward_error(model, proj) -> str | None:
     """Why the shared-prompt training forward's log-probs or gradients are off the HF forward's on greedy
     completions (`model.generate`'s); None when they agree. Runs in eval mode and leaves no gradient behind."""
-    from .sampler import GenerateSampler
 
     prompts, ids, mask = _batch(model)
     dtype = next(model.parameters()).dtype
@@ -145,7 +145,6 @@ def checked_sampler(model, sampler):
     why = sampler_error(model, sampler)
     if why is None:
         return sampler
-    from .sampler import GenerateSampler
 
     device = next(model.parameters()).device
     log.warning(

@@ -1,7 +1,7 @@
 """Reward functions with TRL's contract, and the registry that names them.
 
     from workbench.rewards import REGISTRY, build_rewards
-    from workbench.config import RewardSpec
+    from workbench.rewards import RewardSpec
     fns = build_rewards([RewardSpec("length", 1.0, {"target": 20, "unit": "words"})])
     name, fn, weight = fns[0]
     fn(prompts=["Hi"], completions=["Hello there"])      # -> [-0.9]
@@ -20,10 +20,10 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..config import RewardSpec
 from . import answers, model, text
 from .answers import extract_answer, is_correct, last_number, normalize_text, rg_key, rg_score, to_number
 from .base import Param, Reward, RewardError, RewardInfo, completion_text, prompt_text
+from .spec import RewardSpec, parse_scalar
 from .text import measure
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "Reward",
     "RewardError",
     "RewardInfo",
+    "RewardSpec",
     "build_reward",
     "build_rewards",
     "completion_text",
@@ -40,6 +41,7 @@ __all__ = [
     "is_correct",
     "last_number",
     "measure",
+    "parse_scalar",
     "normalize_text",
     "prompt_text",
     "rg_key",

@@ -15,7 +15,7 @@ import unicodedata
 
 import regex
 
-from ..config import DEFAULT_MODEL
+from ..paths import DEFAULT_MODEL
 from .base import Param, RewardError, RewardInfo, binder, positive
 
 log = logging.getLogger("workbench.rewards")

@@ -22,7 +22,7 @@ from ..experiments import list_experiments
 from ..housekeeping import download_folder
 from ..sandbox import run_limited
 from ..store import open_run
-from . import compare as two_way  # the 2-way section's prompt rows and run list (it imports this module)
+from . import compare as two_way  # the 2-way section's prompt rows, run list and decoding
 from . import views
 from .common import guarded
 

@@ -13,7 +13,7 @@ import gradio as gr
 
 from .. import housekeeping, runner
 from ..config import Limits
-from . import access, controls, settings
+from . import ab, access, controls, rating, settings
 from .common import CSS, guarded, theme
 from .compare import build_compare_tab
 from .learn import build_learn_tab
@@ -54,7 +54,9 @@ def build_app(limits: Limits | None = None) -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 train = build_train_tab(limits, token)
             with gr.Tab("Compare", id="compare") as compare_tab:
-                compare = build_compare_tab(train, token)
+                compare = build_compare_tab(train)
+                compare["ab"] = ab.build_ab_section(compare)  # the base and 2 to 4 tuned models at once
+                compare["rating"] = rating.build_rating_section(compare, token)  # judge the answers blind
             with gr.Tab("Runs", id="runs") as runs_tab:
                 runs = build_runs_tab(token)
             with gr.Tab("Learn", id="learn") as learn_tab:

@@ -26,7 +26,7 @@ from ..recovery import task_for_run
 from ..sandbox import run_limited
 from ..stats import SUMMARY_COLUMNS
 from ..store import list_runs, open_run
-from . import ab, plots, rating, views
+from . import plots, views
 from .common import guarded
 
 HELD_OUT, OWN = "held-out prompts", "my own prompt"
@@ -181,7 +181,7 @@ def chart_frame(stats: pd.DataFrame) -> pd.DataFrame:
     return keep.rename(columns={"name": "reward"})
 
 
-def build_compare_tab(train: dict, token: gr.BrowserState | None = None) -> dict[str, Any]:
+def build_compare_tab(train: dict) -> dict[str, Any]:
     c: dict[str, Any] = {}
     gr.Markdown("Both models answer the same prompts with the same decoding; every reward of the run scores both. "
                 "Held-out prompts were never trained on.")  # fmt: skip
@@ -262,6 +262,4 @@ def build_compare_tab(train: dict, token: gr.BrowserState | None = None) -> dict
     c["go"].click(go, [c["run"], c["source"], c["n"], c["prompt"], c["answer"], c["mode"], c["seed"],
                        c["max_new_tokens"], c["weights"]], [c["headline"], c["chart"], c["table"], c["csv"], c["pairs"]],
                   api_name="compare", concurrency_limit=1, concurrency_id="compare")  # fmt: skip
-    c["ab"] = ab.build_ab_section(c)  # the base and 2 to 4 tuned models at once (ui/ab.py)
-    c["rating"] = rating.build_rating_section(c, token)
     return c

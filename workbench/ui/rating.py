@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..rating_stats import summarize
 from . import access, plots, views
 from .common import guarded, user_message
+from .compare import pairs_html, run_comparison
 from .settings import on_space
 
 CHOICE_TEXT = {"left": "left", "right": "right", "tie": "a tie", "both_bad": "both bad"}
@@ -248,8 +249,6 @@ def _wire(c: dict[str, Any], r: dict[str, Any], token) -> None:
     hide = [c["headline"], c["chart"], c["table"], c["csv"], c["pairs"]]
 
     def hidden() -> tuple:
-        from .compare import pairs_html
-
         return "", plots.summary_figure(None), pd.DataFrame(), None, pairs_html(None)
 
     @guarded(len(out) + len(hide) + 1)
@@ -266,7 +265,6 @@ def _wire(c: dict[str, Any], r: dict[str, Any], token) -> None:
     @guarded(len(out) + len(hide) + 1)
     def on_compare(run_id, source, n, prompt, answer, mode, seed, max_new_tokens, weights, tok,
                    progress=gr.Progress()):  # noqa: B008  # fmt: skip
-        from .compare import run_comparison
 
         visitor(tok)  # a Space visitor without a token is told before minutes of generation, not after
         progress(0.0, desc="Loading the models…")
