@@ -101,9 +101,11 @@ def space(tmp_path, free_port):
     secret = tmp_path / "cwd" / "org" / "data"  # an id-shaped folder in the server's working folder
     secret.mkdir(parents=True)
     (secret / "secret.csv").write_text("prompt,answer\n" + "".join(f"SECRET {i},{i}\n" for i in range(8)))
+    # no standby worker: it would fetch the Space's hub model, and the hub is offline here
     env = dict(os.environ, SPACE_ID="test/flood", GRADIO_SERVER_PORT=str(free_port), WORKBENCH_HOME=str(home),
                WORKBENCH_TASK_TIMEOUT_S="5", WORKBENCH_COMPARE_TIMEOUT_S="90", OMP_NUM_THREADS="1",
-               HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT))  # fmt: skip
+               HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT),
+               WORKBENCH_STANDBY_WORKER="0")  # fmt: skip
     log = (tmp_path / "server.log").open("wb")
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=tmp_path / "cwd", env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip

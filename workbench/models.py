@@ -186,6 +186,11 @@ def keep_loaded(name: str, dtype: str = "auto", device: str = "auto") -> None:
     _KEPT[(name, dtype, device)] = load_model(name, dtype, device)
 
 
+def drop_kept() -> None:
+    """Free the models kept for a run that will not ask for them (a TRL run loads its own)."""
+    _KEPT.clear()
+
+
 def load_model(name: str, dtype: str = "auto", device: str = "auto"):
     """Return (model, tokenizer), the model in eval mode on `device` in the chosen dtype."""
     from transformers import AutoModelForCausalLM

@@ -268,8 +268,11 @@ def train(
 
 
 def _train_trl(run: Run, spec: RunSpec, task: Any, should_stop: Callable[[], bool]) -> tuple[str, str]:
+    from .models import drop_kept
     from .recovery import restore_checkpoint
     from .trl_engine import CheckpointProbe, train_with_trl
+
+    drop_kept()  # a standby's model: TRL loads its own
 
     probe = CheckpointProbe(spec.num_iterations)
     ckpt, bad = restore_checkpoint(run, probe)  # TRL loads it; the probe reads its files first
