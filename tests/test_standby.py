@@ -44,17 +44,25 @@ def warm_standby(timeout: float = 120.0) -> Standby:
     return runner._STANDBY["now"]
 
 
+def _rewards(run_id: str) -> list:
+    return [(m["step"], m["reward"], m["loss"]) for m in open_run(run_id).metrics()]
+
+
 def test_a_launch_is_handed_to_the_warm_standby_and_a_new_one_follows(keeping):
-    spec = keeping()
+    spec = tiny_spec(eval_every=2, eval_prompts=2, max_steps=2)
+    cold = runner.start_run(spec)  # before any standby: a worker started from nothing
+    assert runner.wait(cold, timeout=300)["state"] == "finished"
+    keeping(spec)
     sb = warm_standby()
     assert list(baseline_folder().glob("*.json")), "the standby did not work out the step-0 held-out baseline"
-    run_id = runner.start_run(spec.replace(max_steps=2))
+    run_id = runner.start_run(spec)
     assert runner._STANDBY["now"] is None  # the slot is taken: no second process while the run trains
     st = runner.wait(run_id, timeout=300)
     log = open_run(run_id).log_path.read_text()
     assert st["state"] == "finished", log[-2000:]
     assert st["pid"] == sb.proc.pid and "(standby)" in log and f"takes run {run_id}" in log
     assert "held-out eval at step 0" in log and "step 2/2" in log
+    assert _rewards(run_id) == _rewards(cold)  # its warm-up (an engine, a step) leaves nothing in the run
     assert sb.proc.wait(timeout=30) == 0  # one run per standby: it exits like any worker
 
     runner.reconcile(Limits())  # the server's housekeeping tick: the slot is free again

@@ -55,7 +55,7 @@ LIMITS: tuple[Limit, ...] = (
     Limit("queue_size", "WORKBENCH_QUEUE_SIZE", 4, 4, "runs waiting for a free slot"),
     Limit("standby_worker", "WORKBENCH_STANDBY_WORKER", True, True,
           "a worker kept started with the form's model loaded while a slot is free, so a launch trains at once "
-          "(about 0.7 GB of memory while it waits)"),
+          "(about 0.75 GB of memory while it waits)"),
     Limit("max_runs_per_visitor", "WORKBENCH_MAX_RUNS_PER_VISITOR", 2, None,
           "runs one visitor (browser or address) has training or queued"),
     # --- uploads

@@ -1,8 +1,8 @@
 """A standby worker: a worker process started before it has a run, so a launch trains at once.
 
 A cold worker spends about 5 s on 2 cores before its first step (importing torch, transformers and peft, loading
-the model, starting the sandbox's forkserver), and a first run on a machine 2 s more on the base model's held-out
-answers at step 0. The web server keeps one standby (when `Limits.standby_worker` is on and a worker slot is free)
+the model, starting the sandbox's forkserver), a first run on a machine 2 s more on the base model's held-out
+answers at step 0, and its first step is 0.8 s slower than the next (every kernel's first call). The web server keeps one standby (when `Limits.standby_worker` is on and a worker slot is free)
 that has done all of that for the spec the form starts on, then waits for a run id on its stdin. The runner hands
 it the next run to launch (runner._launch); a run on another model or task still skips the imports. One standby
 serves one run and then exits like any worker: nothing of one run reaches the next.
@@ -91,19 +91,24 @@ class Standby:
 
 # --- the standby process --------------------------------------------------------------------------------------
 def warm(spec: RunSpec) -> None:
-    """Import what a run needs; work out the base model's held-out answers at step 0 for `spec` (kept across runs,
-    heldout.BaseMemo) on an engine of its own, which also runs every kernel once; load the model again for the run
-    that will ask for it; start the sandbox's forkserver."""
+    """Import what a run needs; on an engine of its own, work out the base model's held-out answers at step 0 for
+    `spec` (kept across runs, heldout.BaseMemo) and take one training step, so that every kernel has run once (a
+    first step costs ~0.8 s more than the next); load the model again for the run that will ask for it; start the
+    sandbox's forkserver."""
     from . import scoring  # noqa: F401
     from .grpo import GRPOEngine
     from .heldout import remember_baseline
     from .models import keep_loaded
     from .sandbox import warm_up as warm_sandbox
-    from .tasks import load_task
+    from .tasks import load_task, prompt_batches
 
-    if spec.eval_every and spec.engine == "builtin":
+    if spec.engine == "builtin":
         task = load_task(spec)
-        remember_baseline(GRPOEngine.from_spec(spec, task), task)
+        engine = GRPOEngine.from_spec(spec, task)
+        if spec.eval_every:
+            remember_baseline(engine, task)
+        engine.step(next(prompt_batches(task.train, spec.prompts_per_step, spec.seed)))
+        del engine
         release_memory()  # that engine and its model are garbage now: give their memory back while we wait
     keep_loaded(spec.model, spec.dtype, spec.device)
     warm_sandbox()
