@@ -72,6 +72,17 @@ def test_a_launch_is_handed_to_the_warm_standby_and_a_new_one_follows(keeping):
     assert nxt.proc.wait(timeout=30) == 0 and runner._STANDBY["now"] is None
 
 
+def test_a_run_handed_over_during_the_warm_up_cuts_it_short(keeping):
+    spec = keeping(tiny_spec(eval_every=2, eval_prompts=2, max_steps=2))
+    sb = runner._STANDBY["now"]
+    run_id = runner.start_run(spec)  # at once: the standby is still importing
+    st = runner.wait(run_id, timeout=300)
+    log = open_run(run_id).log_path.read_text()
+    assert st["state"] == "finished" and st["pid"] == sb.proc.pid, log[-2000:]
+    # the model is loaded for it; the optional warm-up (baseline, a throwaway step, the sandbox) is skipped
+    assert "warmed up: imports, model)" in log and "held-out eval at step 0" in log
+
+
 def test_a_standby_started_under_another_environment_is_not_used(keeping, monkeypatch):
     spec = keeping()
     sb = warm_standby()

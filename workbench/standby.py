@@ -21,10 +21,12 @@ import contextlib
 import ctypes
 import gc
 import os
+import select
 import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,11 +92,12 @@ class Standby:
 
 
 # --- the standby process --------------------------------------------------------------------------------------
-def warm(spec: RunSpec) -> None:
-    """Import what a run needs; on an engine of its own, work out the base model's held-out answers at step 0 for
-    `spec` (kept across runs, heldout.BaseMemo) and take one training step, so that every kernel has run once (a
-    first step costs ~0.8 s more than the next); load the model again for the run that will ask for it; start the
-    sandbox's forkserver."""
+def warm(spec: RunSpec, arrived: Callable[[], bool] = lambda: False) -> list[str]:
+    """Get ready for a run of `spec`, most useful first; stop early once `arrived()` (a run is waiting: the rest is
+    not worth its wait). Returns what was done, of: the imports; the model, loaded for the run that will ask for it;
+    on an engine of its own, the base model's held-out answers at step 0 (kept across runs, heldout.BaseMemo) and
+    one training step, so that every kernel has run once (a run's first step costs ~0.8 s more otherwise); the
+    sandbox's forkserver (for uploads)."""
     from . import scoring  # noqa: F401
     from .grpo import GRPOEngine
     from .heldout import remember_baseline
@@ -102,16 +105,31 @@ def warm(spec: RunSpec) -> None:
     from .sandbox import warm_up as warm_sandbox
     from .tasks import load_task, prompt_batches
 
-    if spec.engine == "builtin":
+    with contextlib.suppress(ImportError):
+        import peft  # noqa: F401  (LoRA runs; about 1.5 s of import on its own)
+    done = ["imports"]
+    keep_loaded(spec.model, spec.dtype, spec.device)
+    done.append("model")
+    if spec.engine == "builtin" and not arrived():
         task = load_task(spec)
         engine = GRPOEngine.from_spec(spec, task)
-        if spec.eval_every:
+        if spec.eval_every and not arrived():
             remember_baseline(engine, task)
-        engine.step(next(prompt_batches(task.train, spec.prompts_per_step, spec.seed)))
+            done.append("held-out baseline")
+        if not arrived():
+            engine.step(next(prompt_batches(task.train, spec.prompts_per_step, spec.seed)))
+            done.append("a first step")
         del engine
         release_memory()  # that engine and its model are garbage now: give their memory back while we wait
-    keep_loaded(spec.model, spec.dtype, spec.device)
-    warm_sandbox()
+    if not arrived():
+        warm_sandbox()
+        done.append("sandbox")
+    return done
+
+
+def _stdin_ready() -> bool:
+    """A run id (or the end of the pipe: the server is gone) is waiting on stdin."""
+    return bool(select.select([sys.stdin], [], [], 0)[0])
 
 
 def release_memory() -> None:
@@ -123,13 +141,11 @@ def release_memory() -> None:
 def wait_for_run(spec: RunSpec) -> str | None:
     """Warm up, then block until the server hands over a run id (None when the server went away first). From then
     on this process's output goes to that run's worker.log."""
-    t0 = time.monotonic()
+    t0, done = time.monotonic(), ["imports"]
     try:
-        warm(spec)
-        print(
-            f"{READY}: pid {os.getpid()}, {spec.model} on {spec.task} in {time.monotonic() - t0:.1f} s",
-            flush=True,
-        )
+        done = warm(spec, arrived=_stdin_ready)
+        print(f"{READY}: pid {os.getpid()}, {spec.model} on {spec.task} in {time.monotonic() - t0:.1f} s "
+              f"({', '.join(done)})", flush=True)  # fmt: skip
     except Exception:  # e.g. a model that does not load: still a warm process; the run will report the error
         traceback.print_exc()
         print(f"{READY}, without all of its warm-up (traceback above)", flush=True)
@@ -144,8 +160,6 @@ def wait_for_run(spec: RunSpec) -> str | None:
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
-    print(
-        f"standby worker {os.getpid()} takes run {run_id} (started {time.monotonic() - t0:.0f} s ago)",
-        flush=True,
-    )
+    print(f"standby worker {os.getpid()} takes run {run_id} (started {time.monotonic() - t0:.0f} s ago; warmed up: "
+          f"{', '.join(done)})", flush=True)  # fmt: skip
     return run_id
