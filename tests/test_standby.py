@@ -120,3 +120,14 @@ def test_standbys_that_die_unused_are_not_restarted_forever(keeping, monkeypatch
     assert len(starts) == runner.STANDBY_TRIES and runner._STANDBY["now"] is None
     run_id = runner.start_run(tiny_spec(max_steps=1, eval_every=0))  # launches still work: a cold worker
     assert runner.wait(run_id, timeout=300)["state"] == "finished"
+
+
+def test_a_standby_whose_warm_up_fails_still_takes_a_run(keeping):
+    keeping(tiny_spec(model="no/such-model-here"))  # not bundled, not a folder, and the hub is offline here
+    sb = warm_standby()
+    assert "without all of its warm-up" in sb.log_path.read_text()
+    run_id = runner.start_run(tiny_spec(max_steps=1, eval_every=0))  # another model: loaded by the run itself
+    st = runner.wait(run_id, timeout=300)
+    assert st["state"] == "finished" and st["pid"] == sb.proc.pid, open_run(run_id).log_path.read_text()[
+        -2000:
+    ]

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .config import RunSpec
 
 READY = "standby ready"  # the line the standby writes to its log once warm (Standby.ready reads it)
+LOG_CAP = 1 << 20  # bytes of the standbys' shared log before the next one starts it afresh
 
 
 class Standby:
@@ -46,7 +47,10 @@ class Standby:
     @classmethod
     def start(cls, argv: list[str], env: dict, log_path: Path, key: tuple) -> Standby:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "wb") as log:
+        # appended to, not truncated: an earlier standby's forkserver (now serving its run's uploads) still writes
+        # here; a new one starts the file afresh past LOG_CAP
+        fresh = not log_path.exists() or log_path.stat().st_size > LOG_CAP
+        with open(log_path, "wb" if fresh else "ab") as log:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.PIPE,
@@ -63,7 +67,9 @@ class Standby:
     def ready(self) -> bool:
         """Warm and waiting (its log says so, and it is still alive)."""
         try:
-            return self.alive() and READY in self.log_path.read_text(errors="replace")
+            return self.alive() and f"{READY}: pid {self.proc.pid}," in self.log_path.read_text(
+                errors="replace"
+            )
         except OSError:
             return False
 
@@ -148,7 +154,7 @@ def wait_for_run(spec: RunSpec) -> str | None:
               f"({', '.join(done)})", flush=True)  # fmt: skip
     except Exception:  # e.g. a model that does not load: still a warm process; the run will report the error
         traceback.print_exc()
-        print(f"{READY}, without all of its warm-up (traceback above)", flush=True)
+        print(f"{READY}: pid {os.getpid()}, without all of its warm-up (traceback above)", flush=True)
     run_id = sys.stdin.readline().strip()
     if not run_id:
         return None
