@@ -40,7 +40,7 @@ def test_train_watch_stop_compare_in_chromium(app_url, page, tmp_path):
     page.get_by_text("NO RUN").wait_for()
     set_field(page, "model", model)
     page.get_by_text("Optimisation").click()
-    set_field(page, "max_steps", "100" if model == "tiny-random" else "12")
+    set_field(page, "max_steps", "1000" if model == "tiny-random" else "12")
     t0 = time.monotonic()
     page.locator("#wb-launch").click()
     page.locator(".wb-badge-running").wait_for(timeout=60_000)
@@ -57,8 +57,8 @@ def test_train_watch_stop_compare_in_chromium(app_url, page, tmp_path):
     page.locator("#wb-stop").click()
     page.locator(".wb-badge-stopped, .wb-badge-finished").wait_for(timeout=120_000)
     steps = page.evaluate(POINTS_JS)
-    if model == "tiny-random":  # 100 steps take minutes: the stop landed first
-        assert page.locator(".wb-badge-stopped").count() == 1 and 3 <= steps < 100
+    if model == "tiny-random":  # 1000 steps take a minute or more: the stop landed first
+        assert page.locator(".wb-badge-stopped").count() == 1 and 3 <= steps < 1000
     page.screenshot(path=str(tmp_path / "train.png"), full_page=False)
 
     page.get_by_role("tab", name="Compare").click()

@@ -219,14 +219,16 @@ def test_train_json_then_export_merged_and_trl_then_compare(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_stops_gracefully_and_resume_finishes(tmp_path):
     env = _env()
+    # 200 steps: a tiny step can take 30 ms, and the stop must land before the end (the CLI looks every 0.5 s)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench", "train", *TINY, "--max-steps", "25", "--save-every", "100"],
+        [sys.executable, "-m", "workbench", "train", *TINY, "--max-steps", "200", "--save-every", "1000",
+         "--eval-every", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith("step    2/25"):
+        if line.startswith("step    2/200"):
             proc.send_signal(signal.SIGINT)
             break
     rest, _ = proc.communicate(timeout=120)
@@ -237,4 +239,4 @@ def test_ctrl_c_stops_gracefully_and_resume_finishes(tmp_path):
     p = _wb("resume", run_id, "--json", timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     doc = json.loads(p.stdout)
-    assert doc["status"] == "finished" and doc["steps_done"] == 25
+    assert doc["status"] == "finished" and doc["steps_done"] == 200

@@ -146,25 +146,29 @@ def test_runs_to_the_end_and_the_ending_worker_starts_the_queued_run():
 
 @pytest.mark.slow
 def test_stop_saves_the_adapter_and_resume_reaches_the_target():
-    a = runner.start_run(tiny_spec(max_steps=40, save_every=5))
+    a = runner.start_run(
+        tiny_spec(max_steps=120, save_every=5)
+    )  # tiny steps take ~30 ms: the stop lands first
     _wait_for(lambda: open_run(a).steps_done() >= 2, what="two steps")
     runner.stop_run(a)
     st = runner.wait(a, timeout=120)
-    assert st["state"] == "stopped" and st["reason"] == f"stopped at step {st['steps_done']}/40", st
+    assert st["state"] == "stopped" and st["reason"] == f"stopped at step {st['steps_done']}/120", st
     n = st["steps_done"]
-    assert 2 <= n < 40
+    assert 2 <= n < 120
     run = open_run(a)
     assert run.final_adapter() is not None and run.checkpoint_step(run.latest_checkpoint()) == n
     runner.resume_run(a)
     st = runner.wait(a, timeout=300)
-    assert st["state"] == "finished" and st["steps_done"] == 40, run.log_path.read_text()[-2000:]
-    assert [m["step"] for m in run.metrics()] == list(range(1, 41))
+    assert st["state"] == "finished" and st["steps_done"] == 120, run.log_path.read_text()[-2000:]
+    assert [m["step"] for m in run.metrics()] == list(range(1, 121))
     assert f"resumed from step-{n:06d}" in run.log_path.read_text()
 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_restart_then_resume():
-    a = runner.start_run(tiny_spec(max_steps=30, save_every=4))
+    a = runner.start_run(
+        tiny_spec(max_steps=90, save_every=4)
+    )  # tiny steps take ~30 ms: the kill lands first
     run = open_run(a)
     _wait_for(lambda: run.steps_done() >= 5, what="five steps")
     os.kill(run.raw_status()["pid"], signal.SIGKILL)
@@ -184,7 +188,7 @@ def test_sigkill_mid_run_then_restart_then_resume():
     assert run.raw_status()["state"] == "interrupted"
     runner.resume_run(a)
     st = runner.wait(a, timeout=300)
-    assert st["state"] == "finished" and st["steps_done"] == 30, run.log_path.read_text()[-2000:]
+    assert st["state"] == "finished" and st["steps_done"] == 90, run.log_path.read_text()[-2000:]
     for s, prompts in redo.items():  # redone steps saw the same prompts: the data order survived the kill
         assert [e["prompt"] for e in run.episodes(s)] == prompts
 
