@@ -62,6 +62,7 @@ def test_a_launch_is_handed_to_the_warm_standby_and_a_new_one_follows(keeping):
     assert st["state"] == "finished", log[-2000:]
     assert st["pid"] == sb.proc.pid and "(standby)" in log and f"takes run {run_id}" in log
     assert "held-out eval at step 0" in log and "step 2/2" in log
+    assert "warmed up: imports, held-out baseline, a first step, model, sandbox)" in log
     assert _rewards(run_id) == _rewards(cold)  # its warm-up (an engine, a step) leaves nothing in the run
     assert sb.proc.wait(timeout=30) == 0  # one run per standby: it exits like any worker
 

@@ -42,7 +42,6 @@ class Standby:
 
     def __init__(self, proc: subprocess.Popen, env: dict, log_path: Path, key: tuple):
         self.proc, self.env, self.log_path, self.key = proc, env, log_path, key
-        self.started = time.monotonic()
 
     @classmethod
     def start(cls, argv: list[str], env: dict, log_path: Path, key: tuple) -> Standby:
@@ -100,9 +99,9 @@ class Standby:
 # --- the standby process --------------------------------------------------------------------------------------
 def warm(spec: RunSpec, arrived: Callable[[], bool] = lambda: False) -> list[str]:
     """Get ready for a run of `spec`, most useful first; stop early once `arrived()` (a run is waiting: the rest is
-    not worth its wait). Returns what was done, of: the imports; the model, loaded for the run that will ask for it;
-    on an engine of its own, the base model's held-out answers at step 0 (kept across runs, heldout.BaseMemo) and
-    one training step, so that every kernel has run once (a run's first step costs ~0.8 s more otherwise); the
+    not worth its wait). Returns what was done, of: the imports; on an engine of its own, the base model's held-out
+    answers at step 0 (kept across runs, heldout.BaseMemo) and one training step, so that every kernel has run once
+    (a run's first step costs ~0.8 s more otherwise); the model, loaded for the run that will ask for it; the
     sandbox's forkserver (for uploads)."""
     from . import scoring  # noqa: F401
     from .grpo import GRPOEngine
@@ -114,11 +113,9 @@ def warm(spec: RunSpec, arrived: Callable[[], bool] = lambda: False) -> list[str
     with contextlib.suppress(ImportError):
         import peft  # noqa: F401  (LoRA runs; about 1.5 s of import on its own)
     done = ["imports"]
-    keep_loaded(spec.model, spec.dtype, spec.device)
-    done.append("model")
     if spec.engine == "builtin" and not arrived():
         task = load_task(spec)
-        engine = GRPOEngine.from_spec(spec, task)
+        engine = GRPOEngine.from_spec(spec, task)  # loads a model of its own, and trains it: not the run's
         if spec.eval_every and not arrived():
             remember_baseline(engine, task)
             done.append("held-out baseline")
@@ -127,6 +124,9 @@ def warm(spec: RunSpec, arrived: Callable[[], bool] = lambda: False) -> list[str
             done.append("a first step")
         del engine
         release_memory()  # that engine and its model are garbage now: give their memory back while we wait
+    # after the engine above, whose load_model would otherwise take this copy; a run that arrived still needs it
+    keep_loaded(spec.model, spec.dtype, spec.device)
+    done.append("model")
     if not arrived():
         warm_sandbox()
         done.append("sandbox")
