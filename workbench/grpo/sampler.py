@@ -1,4 +1,5 @@
-"""Sampling for the rollout and for Compare: every sampler has the `Sampler` protocol, `make_sampler` picks one.
+"""Sampling for the rollout and for Compare: two samplers with the same `refresh()` and `sample()`, `make_sampler`
+picks one.
 
 - `FusedLlamaSampler`: a hand-written decode loop over merged, fused (and on a CPU prepacked) weights, with a static
   KV cache, for Llama-style decoders (`llama.supports`).
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from .llama import apply_rope, base_of, unsupported
 from .merged import MergedWeights
-from .samples import GenerateSampler, Sampler, Samples, finish
+from .samples import GenerateSampler, Samples, finish
 from .selfcheck import checked_sampler
 
 __all__ = ["FusedLlamaSampler", "GenerateSampler", "Sampler", "Samples", "make_sampler"]
@@ -202,3 +203,7 @@ def _pick(logits, temperature, top_p, greedy, generator) -> tuple[torch.Tensor, 
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=torch.float64)
     tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=cdf.shape[1] - 1)[:, 0]
     return tok, logp.gather(1, tok[:, None])[:, 0]
+
+
+# same refresh() and sample(): the engine and Compare use either
+Sampler = FusedLlamaSampler | GenerateSampler

@@ -1,12 +1,11 @@
-"""The sampler contract, `Samples` and `Sampler`, and its plain implementation over `model.generate`
-(`GenerateSampler`): what every architecture can use, and what the fused sampler (sampler.py) is checked against
-(selfcheck.py).
+"""What a sampler returns (`Samples`), and the plain sampler over `model.generate` (`GenerateSampler`): what every
+architecture can use, and what the fused sampler (sampler.py) is checked against (selfcheck.py). Both samplers
+have the same `refresh()` and `sample()`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
@@ -21,26 +20,6 @@ class Samples:
     # (B, T) log-prob of each sampled token at the sampling temperature (before the top-p cut), 0 after the end:
     # the engine compares it with the trainer's log-probs (the sampler–trainer gap)
     logps: torch.Tensor
-
-
-class Sampler(Protocol):
-    """n sampled (or greedy) completions of each prompt; `refresh` after the model's weights changed."""
-
-    def refresh(self, adapter: bool = True, everything: bool = False) -> None: ...
-
-    def sample(
-        self,
-        prompts: list[list[int]],
-        n: int,
-        max_new_tokens: int,
-        eos_ids: list[int],
-        pad_id: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        greedy: bool = False,
-        generator: torch.Generator | None = None,
-        min_new_tokens: int = 0,
-    ) -> Samples: ...
 
 
 def finish(out: torch.Tensor, eos: torch.Tensor, logps: torch.Tensor) -> Samples:
