@@ -143,9 +143,7 @@ def keep_standby(spec: RunSpec | None, limits: Limits | None = None) -> None:
     housekeeping)."""
     with _lock():
         _STANDBY["want"], _STANDBY["failures"] = spec, 0
-        active, queued = _active_and_queued()
-        limits = limits or Limits.from_env()
-        _refresh_standby(limits, free=len(active) < max(1, limits.max_active_runs) and not queued)
+        _fill_slots(limits or Limits.from_env())  # queued runs first; then the standby, where a slot is left
 
 
 def standby_ready() -> bool:
