@@ -1,5 +1,6 @@
-"""The engine on a device other than the CPU: it runs there (fused sampler and training forward), or falls back to
-`model.generate` and the HF forward with a log line when its hand-written paths fail their first-use check.
+"""The engine on a device other than the CPU: it runs there (fused sampler, its decode step replayed as a CUDA graph,
+and the fused training forward), or falls back to `model.generate` and the HF forward with a log line when its
+hand-written paths fail their first-use check.
 
 The CUDA test runs only where a GPU is visible (skipped otherwise); the fallback is proven on the CPU by treating
 it as unverified (`selfcheck.VERIFIED_DEVICES = ()`) and breaking each fused path on purpose.
@@ -13,8 +14,9 @@ import pytest
 import torch
 
 from workbench.config import RunSpec
-from workbench.grpo import GRPOEngine, selfcheck
+from workbench.grpo import GRPOEngine, graphed, selfcheck
 from workbench.grpo import forward as forward_mod
+from workbench.grpo import sampler as sampler_mod
 from workbench.grpo.sampler import FusedLlamaSampler, GenerateSampler
 
 V = 96
@@ -74,10 +76,29 @@ def _token_prompts(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("use_lora", [True, False])
-def test_the_engine_trains_on_cuda_with_its_fused_paths(dtype, use_lora):
+def test_the_engine_trains_on_cuda_with_its_fused_paths(dtype, use_lora, monkeypatch):
     engine = _engine(dtype, "cuda", use_lora)
     # the first-use check passed: fused sampler and forward are kept
     assert isinstance(engine.sampler, FusedLlamaSampler) and engine.fused
+    made = []
+
+    class Recorded(graphed.DecodeStep):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(sampler_mod, "DecodeStep", Recorded)
+    kw = dict(n=4, max_new_tokens=8, eos_ids=[2], pad_id=0, temperature=1.0, min_new_tokens=8)
+    graphed_run = engine.sampler.sample(
+        [[5, 6, 7], [8, 9]], generator=torch.Generator("cuda").manual_seed(0), **kw
+    )
+    assert made[-1]._graph is not None and made[-1].calls == 7  # the decode step replayed as a CUDA graph
+    engine.sampler.graphs = False  # the same draws through the eager, sliced step
+    eager = engine.sampler.sample([[5, 6, 7], [8, 9]], generator=torch.Generator("cuda").manual_seed(0), **kw)
+    engine.sampler.graphs = True
+    if dtype == "float32":
+        assert torch.equal(graphed_run.ids, eager.ids)
+    assert (graphed_run.logps - eager.logps).abs().max() < (1e-4 if dtype == "float32" else 0.1)
     s = engine.rollout([[5, 6, 7]])
     assert s.ids.device.type == "cuda" and s.logps.device.type == "cuda"
     for _ in range(2):

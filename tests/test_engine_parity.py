@@ -11,11 +11,13 @@ Plus μ = 2 through `train_on` against TRL's old log-probs and loss over two pas
 metric. No downloads (the TRL trainer whose loss we call is the one test_grpo_loss builds on tiny-random).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_engine_parity.py -q
+    WORKBENCH_TEST_DEVICE=cuda .venv/bin/python -m pytest tests/test_engine_parity.py -q   # the same on a GPU
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import types
 
 import pytest
@@ -32,6 +34,9 @@ V, PAD, EOS, G, T, TEMP = 96, 0, 2, 4, 6, 0.8
 COMMON = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.15, bos_token_id=1,
               eos_token_id=EOS, pad_token_id=PAD)  # fmt: skip
+DEV = os.environ.get(
+    "WORKBENCH_TEST_DEVICE", "cpu"
+)  # the models and batches live here; TRL's trainer on the CPU
 LLAMA_STYLE = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
 
@@ -78,12 +83,12 @@ def make_engine(arch: str, mode: str, dtype: str, **changes) -> GRPOEngine:
         for n, p in model.named_parameters():
             if n.endswith("bias") and "ln" not in n and "norm" not in n:
                 p.normal_(0, 0.3)
-    model.to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]).eval()
+    model.to(device=DEV, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]).eval()
     fields = dict(model="tiny-random", task="concise", train_size=8, eval_size=2, num_generations=G,
                   prompts_per_step=2, max_completion_length=T, temperature=TEMP, learning_rate=1e-2, beta=0.04,
                   epsilon=0.2, epsilon_high=0.28, use_lora=mode != "full", lora_r=4, lora_alpha=8,
                   lora_target_modules=_targets(arch, mode),
-                  dtype={"fp32": "float32", "bf16": "bfloat16"}[dtype], device="cpu", max_steps=10)  # fmt: skip
+                  dtype={"fp32": "float32", "bf16": "bfloat16"}[dtype], device=DEV, max_steps=10)  # fmt: skip
     spec = RunSpec(**(fields | changes))
     engine = GRPOEngine(spec, model, _Tok(), [])
     if spec.use_lora:
@@ -107,9 +112,10 @@ def _batch(engine: GRPOEngine, arch: str, gen: torch.Generator, lens: tuple[int,
     """A rollout of the engine's sampler as the engine's step hands it to `train_on`, with random advantages."""
     prompts = _prompts(arch, gen, lens)
     s = engine.rollout(prompts)
-    prompt_ids, prompt_mask = left_pad(prompts, PAD, "cpu")
+    prompt_ids, prompt_mask = left_pad(prompts, PAD, DEV)
+    adv = torch.randn(s.ids.shape[0], generator=gen).to(DEV)
     return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": s.ids, "mask": s.mask,
-            "advantages": torch.randn(s.ids.shape[0], generator=gen), "sampling_logps": s.logps}  # fmt: skip
+            "advantages": adv, "sampling_logps": s.logps}  # fmt: skip
 
 
 def _hf(engine, prompt_ids, prompt_mask, completion_ids):
@@ -177,7 +183,7 @@ def check(engine: GRPOEngine, arch: str, mode: str, trl, gen: torch.Generator, m
     monkeypatch.setattr(sampler_mod, "_pick", keep)
     s = engine.rollout(prompts)
     monkeypatch.setattr(sampler_mod, "_pick", pick)
-    prompt_ids, prompt_mask = left_pad(prompts, PAD, "cpu")
+    prompt_ids, prompt_mask = left_pad(prompts, PAD, DEV)
     L, ok = prompt_ids.shape[1], s.mask.bool()
     hf = _hf(engine, prompt_ids, prompt_mask, s.ids)[:, L - 1 : -1]  # (B, T, V): position t predicts token t
     hf_lp, hf_ent = _logp(hf, s.ids)
@@ -199,10 +205,10 @@ def check(engine: GRPOEngine, arch: str, mode: str, trl, gen: torch.Generator, m
     # Loss and gradients against TRL, with KL and clipping active: old and ref log-probs moved off the policy's,
     # each ratio π/π_old (≈ e^-step) well inside or well outside the clip range [0.8, 1.28], so that bf16 rounding
     # (log-probs off by < 0.1) cannot flip a token across a boundary, which would switch its gradient on or off.
-    adv = torch.randn(s.ids.shape[0], generator=gen)
+    adv = torch.randn(s.ids.shape[0], generator=gen).to(DEV)
     steps = torch.tensor([-0.6, -0.05, 0.05, 0.6])
-    old = (hf_lp + steps[torch.randint(0, 4, hf_lp.shape, generator=gen)]) * s.mask
-    ref = (hf_lp + 0.3 * torch.randn(hf_lp.shape, generator=gen)) * s.mask
+    old = (hf_lp + steps[torch.randint(0, 4, hf_lp.shape, generator=gen)].to(DEV)) * s.mask
+    ref = (hf_lp + 0.3 * torch.randn(hf_lp.shape, generator=gen).to(DEV)) * s.mask
     sp = engine.spec
     ours, m = policy_loss(lp, old, ref, adv, s.mask, loss_type=sp.loss_type, beta=sp.beta, epsilon=sp.epsilon,
                           epsilon_high=sp.epsilon_high, max_completion_length=T)  # fmt: skip
@@ -287,6 +293,27 @@ def test_sampler_forward_and_loss_equal_hf_and_trl(arch, mode, dtype, trl, monke
     check(engine, arch, mode, trl, gen, monkeypatch)
     _train_three_steps(engine, arch, gen)
     check(engine, arch, mode, trl, gen, monkeypatch)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("arch", ["llama_bias", "qwen2"])
+def test_the_fixed_shape_decode_step_equals_hf_and_trl(arch, dtype, trl, monkeypatch):
+    # On a GPU the decode step replays as a CUDA graph over fixed shapes (`graphed.DecodeStep`: the slot in a device
+    # tensor, attention over the whole cache). Run eagerly here, that same step must hold to HF like the sliced one.
+    monkeypatch.setattr(FusedLlamaSampler, "static_decode", True)
+    engine = make_engine(arch, "lora_head", dtype)
+    gen = torch.Generator().manual_seed(6)
+    check(engine, arch, "lora_head", trl, gen, monkeypatch)
+    _train_three_steps(engine, arch, gen)
+    check(engine, arch, "lora_head", trl, gen, monkeypatch)
+    if dtype == "fp32":  # the same tokens as the sliced step from the same random numbers
+        prompts = _prompts(arch, torch.Generator().manual_seed(7))
+        kw = dict(n=G, max_new_tokens=T, eos_ids=[EOS], pad_id=PAD, temperature=TEMP, min_new_tokens=T)
+        fixed = engine.sampler.sample(prompts, generator=torch.Generator(DEV).manual_seed(0), **kw)
+        monkeypatch.setattr(FusedLlamaSampler, "static_decode", False)
+        sliced = engine.sampler.sample(prompts, generator=torch.Generator(DEV).manual_seed(0), **kw)
+        assert torch.equal(fixed.ids, sliced.ids)
+        assert (fixed.logps - sliced.logps).abs().max() < 1e-5
 
 
 def test_two_passes_per_rollout_equal_trls(trl):

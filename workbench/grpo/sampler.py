@@ -2,7 +2,8 @@
 picks one.
 
 - `FusedLlamaSampler`: a hand-written decode loop over merged, fused (and on a CPU prepacked) weights, with a static
-  KV cache, for Llama-style decoders (`llama.supports`).
+  KV cache, for Llama-style decoders (`llama.supports`); on a GPU its decode step replays as a CUDA graph
+  (`graphed.DecodeStep`).
 - `GenerateSampler`: the same contract over `model.generate` on the live (peft) model, for anything else.
 
 Why not always `model.generate`: on a CPU a decode step at batch 8 is dispatch-bound, and HF generate over an unmerged
@@ -29,6 +30,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from .graphed import DecodeStep
 from .llama import apply_rope, base_of, unsupported
 from .merged import MergedWeights
 from .samples import GenerateSampler, Samples, finish
@@ -51,6 +53,11 @@ def make_sampler(model) -> Sampler:
 
 class FusedLlamaSampler:
     """Merged, fused weights of a Llama-style model (`merged.MergedWeights`) and a batched sampler over them."""
+
+    graphs = True  # on CUDA, decode through a CUDA graph (`graphed.DecodeStep`); off after a failed capture
+    static_decode = (
+        False  # run the fixed-shape step that graphs capture on any device (tests set it on a CPU)
+    )
 
     def __init__(self, model):
         base = base_of(model)
@@ -105,24 +112,34 @@ class FusedLlamaSampler:
         return F.rms_norm(x[:, -1], x.shape[-1:], self.norm, self.eps)  # (P, h)
 
     def _decode(self, tok, cos_t, sin_t, slot, key_ok, cache_k, cache_v):
-        """One token for every sequence: tok (B,), rope rows (B, 1, d); returns the last hidden (B, h)."""
+        """One token for every sequence: tok (B,), rope rows (B, 1, d), its cache slot (an int, or a (1,) tensor for
+        the fixed-shape step); returns the last hidden (B, h)."""
         B = tok.shape[0]
         H, K, d = self.n_heads, self.n_kv, self.head_dim
+        fixed = isinstance(slot, torch.Tensor)
         x = F.embedding(tok, self.embed)  # (B, h)
-        mask = key_ok[:, None, None, : slot + 1]  # (B, 1, 1, S)
+        mask = key_ok[:, None, None, :] if fixed else key_ok[:, None, None, : slot + 1]  # (B, 1, 1, S)
         for i, lay in enumerate(self.layers):
             h = F.rms_norm(x, x.shape[-1:], lay["ln1"], self.eps)
             qkv = self._mm(h, lay["qkv"], lay["qkv_b"]).view(B, H + 2 * K, d)
             qk = apply_rope(qkv[:, : H + K], cos_t, sin_t)  # q and k rotated in one go
-            cache_k[i][:, :, slot] = qk[:, H:]
-            cache_v[i][:, :, slot] = qkv[:, H + K :]
+            if fixed:  # a slot held in a device tensor, the whole cache attended (`graphed.DecodeStep`)
+                cache_k[i].index_copy_(2, slot, qk[:, H:, None])
+                cache_v[i].index_copy_(2, slot, qkv[:, H + K :, None])
+                keys, values = cache_k[i], cache_v[i]
+            else:
+                cache_k[i][:, :, slot] = qk[:, H:]
+                cache_v[i][:, :, slot] = qkv[:, H + K :]
+                keys, values = cache_k[i][:, :, : slot + 1], cache_v[i][:, :, : slot + 1]
             # GQA for one query token: the n_rep query heads of a KV head act as n_rep "positions" of that head.
             q = qk[:, :H].reshape(B, K, H // K, d)
-            attn = F.scaled_dot_product_attention(
-                q, cache_k[i][:, :, : slot + 1], cache_v[i][:, :, : slot + 1], attn_mask=mask
-            )  # (B, K, H/K, d)
+            attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, K, H/K, d)
             x = self._mlp_and_o(x, attn.reshape(B, H * d), lay)
         return F.rms_norm(x, x.shape[-1:], self.norm, self.eps)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output layer over the last hidden (B, h): logits (B, V) in fp32."""
+        return self._mm(hidden, self.weights.lm_head, self.weights.lm_head_bias).float()
 
     # --- sampling ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -152,9 +169,12 @@ class FusedLlamaSampler:
         pos = (torch.arange(L, device=dev)[None] - pad).clamp(min=0)  # (P, L) real positions
         S = L + max_new_tokens
         cos, sin = self._rope_table(int(lens.max()) + max_new_tokens)
+        graph = dev.type == "cuda" and self.graphs and max_new_tokens > 2
+        fixed = graph or self.static_decode
         shape = (B, self.n_kv, S, self.head_dim)
-        cache_k = [torch.empty(shape, dtype=self.embed.dtype, device=dev) for _ in self.layers]
-        cache_v = [torch.empty(shape, dtype=self.embed.dtype, device=dev) for _ in self.layers]
+        new = torch.zeros if fixed else torch.empty  # the fixed-shape step attends over unwritten slots too
+        cache_k = [new(shape, dtype=self.embed.dtype, device=dev) for _ in self.layers]
+        cache_v = [new(shape, dtype=self.embed.dtype, device=dev) for _ in self.layers]
         key_ok = torch.zeros(B, S, dtype=torch.bool, device=dev)
         key_ok[:, :L] = (torch.arange(L, device=dev)[None] >= pad).repeat_interleave(n, dim=0)
         eos = torch.tensor(eos_ids, device=dev)
@@ -165,8 +185,9 @@ class FusedLlamaSampler:
         logps = torch.zeros(B, max_new_tokens, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         next_pos = lens.repeat_interleave(n)  # (B,) position of the token about to be fed
+        step = DecodeStep(self, cos, sin, next_pos, L, key_ok, cache_k, cache_v, graph) if fixed else None
+        logits = self.logits(hidden)  # (B, V)
         for t in range(max_new_tokens):
-            logits = self._mm(hidden, self.weights.lm_head, self.weights.lm_head_bias).float()  # (B, V)
             if t < min_new_tokens:
                 logits[:, eos] = -float("inf")
             tok, logps[:, t] = _pick(logits, temperature, top_p, greedy, generator)
@@ -175,10 +196,14 @@ class FusedLlamaSampler:
             done = done | torch.isin(tok, eos)
             if t == max_new_tokens - 1 or bool(done.all()):
                 break
+            if step is not None:
+                logits = step(tok)
+                continue
             key_ok[:, L + t] = True
             hidden = self._decode(
                 tok, cos[next_pos][:, None], sin[next_pos][:, None], L + t, key_ok, cache_k, cache_v
             )
+            logits = self.logits(hidden)
             next_pos = next_pos + 1
         return finish(out, eos, logps)
 

@@ -145,8 +145,14 @@ def checked_sampler(model, sampler):
     why = sampler_error(model, sampler)
     if why is None:
         return sampler
-
     device = next(model.parameters()).device
+    if (
+        getattr(sampler, "graphs", False) and device.type == "cuda"
+    ):  # the graphed decode step alone may be at fault
+        sampler.graphs = False
+        if sampler_error(model, sampler) is None:
+            log.warning("CUDA graphs off for the fused sampler on %s: %s. Decoding without them", device, why)
+            return sampler
     log.warning(
         "fused sampler off on %s: %s. Sampling with model.generate instead (slower, same results)",
         device,
