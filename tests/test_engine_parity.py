@@ -435,3 +435,17 @@ def test_the_fallback_scores_a_padded_prompt_where_generate_sampled_it():
     batch = _batch(engine, "gpt2", torch.Generator().manual_seed(5), lens=(6, 2))
     gap = sampling_gap(batch["sampling_logps"], engine._logps(engine.model, batch)[0].detach(), batch["mask"])
     assert gap["sampling/sampling_logp_difference/max"] < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_a_refresh_repacks_what_changed_and_keeps_the_frozen_output_layer(mode):
+    # On a CPU the sampler's matrices are prepacked for oneDNN after every optimizer step; a matrix that cannot have
+    # changed (the output layer, frozen under LoRA) keeps its packed copy, one that did is packed again.
+    engine = make_engine("llama", mode, "bf16")
+    w = engine.sampler.weights
+    if not w._packed:
+        pytest.skip("no oneDNN prepacking on this device")
+    head, qkv = w._packed[id(w.lm_head)], w._packed[id(w.layers[0]["qkv"])]
+    engine.train_on(_batch(engine, "llama", torch.Generator().manual_seed(8)))
+    assert w._packed[id(w.layers[0]["qkv"])] is not qkv
+    assert (w._packed[id(w.lm_head)] is head) == (mode == "lora")  # tied to the trained embeddings when full
