@@ -42,6 +42,33 @@ def test_json_round_trip_and_unknown_keys():
         RunSpec.from_json("{max_steps: 3")
 
 
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        ({"lora_target_modules": 3}, "lora_target_modules must be text"),
+        ({"task": ["concise"]}, "task must be text"),
+        ({"model": None}, "model must be text"),
+        ({"use_lora": "false"}, "use_lora must be true or false"),
+        ({"mask_truncated_completions": 1}, "must be true or false"),
+        ({"rewards": 5}, "rewards must be a list"),
+        ({"rewards": ["  "]}, "a reward is empty"),
+        ({"rewards": [{"name": 3}]}, "name must be text"),
+        ({"rewards": [{"name": "length", "weight": "x"}]}, "weight must be a number"),
+        ({"rewards": [{"name": "length", "weight": True}]}, "weight must be a number"),
+        ({"rewards": [{"name": "length", "params": 5}]}, "params must be an object"),
+    ],
+)
+def test_a_config_file_of_the_wrong_types_is_refused_with_what_to_change(settings, fragment):
+    # JSON puts any type anywhere: each is a message, never a traceback from deeper down
+    with pytest.raises(ConfigError, match=fragment):
+        RunSpec.from_dict(settings)
+
+
+def test_rewards_as_one_line_of_text():
+    spec = RunSpec.from_dict({"rewards": "length:1,target=12; contains_answer:2"})
+    assert [(r.name, r.weight) for r in spec.rewards] == [("length", 1.0), ("contains_answer", 2.0)]
+
+
 def test_reward_spec_parse_errors():
     with pytest.raises(ConfigError, match="must be a number"):
         RewardSpec.parse("length:heavy")

@@ -18,10 +18,27 @@ class RewardSpec:
     weight: float = 1.0
     params: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:  # a config file's JSON can put anything in each place
+        if not isinstance(self.name, str):
+            raise ConfigError(f"a reward's name must be text, e.g. 'length', got {self.name!r}")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)):
+            raise ConfigError(
+                f"reward {self.name!r}: its weight must be a number, e.g. 1.0, got {self.weight!r}"
+            )
+        if not isinstance(self.params, dict) or not all(isinstance(k, str) for k in self.params):
+            raise ConfigError(
+                f'reward {self.name!r}: its params must be an object of settings, e.g. {{"target": 12}}, '
+                f"got {self.params!r}"
+            )
+        self.weight = float(self.weight)
+
     @classmethod
     def parse(cls, text: str) -> RewardSpec:
         """Parse `name[:weight][,key=value,...]`, e.g. `length:1.0,target=20,unit=words`."""
-        head, *kvs = [p.strip() for p in text.split(",") if p.strip()]
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts:
+            raise ConfigError("a reward is empty: write it as 'name:weight', e.g. 'length:1.0'")
+        head, *kvs = parts
         name, _, weight = head.partition(":")
         params: dict[str, Any] = {}
         for kv in kvs:
