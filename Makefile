@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test bench bench-sweep lint format prepare chromium clean
+.PHONY: run test test-gpu bench bench-sweep lint format prepare chromium clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: $(DEV_STAMP) prepare chromium
 
 bench: $(DEV_STAMP) prepare
 	$(BIN)/python benchmarks/bench_engine.py
+
+# on a machine with a CUDA GPU (and torch's CUDA build): the engine's device tests and the parity suite there
+test-gpu: $(DEV_STAMP) prepare
+	WORKBENCH_TEST_DEVICE=cuda $(BIN)/python -m pytest tests/test_engine_device.py tests/test_engine_parity.py
 
 # how a step's cost grows with G, the completion length and the model (the README's Speed table)
 bench-sweep: $(DEV_STAMP) prepare

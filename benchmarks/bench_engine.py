@@ -140,7 +140,7 @@ def summarize(data: dict, t: int, g: int, bandwidth: float, peak: float) -> dict
             "steps": {side: col[side]["wall"] for side in col}}  # fmt: skip
 
 
-def report(sm: dict, data: dict, t: int) -> None:
+def report(sm: dict, data: dict, t: int, device: str) -> None:
     for side in ("engine", "TRL"):
         r = data["ready"][side]
         print(f"{side}: lengths {sm['lengths'][side]} -> {'all exactly' if sm['ok'] else 'NOT all'} {t} tokens; "
@@ -165,6 +165,9 @@ def report(sm: dict, data: dict, t: int) -> None:
           f"{gen / sm['gen_floor']:.1f}× the floor (target ≤ 2×)")  # fmt: skip
     print(f"training: {sm['train_gflop_per_step']:.1f} GFLOP/step at {sm['gflops']:.0f} GFLOP/s = "
           f"{sm['peak_share']:.0%} of the bf16 matmul peak (target ≥ 50 %)")  # fmt: skip
+    if device.startswith("cuda"):
+        print("  (on a GPU a step of this size is bound by kernel launches and Python, not by reading weights or by "
+              "FLOPs: the two limit lines above say little there; the ratio to TRL is the figure)")  # fmt: skip
 
 
 def table(rows: list[tuple[str, int, int, dict]], steps: int) -> str:
@@ -248,7 +251,7 @@ def main() -> int:
                 return 1
             sm = summarize(data, t, g, bw, peak["bf16"])
             ok &= sm["ok"]
-            report(sm, data, t)
+            report(sm, data, t, args.device)
             results.append((model, g, t, sm))
     finally:
         if tmp:
