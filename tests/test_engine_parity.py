@@ -34,9 +34,12 @@ V, PAD, EOS, G, T, TEMP = 96, 0, 2, 4, 6, 0.8
 COMMON = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.15, bos_token_id=1,
               eos_token_id=EOS, pad_token_id=PAD)  # fmt: skip
-DEV = os.environ.get(
-    "WORKBENCH_TEST_DEVICE", "cpu"
-)  # the models and batches live here; TRL's trainer on the CPU
+# the models and batches live here (TRL's trainer, whose loss is called, stays on the CPU)
+DEV = os.environ.get("WORKBENCH_TEST_DEVICE", "cpu")
+pytestmark = pytest.mark.skipif(
+    DEV.startswith("cuda") and not torch.cuda.is_available(),
+    reason=f"WORKBENCH_TEST_DEVICE={DEV}: no CUDA GPU visible",
+)
 LLAMA_STYLE = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
 
