@@ -38,7 +38,7 @@ bench: $(DEV_STAMP) prepare
 
 # on a machine with a CUDA GPU (and torch's CUDA build): the engine's device tests and the parity suite there
 test-gpu: $(DEV_STAMP) prepare
-	WORKBENCH_TEST_DEVICE=cuda $(BIN)/python -m pytest tests/test_engine_device.py tests/test_engine_parity.py
+	WORKBENCH_TEST_DEVICE=cuda $(BIN)/python -m pytest tests/test_engine_device.py tests/test_engine_parity.py tests/test_engine_paths.py
 
 # how a step's cost grows with G, the completion length and the model (the README's Speed table)
 bench-sweep: $(DEV_STAMP) prepare

@@ -7,8 +7,9 @@ lm_head, full fine-tuning} × {fp32, bf16}. Before and after three optimizer ste
 - the training forward's log-probs and entropies (fused where real runs fuse) equal the HF model's;
 - the loss, its gradients and the logged metrics equal TRL 1.16's `GRPOTrainer._compute_loss` on the same batch.
 
-Plus μ = 2 through `train_on` against TRL's old log-probs and loss over two passes, and the sampler–trainer gap
-metric. No downloads (the TRL trainer whose loss we call is the one test_grpo_loss builds on tiny-random).
+Plus μ = 2 through `train_on` against TRL's old log-probs and loss over two passes. The other paths (the decode
+step CUDA graphs replay, fallbacks, the sampler–trainer gap metric, refresh) are in `test_engine_paths.py`, which
+reuses these models and helpers. No downloads (the TRL trainer whose loss we call is built on tiny-random).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_engine_parity.py -q
     WORKBENCH_TEST_DEVICE=cuda .venv/bin/python -m pytest tests/test_engine_parity.py -q   # the same on a GPU
@@ -26,7 +27,7 @@ import torch
 from workbench.config import RunSpec
 from workbench.grpo import GRPOEngine
 from workbench.grpo import sampler as sampler_mod
-from workbench.grpo.engine import left_pad, sampling_gap
+from workbench.grpo.engine import left_pad
 from workbench.grpo.loss import policy_loss
 from workbench.grpo.sampler import FusedLlamaSampler, GenerateSampler
 
@@ -262,8 +263,8 @@ ARCHS = ("llama", "llama_bias", "qwen2", "mistral", "gpt2")
 MODES = ("lora", "lora_head", "full")
 
 
-@pytest.fixture(scope="module")
-def trl(tmp_path_factory):
+@pytest.fixture(scope="module", name="trl")
+def trl_trainer(tmp_path_factory):
     """A real TRL GRPOTrainer (on tiny-random, built by the TRL engine): we call its `_compute_loss` on our models."""
     from workbench.config import RewardSpec
     from workbench.tasks import load_task
@@ -296,27 +297,6 @@ def test_sampler_forward_and_loss_equal_hf_and_trl(arch, mode, dtype, trl, monke
     check(engine, arch, mode, trl, gen, monkeypatch)
     _train_three_steps(engine, arch, gen)
     check(engine, arch, mode, trl, gen, monkeypatch)
-
-
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("arch", ["llama_bias", "qwen2"])
-def test_the_fixed_shape_decode_step_equals_hf_and_trl(arch, dtype, trl, monkeypatch):
-    # On a GPU the decode step replays as a CUDA graph over fixed shapes (`graphed.DecodeStep`: the slot in a device
-    # tensor, attention over the whole cache). Run eagerly here, that same step must hold to HF like the sliced one.
-    monkeypatch.setattr(FusedLlamaSampler, "static_decode", True)
-    engine = make_engine(arch, "lora_head", dtype)
-    gen = torch.Generator().manual_seed(6)
-    check(engine, arch, "lora_head", trl, gen, monkeypatch)
-    _train_three_steps(engine, arch, gen)
-    check(engine, arch, "lora_head", trl, gen, monkeypatch)
-    if dtype == "fp32":  # the same tokens as the sliced step from the same random numbers
-        prompts = _prompts(arch, torch.Generator().manual_seed(7))
-        kw = dict(n=G, max_new_tokens=T, eos_ids=[EOS], pad_id=PAD, temperature=TEMP, min_new_tokens=T)
-        fixed = engine.sampler.sample(prompts, generator=torch.Generator(DEV).manual_seed(0), **kw)
-        monkeypatch.setattr(FusedLlamaSampler, "static_decode", False)
-        sliced = engine.sampler.sample(prompts, generator=torch.Generator(DEV).manual_seed(0), **kw)
-        assert torch.equal(fixed.ids, sliced.ids)
-        assert (fixed.logps - sliced.logps).abs().max() < 1e-5
 
 
 def test_two_passes_per_rollout_equal_trls(trl):
@@ -359,96 +339,3 @@ def test_two_passes_per_rollout_equal_trls(trl):
     worst = max((a - b).abs().max().item() for a, b in zip(mine, params, strict=True))
     moved = min((a - b).abs().max().item() for a, b in zip(start, params, strict=True))
     assert worst < 1e-5 and moved > 1e-3, (worst, moved)  # the same weights, and every tensor moved
-
-
-def test_a_resumed_full_fine_tune_samples_with_its_trained_biases(tmp_path, trl, monkeypatch):
-    # Qwen2 trains its q/k/v biases under full fine-tuning; a fresh engine that loads the checkpoint must sample with
-    # the loaded biases, not the ones it was built with.
-    gen = torch.Generator().manual_seed(3)
-    trained = make_engine("qwen2", "full", "fp32")
-    _train_three_steps(trained, "qwen2", gen)
-    trained.save_checkpoint(tmp_path)
-    resumed = make_engine("qwen2", "full", "fp32")
-    resumed.load_checkpoint(tmp_path)
-    bias = "model.layers.0.self_attn.q_proj.bias"
-    loaded, saved = (dict(e.model.named_parameters())[bias] for e in (resumed, trained))
-    assert torch.equal(loaded, saved)
-    check(resumed, "qwen2", "full", trl, gen, monkeypatch)
-
-
-@pytest.mark.parametrize(
-    "arch,changes,why",
-    [
-        ("mistral_window", {}, "sliding_window=16"),
-        ("llama_dropout", {}, "attention_dropout=0.1"),
-        ("llama", {"lora_target_modules": "embed_tokens,q_proj"}, "LoRA adapter on model.embed_tokens"),
-    ],
-)
-def test_what_the_fused_paths_skip_falls_back_and_says_so(arch, changes, why, trl, monkeypatch, caplog):
-    # Each of these is a setting the run spec accepts and the hand-written paths would get wrong (a window they do
-    # not apply, dropout they do not draw, an adapter on the embeddings they do not merge): the engine must sample
-    # with generate and train through the HF forward, log why, and still match HF and TRL.
-    with caplog.at_level("WARNING", logger="workbench.grpo.sampler"):
-        engine = make_engine(arch, "lora", "fp32", **changes)
-    assert isinstance(engine.sampler, GenerateSampler) and engine.proj is None
-    assert why in caplog.text and "model.generate" in caplog.text
-    if arch != "llama_dropout":  # dropout draws differ by design between any two forwards in train mode
-        check(engine, arch, "lora", trl, torch.Generator().manual_seed(4), monkeypatch)
-
-
-def _length(completions, **kw) -> list[float]:
-    return [float(len(c[0]["content"])) for c in completions]
-
-
-def test_the_sampler_trainer_gap_is_logged_and_shows_a_stale_copy():
-    from workbench.models import load_model
-
-    spec = RunSpec(model="tiny-random", task="concise", train_size=8, eval_size=2, num_generations=4,
-                   prompts_per_step=2, max_completion_length=8, dtype="float32", device="cpu", seed=1)  # fmt: skip
-    model, tok = load_model("tiny-random", dtype="float32", device="cpu")
-    engine = GRPOEngine(spec, model, tok, [("length", _length, 1.0)])
-    rows = [{"prompt": f"Count to {i}."} for i in range(2)]
-    m = engine.step(rows).metrics
-    # A fresh model: the sampler's copy and the trainer compute the same function, to float rounding.
-    assert m["sampling/sampling_logp_difference/mean"] < 1e-5
-    assert 0 <= m["sampling/sampling_logp_difference/max"] < 1e-4
-    with torch.no_grad():  # the model changes behind the sampler's back (what a missed refresh would do)
-        for n, p in engine.model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
-    m = engine.step(rows).metrics
-    assert m["sampling/sampling_logp_difference/max"] > 0.01  # the curve leaves zero
-
-
-def test_the_trl_engine_refuses_an_adapter_on_lm_head_up_front():
-    # TRL 1.16's fused LM head reads lm_head's base weight only: such an adapter would never train there.
-    from workbench.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="remove lm_head from lora_target_modules or use engine='builtin'"):
-        RunSpec(engine="trl", lora_target_modules="q_proj, lm_head")
-    RunSpec(engine="builtin", lora_target_modules="q_proj,lm_head")  # the built-in engine trains it
-    RunSpec(engine="trl", lora_target_modules="q_proj,lm_head", use_lora=False)  # no adapter at all
-
-
-def test_the_fallback_scores_a_padded_prompt_where_generate_sampled_it():
-    # GPT-2 has absolute positions, and generate counts real tokens only: the HF-forward fallback must score a
-    # left-padded prompt at those positions too (scored at padded positions, as TRL 1.16 does, the log-probs of
-    # this model move by up to ~0.3).
-    engine = make_engine("gpt2", "lora", "fp32")
-    batch = _batch(engine, "gpt2", torch.Generator().manual_seed(5), lens=(6, 2))
-    gap = sampling_gap(batch["sampling_logps"], engine._logps(engine.model, batch)[0].detach(), batch["mask"])
-    assert gap["sampling/sampling_logp_difference/max"] < 1e-5
-
-
-@pytest.mark.parametrize("mode", ["lora", "full"])
-def test_a_refresh_repacks_what_changed_and_keeps_the_frozen_output_layer(mode):
-    # On a CPU the sampler's matrices are prepacked for oneDNN after every optimizer step; a matrix that cannot have
-    # changed (the output layer, frozen under LoRA) keeps its packed copy, one that did is packed again.
-    engine = make_engine("llama", mode, "bf16")
-    w = engine.sampler.weights
-    if not w._packed:
-        pytest.skip("no oneDNN prepacking on this device")
-    head, qkv = w._packed[id(w.lm_head)], w._packed[id(w.layers[0]["qkv"])]
-    engine.train_on(_batch(engine, "llama", torch.Generator().manual_seed(8)))
-    assert w._packed[id(w.layers[0]["qkv"])] is not qkv
-    assert (w._packed[id(w.lm_head)] is head) == (mode == "lora")  # tied to the trained embeddings when full
