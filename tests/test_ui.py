@@ -364,6 +364,16 @@ def test_the_app_builds_with_its_api(monkeypatch):
     assert {"/launch", "/stop", "/compare", "/runs", "/run_status", "/download_adapter"} <= names
 
 
+def test_the_status_api_answers_a_wrong_run_id_with_what_to_change(app_url):
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
+    for bad in ("../../etc/passwd", "20250101-120000-a1b2c3", ""):
+        with pytest.raises(Exception, match="not a run id|no run|list runs") as e:
+            client.predict(bad, api_name="/run_status")
+        assert "upstream Gradio app has raised an exception" not in str(e.value)
+
+
 def test_an_upload_becomes_a_task_or_says_what_is_wrong(tmp_path):
     good = tmp_path / "qa.csv"
     good.write_text("prompt,answer\n" + "".join(f"What is {i}+{i}?,{2 * i}\n" for i in range(10)))

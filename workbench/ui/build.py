@@ -70,7 +70,7 @@ def build_app(limits: Limits | None = None) -> gr.Blocks:
         learn_tab.select(learn["tab_refresh"], [train["watch"], learn["group"]],
                          [learn["caption"], learn["table"], learn["chart"], learn["group"]],
                          api_visibility="private")  # fmt: skip
-        gr.api(run_status, api_name="run_status")
+        gr.api(guarded(1)(run_status), api_name="run_status")  # a wrong id: the message, not "an exception"
 
         @guarded(3, quiet=True)
         def on_load(tok):
