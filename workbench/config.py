@@ -153,19 +153,16 @@ class RunSpec:
     save_every: int = knob(10, "Save an adapter checkpoint every N steps (and at the end).", (1, 100_000))
 
     def __post_init__(self) -> None:
-        if isinstance(
-            self.rewards, str
-        ):  # one line of text, as --variant takes it: 'length:1; contains_answer:2'
-            self.rewards = [r for r in self.rewards.split(";") if r.strip()]
+        if isinstance(self.rewards, str):  # one line, as --variant takes it: 'length:1; contains_answer:2'
+            self.rewards = RewardSpec.parse_list(self.rewards)
         if not isinstance(self.rewards, (list, tuple)):
             raise ConfigError(f"rewards must be a list of 'name:weight' texts, got {self.rewards!r}")
         self.rewards = [r if isinstance(r, RewardSpec) else _reward_from(r) for r in self.rewards]
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             rng, choices = f.metadata.get("range"), f.metadata.get("choices")
-            if f.type == "str" and not isinstance(
-                v, str
-            ):  # from a JSON file: a number or a list where text goes
+            # from a JSON file anything can stand anywhere: a number or a list where text goes
+            if f.type == "str" and not isinstance(v, str):
                 raise ConfigError(f"{f.name} must be text, got {v!r}")
             if f.type == "bool" and not isinstance(v, bool):  # "false" is true in Python: never guess
                 raise ConfigError(f"{f.name} must be true or false, got {v!r}")

@@ -82,7 +82,7 @@ def parse_variant(variant: str | dict[str, Any]) -> tuple[str | None, dict[str, 
         elif text.lower() in ("task", ""):
             d = {"name": "task-rewards", "rewards": []}
         else:
-            rewards = [RewardSpec.parse(p) for p in text.split(";") if p.strip()]
+            rewards = RewardSpec.parse_list(text)
             d = {"name": "+".join(dict.fromkeys(r.name for r in rewards))[:32], "rewards": rewards}
     name = d.pop("name", None)
     return (None if name is None else str(name)), d

@@ -96,9 +96,7 @@ class MergedWeights:
             written.add(id(dst))
         else:
             self._lm_head_buf = None
-            weight = base_linear(
-                head
-            ).weight  # live: it may have changed unless it is frozen and nothing was loaded
+            weight = base_linear(head).weight  # live: changed, unless frozen and nothing was loaded
             if everything or weight.requires_grad:
                 written.add(id(weight))
         self._pack(written)

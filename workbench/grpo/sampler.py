@@ -55,9 +55,8 @@ class FusedLlamaSampler:
     """Merged, fused weights of a Llama-style model (`merged.MergedWeights`) and a batched sampler over them."""
 
     graphs = True  # on CUDA, decode through a CUDA graph (`graphed.DecodeStep`); off after a failed capture
-    static_decode = (
-        False  # run the fixed-shape step that graphs capture on any device (tests set it on a CPU)
-    )
+    # run the fixed-shape step that graphs capture on any device (tests set it on a CPU)
+    static_decode = False
 
     def __init__(self, model):
         base = base_of(model)
@@ -185,7 +184,7 @@ class FusedLlamaSampler:
         logps = torch.zeros(B, max_new_tokens, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         next_pos = lens.repeat_interleave(n)  # (B,) position of the token about to be fed
-        step = DecodeStep(self, cos, sin, next_pos, L, key_ok, cache_k, cache_v, graph) if fixed else None
+        step = DecodeStep(self, cos, sin, next_pos, L, key_ok, cache_k, cache_v, fixed, graph)
         logits = self.logits(hidden)  # (B, V)
         for t in range(max_new_tokens):
             if t < min_new_tokens:
@@ -196,15 +195,7 @@ class FusedLlamaSampler:
             done = done | torch.isin(tok, eos)
             if t == max_new_tokens - 1 or bool(done.all()):
                 break
-            if step is not None:
-                logits = step(tok)
-                continue
-            key_ok[:, L + t] = True
-            hidden = self._decode(
-                tok, cos[next_pos][:, None], sin[next_pos][:, None], L + t, key_ok, cache_k, cache_v
-            )
-            logits = self.logits(hidden)
-            next_pos = next_pos + 1
+            logits = step(tok)
         return finish(out, eos, logps)
 
 

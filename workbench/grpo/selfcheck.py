@@ -146,9 +146,8 @@ def checked_sampler(model, sampler):
     if why is None:
         return sampler
     device = next(model.parameters()).device
-    if (
-        getattr(sampler, "graphs", False) and device.type == "cuda"
-    ):  # the graphed decode step alone may be at fault
+    # on a GPU the graphed decode step alone may be at fault: try without it before giving up the fused sampler
+    if getattr(sampler, "graphs", False) and device.type == "cuda":
         sampler.graphs = False
         if sampler_error(model, sampler) is None:
             log.warning("CUDA graphs off for the fused sampler on %s: %s. Decoding without them", device, why)

@@ -54,6 +54,11 @@ class RewardSpec:
             ) from None
         return cls(name=name.strip(), weight=w, params=params)
 
+    @classmethod
+    def parse_list(cls, text: str) -> list[RewardSpec]:
+        """Parse rewards written on one line, `;` between them: `length:1,target=12; contains_answer:2`."""
+        return [cls.parse(p) for p in text.split(";") if p.strip()]
+
     def __str__(self) -> str:
         return ",".join([f"{self.name}:{self.weight:g}"] + [f"{k}={v}" for k, v in self.params.items()])
 
