@@ -1,5 +1,5 @@
 """The fused sampler's decode step: one token per sequence through the decoder and the output layer. On a CPU it
-attends over the cache slots written so far; on a GPU it runs at fixed shapes, captured as a CUDA graph once per
+attends over the cache slots written so far (in one native call where `cpu_kernels` runs: bf16 on AVX512-BF16); on a GPU it runs at fixed shapes, captured as a CUDA graph once per
 `sample()` call and replayed for every token after that.
 
 Why: on a GPU, a decode step of a small model is bound by kernel launches, not by the GPU's work: about 20 kernels
@@ -23,6 +23,9 @@ import logging
 
 import torch
 
+from . import cpu_kernels
+from .cpu_kernels import NativeDecode
+
 log = logging.getLogger(__name__)
 
 
@@ -45,6 +48,8 @@ class DecodeStep:
         self.calls = 0
         self._graph: torch.cuda.CUDAGraph | None = None
         self._out: torch.Tensor | None = None
+        lib = cpu_kernels.load() if sampler.weights.native and not fixed else None
+        self.native = None if lib is None else NativeDecode(lib, sampler, cos, sin, key_ok, cache_k, cache_v)
 
     def _body(self) -> torch.Tensor:
         s = self.sampler
@@ -52,11 +57,15 @@ class DecodeStep:
             self.key_ok.index_fill_(1, self.slot, True)
         else:
             self.key_ok[:, self.slot] = True
-        cos, sin = self.cos[self.pos][:, None], self.sin[self.pos][:, None]
-        hidden = s._decode(self.tok, cos, sin, self.slot, self.key_ok, self.cache_k, self.cache_v)
+        if self.native is not None:  # the whole step in one native call (`cpu_kernels`)
+            logits = self.native(self.tok, self.pos, self.slot)
+        else:
+            cos, sin = self.cos[self.pos][:, None], self.sin[self.pos][:, None]
+            hidden = s._decode(self.tok, cos, sin, self.slot, self.key_ok, self.cache_k, self.cache_v)
+            logits = s.logits(hidden)
         self.pos.add_(1)
         self.slot += 1  # in place for the device tensor a graph reads; a new int otherwise
-        return s.logits(hidden)
+        return logits
 
     def __call__(self, tok: torch.Tensor) -> torch.Tensor:
         """The logits (B, V) after feeding `tok` (B,); valid until the next call."""

@@ -1,5 +1,5 @@
 """The sampler's own copy of a Llama-style model's weights: merged (base + LoRA delta), fused (q|k|v and gate|up
-concatenated, each with its concatenated bias) and, on a CPU, prepacked for oneDNN.
+concatenated, each with its concatenated bias) and, on a CPU, packed for the native kernel (`cpu_kernels`) or oneDNN.
 
 Why a copy: the decode loop (`sampler.FusedLlamaSampler`) multiplies 8 rows by every matrix per token, so it wants
 one matmul per group over a merged weight rather than peft's base matmul + LoRA A + LoRA B per projection. A copy
@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import cpu_kernels
 from .llama import base_linear, base_of, lora_terms, packed_linear, prepack, projection_groups
 
 GROUPS = ("qkv", "o", "gu", "down")  # the keys of each layer's fused matrices, in projection_groups order
@@ -56,7 +57,9 @@ class MergedWeights:
                 entry[key], entry[key + "_b"] = buf, bias
             self.layers.append(entry)
         self._lm_head_buf: torch.Tensor | None = None
-        self._packed: dict[int, torch.Tensor] = {}  # id(weight) -> the same weight in oneDNN's blocked layout
+        # id(weight) -> the same weight packed: the native kernel's panels (`native`) or oneDNN's blocked layout
+        self.packed: dict[int, torch.Tensor] = {}
+        self.native = False
         self.refresh(adapter=True, everything=True)
 
     @torch.no_grad()
@@ -111,31 +114,44 @@ class MergedWeights:
         return base_linear(self.lm_head_module).bias
 
     def _pack(self, written: set[int]) -> None:
-        """Reorder every matrix into oneDNN's blocked layout once per refresh; one that was not `written` since its
-        last packing keeps that copy (the frozen output layer under LoRA: 57 MB, ~20 ms a step).
+        """Reorder every matrix for the CPU's small-batch products once per refresh: into the native kernel's panels
+        (`cpu_kernels`, bf16 where it runs) or else oneDNN's blocked layout. A matrix not `written` since its last
+        packing keeps that copy (the frozen output layer under LoRA: 57 MB, ~20 ms a step); the native panels of a
+        rewritten one are rewritten in place.
 
         Why: on a CPU a decode step multiplies 8 rows by every weight matrix, and MKL's plain bf16 GEMM re-lays the
-        weight out on each call; the prepacked kernel reads it as stored. Same results (bit for bit where measured;
-        checked below); skipped where oneDNN is not there (CUDA).
+        weight out on each call; a packed kernel reads it as stored. Checked below on one matrix against F.linear;
+        skipped where neither is there (CUDA).
         """
-        before, self._packed = self._packed, {}
+        before, self.packed = self.packed, {}
         mats = [lay[k] for lay in self.layers for k in GROUPS] + [self.lm_head]
-        packed = {
-            id(w): before[id(w)] if id(w) in before and id(w) not in written else prepack(w, 8) for w in mats
-        }
+        lib = cpu_kernels.load() if cpu_kernels.usable(mats[0]) else None
+        self.native = lib is not None
+        packed = {}
+        for w in mats:
+            old = before.get(id(w))
+            if old is not None and id(w) not in written:
+                packed[id(w)] = old
+            elif lib is not None:
+                packed[id(w)] = cpu_kernels.pack(lib, w, into=old)
+            else:
+                packed[id(w)] = prepack(w, 8)
         if any(p is None for p in packed.values()):
             return
+        self.packed = packed
         try:
             x = torch.randn(3, mats[0].shape[1], dtype=mats[0].dtype, device=mats[0].device)
-            ok = torch.allclose(
-                packed_linear(x, packed[id(mats[0])]), F.linear(x, mats[0]), rtol=1e-2, atol=1e-3
-            )
+            ok = torch.allclose(self.mm(x, mats[0]), F.linear(x, mats[0]), rtol=1e-2, atol=1e-2)
         except (RuntimeError, AttributeError):
-            return
-        if ok:
-            self._packed = packed
+            ok = False
+        if not ok:
+            self.packed, self.native = {}, False
 
     def mm(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-        """x wᵀ (+ b), through the prepacked copy of `w` where there is one."""
-        p = self._packed.get(id(w))
-        return F.linear(x, w, b) if p is None else packed_linear(x, p, b)
+        """x wᵀ (+ b), through the packed copy of `w` where there is one."""
+        p = self.packed.get(id(w))
+        if p is None:
+            return F.linear(x, w, b)
+        if self.native:
+            return cpu_kernels.linear(cpu_kernels.load(), x, p, w.shape[0], w.shape[1], b)
+        return packed_linear(x, p, b)

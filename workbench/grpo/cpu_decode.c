@@ -1,0 +1,297 @@
+/* The fused sampler's CPU decode step for bf16 Llama-style models on x86 CPUs with AVX512-BF16, and the small-batch
+ * matrix product it is built on. Compiled and loaded at first use by `cpu_kernels.py`, which says why it exists.
+ *
+ * Rounding follows the HF bf16 forward op by op (each result rounded to bf16 where HF rounds it); sums, norms and
+ * the softmax run in fp32, as in HF's kernels.
+ *
+ * Weights are packed once per refresh (`wb_pack`) into panels of 16 output columns, with each pair of input columns
+ * interleaved ("VNNI" order): one 64-byte load then holds 16 columns x 2 inputs, and `vdpbf16ps` multiplies it by
+ * a broadcast pair of an input row, adding into 16 fp32 sums. A row block of up to 8 inputs runs against two panels
+ * at a time, so each weight byte is read from memory once per call and no horizontal sums are needed.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef uint16_t bf16;
+
+static inline float b2f(bf16 b) {
+  uint32_t u = (uint32_t)b << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+static inline bf16 f2b(float f) { /* round to nearest even, NaN kept NaN */
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (bf16)(u >> 16);
+}
+
+static inline float rb(float f) { return b2f(f2b(f)); } /* what a bf16 tensor op stores */
+
+/* 16 lanes at a time: bf16 -> fp32 is a shift; fp32 -> bf16 rounds to nearest even (vcvtneps2bf16) */
+static inline __m512 ld16(const bf16 *p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const void *)p)), 16));
+}
+static inline void st16(bf16 *p, __m512 v) { _mm256_storeu_si256((void *)p, (__m256i)_mm512_cvtneps_pbh(v)); }
+static inline __m512 rb16(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+
+/* e^x for 16 lanes: x = n ln2 + r, |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error < 2e-7,
+ * far below the bf16 rounding that follows); below -87 it returns 0, as expf underflows. */
+static inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.f)), _mm512_set1_ps(-87.f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 y = _mm512_set1_ps(1.f / 720);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f / 120));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f / 24));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f / 6));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(y, n);
+}
+
+/* ---- packing --------------------------------------------------------------------------------------------- */
+
+/* Panels of a (N, K) row-major matrix: ceil(N/32)*2 panels of 16 columns, each ceil(K/2) pairs x 16 x 2. */
+long wb_packed_elems(int N, int K) { return (long)((N + 31) / 32) * 32 * ((K + 1) / 2) * 2; }
+
+void wb_pack(const bf16 *w, int N, int K, bf16 *out, int threads) {
+  int panels = (N + 31) / 32 * 2, kp = (K + 1) / 2;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int p = 0; p < panels; p++) {
+    bf16 *dst = out + (size_t)p * kp * 32;
+    for (int j = 0; j < kp; j++)
+      for (int c = 0; c < 16; c++) {
+        int n = p * 16 + c, k = 2 * j;
+        dst[j * 32 + 2 * c] = n < N ? w[(size_t)n * K + k] : 0;
+        dst[j * 32 + 2 * c + 1] = n < N && k + 1 < K ? w[(size_t)n * K + k + 1] : 0;
+      }
+  }
+}
+
+/* ---- the matrix product ------------------------------------------------------------------------------------ */
+
+enum { OUT_BF16 = 0, OUT_F32 = 1, OUT_ADD_BF16 = 2 };
+
+/* Rows m0..m0+MR of x (bf16, row stride xs, even, zero past K) times panels p, p+1; rounded as a bf16 linear layer
+ * with its bias; written per mode: bf16, fp32 (of the bf16 value), or added to a bf16 residual (rounded again). */
+static inline __attribute__((always_inline)) void tile(int MR, const bf16 *x, int xs, const bf16 *w0, int kp,
+                                                       const bf16 *bias, int N, int n0, void *out, int os,
+                                                       int mode) {
+  const bf16 *w1 = w0 + (size_t)kp * 32;
+  __m512 a0[8], a1[8];
+  for (int i = 0; i < MR; i++) a0[i] = a1[i] = _mm512_setzero_ps();
+  const uint32_t *xp = (const uint32_t *)x;
+  for (int j = 0; j < kp; j++) {
+    __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)(w0 + j * 32));
+    __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(w1 + j * 32));
+    for (int i = 0; i < MR; i++) {
+      __m512bh xv = (__m512bh)_mm512_set1_epi32((int)xp[(size_t)i * (xs / 2) + j]);
+      a0[i] = _mm512_dpbf16_ps(a0[i], xv, b0);
+      a1[i] = _mm512_dpbf16_ps(a1[i], xv, b1);
+    }
+  }
+  float s[32];
+  for (int i = 0; i < MR; i++) {
+    _mm512_storeu_ps(s, a0[i]);
+    _mm512_storeu_ps(s + 16, a1[i]);
+    int nn = N - n0 < 32 ? N - n0 : 32;
+    for (int c = 0; c < nn; c++) {
+      float v = rb(bias ? s[c] + b2f(bias[n0 + c]) : s[c]);
+      size_t at = (size_t)i * os + n0 + c;
+      if (mode == OUT_F32)
+        ((float *)out)[at] = v;
+      else if (mode == OUT_ADD_BF16)
+        ((bf16 *)out)[at] = f2b(b2f(((bf16 *)out)[at]) + v);
+      else
+        ((bf16 *)out)[at] = f2b(v);
+    }
+  }
+}
+
+/* out (M, N) = x (M, K) W^T + bias, W packed by wb_pack; x has row stride xs (even, entries past K zero). */
+void wb_linear(const bf16 *x, int M, int xs, const bf16 *wp, int N, int K, const bf16 *bias, void *out, int os,
+               int mode, int threads) {
+  int kp = (K + 1) / 2, pairs = (N + 31) / 32;
+  size_t osz = mode == OUT_F32 ? sizeof(float) : sizeof(bf16);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int pp = 0; pp < pairs; pp++) {
+    const bf16 *w0 = wp + (size_t)pp * 2 * kp * 32;
+    for (int m0 = 0; m0 < M; m0 += 8) {
+      const bf16 *xm = x + (size_t)m0 * xs;
+      char *om = (char *)out + (size_t)m0 * os * osz;
+      switch (M - m0 < 8 ? M - m0 : 8) {
+        case 1: tile(1, xm, xs, w0, kp, bias, N, pp * 32, om, os, mode); break;
+        case 2: tile(2, xm, xs, w0, kp, bias, N, pp * 32, om, os, mode); break;
+        case 3: tile(3, xm, xs, w0, kp, bias, N, pp * 32, om, os, mode); break;
+        case 4: tile(4, xm, xs, w0, kp, bias, N, pp * 32, om, os, mode); break;
+        case 5: tile(5, xm, xs, w0, kp, bias, N, pp * 32, om, os, mode); break;
+        case 6: tile(6, xm, xs, w0, kp, bias, N, pp * 32, om, os, mode); break;
+        case 7: tile(7, xm, xs, w0, kp, bias, N, pp * 32, om, os, mode); break;
+        default: tile(8, xm, xs, w0, kp, bias, N, pp * 32, om, os, mode); break;
+      }
+    }
+  }
+}
+
+/* ---- the decode step --------------------------------------------------------------------------------------- */
+
+/* HF's LlamaRMSNorm in bf16: fp32 mean of squares, x * rsqrt rounded, times the weight rounded. */
+static void rms_norm(const bf16 *x, const bf16 *w, int n, float eps, bf16 *y) {
+  int v = n / 16 * 16;
+  __m512 acc = _mm512_setzero_ps();
+  for (int i = 0; i < v; i += 16) acc = _mm512_fmadd_ps(ld16(x + i), ld16(x + i), acc);
+  float ss = _mm512_reduce_add_ps(acc);
+  for (int i = v; i < n; i++) ss += b2f(x[i]) * b2f(x[i]);
+  float r = 1.f / sqrtf(ss / n + eps);
+  __m512 rv = _mm512_set1_ps(r);
+  for (int i = 0; i < v; i += 16) st16(y + i, _mm512_mul_ps(ld16(w + i), rb16(_mm512_mul_ps(ld16(x + i), rv))));
+  for (int i = v; i < n; i++) y[i] = f2b(b2f(w[i]) * rb(b2f(x[i]) * r));
+}
+
+/* HF's SiLU-gated MLP input in bf16: silu(g) rounded, times u rounded. */
+static void silu_mul(const bf16 *g, const bf16 *u, int n, bf16 *y) {
+  int v = n / 16 * 16;
+  for (int i = 0; i < v; i += 16) {
+    __m512 gv = ld16(g + i);
+    __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+    st16(y + i, _mm512_mul_ps(rb16(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e))), ld16(u + i)));
+  }
+  for (int i = v; i < n; i++) y[i] = f2b(rb(b2f(g[i]) / (1.f + expf(-b2f(g[i])))) * b2f(u[i]));
+}
+
+/* HF's apply_rotary_pos_emb on one head in bf16: x*cos + rotate_half(x)*sin, each product rounded. */
+static void rope(bf16 *x, const bf16 *cos, const bf16 *sin, int d) {
+  float t[512];
+  int h = d / 2;
+  for (int e = 0; e < d; e++) t[e] = b2f(x[e]);
+  for (int e = 0; e < d; e++) {
+    float rot = e < h ? -t[e + h] : t[e - h];
+    x[e] = f2b(rb(t[e] * b2f(cos[e])) + rb(rot * b2f(sin[e])));
+  }
+}
+
+/* Per layer, the addresses `cpu_kernels.decode_table` lays out (int64 each). */
+enum { T_LN1, T_QKV, T_QKV_B, T_O, T_O_B, T_LN2, T_GU, T_GU_B, T_DOWN, T_DOWN_B, T_CK, T_CV, T_N };
+
+/* Attention of each query head over the written slots its sequence may see, the query heads of one KV head
+ * together (each key and value row is read once for all of them): fp32 scores and softmax, output rounded to bf16.
+ * sc: B*H*n floats of scratch. */
+static void attend(const bf16 *qkv, int qs, const bf16 *ck, const bf16 *cv, const uint8_t *key_ok, int B, int H,
+                   int KV, int d, int S, int n, float scale, float *sc, bf16 *att, int as, int threads) {
+  int rep = H / KV;
+#pragma omp parallel for num_threads(threads) collapse(2) schedule(static)
+  for (int b = 0; b < B; b++)
+    for (int g = 0; g < KV; g++) {
+      const bf16 *kb = ck + ((size_t)b * KV + g) * S * d, *vb = cv + ((size_t)b * KV + g) * S * d;
+      const uint8_t *ok = key_ok + (size_t)b * S;
+      float q[4096], o[4096], mx[64], sum[64]; /* rep * d <= 4096, rep <= 64: checked by wb_decode */
+      float *p = sc + ((size_t)b * H + (size_t)g * rep) * n;
+      for (int r = 0; r < rep; r++) {
+        const bf16 *qr = qkv + (size_t)b * qs + (size_t)(g * rep + r) * d;
+        for (int e = 0; e < d; e++) q[r * d + e] = b2f(qr[e]), o[r * d + e] = 0.f;
+        mx[r] = -INFINITY, sum[r] = 0.f;
+      }
+      for (int j = 0; j < n; j++) {
+        if (!ok[j]) continue;
+        const bf16 *k = kb + (size_t)j * d;
+        for (int r = 0; r < rep; r++) {
+          float dot = 0.f;
+          if (d % 16 == 0) {
+            __m512 acc = _mm512_setzero_ps();
+            for (int e = 0; e < d; e += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * d + e), ld16(k + e), acc);
+            dot = _mm512_reduce_add_ps(acc);
+          } else {
+            for (int e = 0; e < d; e++) dot += q[r * d + e] * b2f(k[e]);
+          }
+          p[(size_t)r * n + j] = dot * scale;
+          mx[r] = dot * scale > mx[r] ? dot * scale : mx[r];
+        }
+      }
+      for (int r = 0; r < rep; r++) {
+        float *pr = p + (size_t)r * n;
+        int j = 0;
+        for (; j + 16 <= n; j += 16) {
+          __mmask16 m = _mm_cmpneq_epi8_mask(_mm_loadu_si128((const void *)(ok + j)), _mm_setzero_si128());
+          __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(pr + j), _mm512_set1_ps(mx[r])));
+          _mm512_storeu_ps(pr + j, _mm512_maskz_mov_ps(m, e));
+        }
+        for (; j < n; j++) pr[j] = ok[j] ? expf(pr[j] - mx[r]) : 0.f;
+        for (j = 0; j < n; j++) sum[r] += pr[j];
+      }
+      for (int j = 0; j < n; j++) {
+        if (!ok[j]) continue;
+        const bf16 *v = vb + (size_t)j * d;
+        for (int r = 0; r < rep; r++) {
+          float w = p[(size_t)r * n + j];
+          if (d % 16 == 0) {
+            __m512 wv = _mm512_set1_ps(w);
+            for (int e = 0; e < d; e += 16)
+              _mm512_storeu_ps(o + r * d + e, _mm512_fmadd_ps(wv, ld16(v + e), _mm512_loadu_ps(o + r * d + e)));
+          } else {
+            for (int e = 0; e < d; e++) o[r * d + e] += w * b2f(v[e]);
+          }
+        }
+      }
+      for (int r = 0; r < rep; r++) {
+        bf16 *dst = att + (size_t)b * as + (size_t)(g * rep + r) * d;
+        for (int e = 0; e < d; e++) dst[e] = f2b(sum[r] > 0.f ? o[r * d + e] / sum[r] : 0.f);
+      }
+    }
+}
+
+/* dims: B, hidden, H, KV heads, head_dim, intermediate, vocab, cache slots S, layers */
+int wb_decode(const int64_t *tab, const int *dims, float eps, const int64_t *tok, const bf16 *embed,
+              const bf16 *norm, const bf16 *head, const bf16 *head_b, const bf16 *cos, const bf16 *sin,
+              const int64_t *pos, int slot, const uint8_t *key_ok, float *logits, int threads) {
+  int B = dims[0], hd = dims[1], H = dims[2], KV = dims[3], d = dims[4], I = dims[5], V = dims[6], S = dims[7],
+      nl = dims[8];
+  if (d > 512 || d % 2 || H % KV || (H / KV) * d > 4096 || H / KV > 64) return 1;
+  int hs = (hd + 1) & ~1, qs = (H + 2 * KV) * d, as = H * d, is = (I + 1) & ~1, n = slot + 1;
+  bf16 *x = calloc((size_t)B * hs, 2), *h = calloc((size_t)B * hs, 2), *qkv = calloc((size_t)B * qs, 2),
+       *att = calloc((size_t)B * as, 2), *gu = calloc((size_t)B * 2 * I, 2), *act = calloc((size_t)B * is, 2);
+  float *sc = malloc(sizeof(float) * (size_t)B * H * n);
+  if (!x || !h || !qkv || !att || !gu || !act || !sc) {
+    free(x), free(h), free(qkv), free(att), free(gu), free(act), free(sc);
+    return 2;
+  }
+  float scale = 1.f / sqrtf((float)d);
+  for (int b = 0; b < B; b++) memcpy(x + (size_t)b * hs, embed + (size_t)tok[b] * hd, 2 * (size_t)hd);
+  for (int l = 0; l < nl; l++) {
+    const int64_t *t = tab + (size_t)l * T_N;
+    for (int b = 0; b < B; b++) rms_norm(x + (size_t)b * hs, (const bf16 *)t[T_LN1], hd, eps, h + (size_t)b * hs);
+    wb_linear(h, B, hs, (const bf16 *)t[T_QKV], qs, hd, (const bf16 *)t[T_QKV_B], qkv, qs, OUT_BF16, threads);
+    bf16 *ck = (bf16 *)t[T_CK], *cv = (bf16 *)t[T_CV];
+    for (int b = 0; b < B; b++) {
+      bf16 *row = qkv + (size_t)b * qs;
+      const bf16 *c = cos + (size_t)pos[b] * d, *s = sin + (size_t)pos[b] * d;
+      for (int i = 0; i < H + KV; i++) rope(row + (size_t)i * d, c, s, d);
+      for (int g = 0; g < KV; g++) {
+        size_t at = (((size_t)b * KV + g) * S + slot) * d;
+        memcpy(ck + at, row + (size_t)(H + g) * d, 2 * (size_t)d);
+        memcpy(cv + at, row + (size_t)(H + KV + g) * d, 2 * (size_t)d);
+      }
+    }
+    attend(qkv, qs, ck, cv, key_ok, B, H, KV, d, S, n, scale, sc, att, as, threads);
+    wb_linear(att, B, as, (const bf16 *)t[T_O], hd, as, (const bf16 *)t[T_O_B], x, hs, OUT_ADD_BF16, threads);
+    for (int b = 0; b < B; b++) rms_norm(x + (size_t)b * hs, (const bf16 *)t[T_LN2], hd, eps, h + (size_t)b * hs);
+    wb_linear(h, B, hs, (const bf16 *)t[T_GU], 2 * I, hd, (const bf16 *)t[T_GU_B], gu, 2 * I, OUT_BF16, threads);
+    for (int b = 0; b < B; b++) silu_mul(gu + (size_t)b * 2 * I, gu + (size_t)b * 2 * I + I, I, act + (size_t)b * is);
+    wb_linear(act, B, is, (const bf16 *)t[T_DOWN], hd, I, (const bf16 *)t[T_DOWN_B], x, hs, OUT_ADD_BF16,
+              threads);
+  }
+  for (int b = 0; b < B; b++) rms_norm(x + (size_t)b * hs, norm, hd, eps, h + (size_t)b * hs);
+  wb_linear(h, B, hs, head, V, hd, head_b, logits, V, OUT_F32, threads);
+  free(x), free(h), free(qkv), free(att), free(gu), free(act), free(sc);
+  return 0;
+}
