@@ -6,7 +6,7 @@
  *
  * Weights are packed once per refresh (`wb_pack`) into panels of 16 output columns, with each pair of input columns
  * interleaved ("VNNI" order): one 64-byte load then holds 16 columns x 2 inputs, and `vdpbf16ps` multiplies it by
- * a broadcast pair of an input row, adding into 16 fp32 sums. A row block of up to 8 inputs runs against two panels
+ * a broadcast pair of an input row, adding into 16 fp32 sums. A row block of up to 8 inputs runs against NP panels
  * at a time, so each weight byte is read from memory once per call and no horizontal sums are needed.
  */
 #include <immintrin.h>
@@ -62,11 +62,15 @@ static inline __m512 exp16(__m512 x) {
 
 /* ---- packing --------------------------------------------------------------------------------------------- */
 
-/* Panels of a (N, K) row-major matrix: ceil(N/32)*2 panels of 16 columns, each ceil(K/2) pairs x 16 x 2. */
-long wb_packed_elems(int N, int K) { return (long)((N + 31) / 32) * 32 * ((K + 1) / 2) * 2; }
+/* Panels of a (N, K) row-major matrix: ceil(N/COLS)*NP panels of 16 columns, each ceil(K/2) pairs x 16 x 2. */
+#ifndef NP
+#define NP 3 /* panels per tile: 8 rows x 3 panels = 24 fp32 sums in registers */
+#endif
+#define COLS (16 * NP)
+long wb_packed_elems(int N, int K) { return (long)((N + COLS - 1) / COLS) * COLS * ((K + 1) / 2) * 2; }
 
 void wb_pack(const bf16 *w, int N, int K, bf16 *out, int threads) {
-  int panels = (N + 31) / 32 * 2, kp = (K + 1) / 2;
+  int panels = (N + COLS - 1) / COLS * NP, kp = (K + 1) / 2;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int p = 0; p < panels; p++) {
     bf16 *dst = out + (size_t)p * kp * 32;
@@ -83,29 +87,27 @@ void wb_pack(const bf16 *w, int N, int K, bf16 *out, int threads) {
 
 enum { OUT_BF16 = 0, OUT_F32 = 1, OUT_ADD_BF16 = 2 };
 
-/* Rows m0..m0+MR of x (bf16, row stride xs, even, zero past K) times panels p, p+1; rounded as a bf16 linear layer
+/* Rows m0..m0+MR of x (bf16, row stride xs, even, zero past K) times the NP panels at w0; rounded as a bf16 linear layer
  * with its bias; written per mode: bf16, fp32 (of the bf16 value), or added to a bf16 residual (rounded again). */
 static inline __attribute__((always_inline)) void tile(int MR, const bf16 *x, int xs, const bf16 *w0, int kp,
                                                        const bf16 *bias, int N, int n0, void *out, int os,
                                                        int mode) {
-  const bf16 *w1 = w0 + (size_t)kp * 32;
-  __m512 a0[8], a1[8];
-  for (int i = 0; i < MR; i++) a0[i] = a1[i] = _mm512_setzero_ps();
+  __m512 a[8][NP];
+  for (int i = 0; i < MR; i++)
+    for (int c = 0; c < NP; c++) a[i][c] = _mm512_setzero_ps();
   const uint32_t *xp = (const uint32_t *)x;
   for (int j = 0; j < kp; j++) {
-    __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)(w0 + j * 32));
-    __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(w1 + j * 32));
+    __m512bh w[NP];
+    for (int c = 0; c < NP; c++) w[c] = (__m512bh)_mm512_loadu_si512((const void *)(w0 + ((size_t)c * kp + j) * 32));
     for (int i = 0; i < MR; i++) {
       __m512bh xv = (__m512bh)_mm512_set1_epi32((int)xp[(size_t)i * (xs / 2) + j]);
-      a0[i] = _mm512_dpbf16_ps(a0[i], xv, b0);
-      a1[i] = _mm512_dpbf16_ps(a1[i], xv, b1);
+      for (int c = 0; c < NP; c++) a[i][c] = _mm512_dpbf16_ps(a[i][c], xv, w[c]);
     }
   }
-  float s[32];
+  float s[COLS];
+  int nn = N - n0 < COLS ? N - n0 : COLS;
   for (int i = 0; i < MR; i++) {
-    _mm512_storeu_ps(s, a0[i]);
-    _mm512_storeu_ps(s + 16, a1[i]);
-    int nn = N - n0 < 32 ? N - n0 : 32;
+    for (int c = 0; c < NP; c++) _mm512_storeu_ps(s + 16 * c, a[i][c]);
     for (int c = 0; c < nn; c++) {
       float v = rb(bias ? s[c] + b2f(bias[n0 + c]) : s[c]);
       size_t at = (size_t)i * os + n0 + c;
@@ -122,23 +124,23 @@ static inline __attribute__((always_inline)) void tile(int MR, const bf16 *x, in
 /* out (M, N) = x (M, K) W^T + bias, W packed by wb_pack; x has row stride xs (even, entries past K zero). */
 void wb_linear(const bf16 *x, int M, int xs, const bf16 *wp, int N, int K, const bf16 *bias, void *out, int os,
                int mode, int threads) {
-  int kp = (K + 1) / 2, pairs = (N + 31) / 32;
+  int kp = (K + 1) / 2, tiles = (N + COLS - 1) / COLS;
   size_t osz = mode == OUT_F32 ? sizeof(float) : sizeof(bf16);
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int pp = 0; pp < pairs; pp++) {
-    const bf16 *w0 = wp + (size_t)pp * 2 * kp * 32;
+  for (int pp = 0; pp < tiles; pp++) {
+    const bf16 *w0 = wp + (size_t)pp * NP * kp * 32;
     for (int m0 = 0; m0 < M; m0 += 8) {
       const bf16 *xm = x + (size_t)m0 * xs;
       char *om = (char *)out + (size_t)m0 * os * osz;
       switch (M - m0 < 8 ? M - m0 : 8) {
-        case 1: tile(1, xm, xs, w0, kp, bias, N, pp * 32, om, os, mode); break;
-        case 2: tile(2, xm, xs, w0, kp, bias, N, pp * 32, om, os, mode); break;
-        case 3: tile(3, xm, xs, w0, kp, bias, N, pp * 32, om, os, mode); break;
-        case 4: tile(4, xm, xs, w0, kp, bias, N, pp * 32, om, os, mode); break;
-        case 5: tile(5, xm, xs, w0, kp, bias, N, pp * 32, om, os, mode); break;
-        case 6: tile(6, xm, xs, w0, kp, bias, N, pp * 32, om, os, mode); break;
-        case 7: tile(7, xm, xs, w0, kp, bias, N, pp * 32, om, os, mode); break;
-        default: tile(8, xm, xs, w0, kp, bias, N, pp * 32, om, os, mode); break;
+        case 1: tile(1, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break;
+        case 2: tile(2, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break;
+        case 3: tile(3, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break;
+        case 4: tile(4, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break;
+        case 5: tile(5, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break;
+        case 6: tile(6, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break;
+        case 7: tile(7, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break;
+        default: tile(8, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break;
       }
     }
   }

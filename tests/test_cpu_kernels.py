@@ -1,0 +1,135 @@
+"""The native CPU decode path (`workbench/grpo/cpu_kernels.py` over `cpu_decode.c`): its matrix product equals
+F.linear on awkward shapes; a whole sample() through it gives the HF model's own logits on shapes the parity suite's
+models do not have (head sizes that are and are not multiples of 16, odd widths, GQA and MHA, biases); it is the
+path a bf16 run takes where it can run; and where it cannot be built, the sampler falls back to its torch path
+(logged) and still samples. The parity suite (`test_engine_parity.py`) covers it too: its bf16 cases run on it.
+
+Skipped, saying why, on a machine where it cannot run (no AVX512-BF16, no C compiler).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workbench.grpo import cpu_kernels
+from workbench.grpo import sampler as sampler_mod
+from workbench.grpo.sampler import FusedLlamaSampler
+
+LIB = cpu_kernels.load()
+native = pytest.mark.skipif(LIB is None, reason=f"native CPU decode off here: {cpu_kernels._why}")
+PAD, EOS = 0, 2
+
+
+@native
+@pytest.mark.parametrize("M,N,K", [(1, 1, 2), (8, 48, 64), (5, 17, 33), (9, 100, 7), (20, 49, 576), (3, 96, 1)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_equals_f_linear(M, N, K, bias):
+    gen = torch.Generator().manual_seed(M * N + K)
+    x = torch.randn(M, K, generator=gen).bfloat16()
+    w = (torch.randn(N, K, generator=gen) / K**0.5).bfloat16()
+    b = torch.randn(N, generator=gen).bfloat16() if bias else None
+    got = cpu_kernels.linear(LIB, x, cpu_kernels.pack(LIB, w), N, K, b)
+    exact = F.linear(x.double(), w.double(), None if b is None else b.double())
+    ref = F.linear(x, w, b)
+    assert got.shape == (M, N) and got.dtype == torch.bfloat16
+    # both round one fp32 sum to bf16 (8 significant bits): each within 2 bf16 steps of the exact value
+    assert (got.double() - exact).abs().max() <= 2 ** -7 * (exact.abs().max() + 1)
+    assert (got.double() - ref.double()).abs().max() <= 2 ** -7 * (exact.abs().max() + 1)
+
+
+def _config(name: str):
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(num_hidden_layers=2, max_position_embeddings=64, initializer_range=0.2, bos_token_id=1,
+                  eos_token_id=EOS, pad_token_id=PAD)  # fmt: skip
+    if name == "d16-gqa-odd-mlp":  # head size 16 (the vector attention path), 4 query heads over 2, MLP width 75
+        return LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=75, num_attention_heads=4,
+                           num_key_value_heads=2, attention_bias=True, mlp_bias=True, **common)  # fmt: skip
+    if name == "d32-mha-qwen2":  # head size 32, one KV head per query head, q/k/v biases
+        return Qwen2Config(vocab_size=100, hidden_size=64, intermediate_size=96, num_attention_heads=2,
+                           num_key_value_heads=2, tie_word_embeddings=False, **common)  # fmt: skip
+    # width 50 (no multiple of 16), head size 10, 5 query heads over 1, odd vocabulary and MLP width
+    return LlamaConfig(vocab_size=97, hidden_size=50, intermediate_size=33, num_attention_heads=5,
+                       num_key_value_heads=1, tie_word_embeddings=True, **common)  # fmt: skip
+
+
+def _model(name: str):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_config(name))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias"):
+                p.normal_(0, 0.3)
+    return model.bfloat16().eval()
+
+
+def _hf_logits(model, prompts, out, n):
+    """The HF model's logits (B, T, V) at each sampled position, prompts left-padded, positions counting real
+    tokens."""
+    L = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), L), PAD)
+    mask = torch.zeros(len(prompts), L, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p) :], mask[i, L - len(p) :] = torch.tensor(p), 1
+    ids = torch.cat([ids.repeat_interleave(n, 0), out], 1)
+    mask = torch.cat([mask.repeat_interleave(n, 0), torch.ones_like(out)], 1)
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, L - 1 : -1].float()
+
+
+@native
+@pytest.mark.parametrize("name", ["d16-gqa-odd-mlp", "d32-mha-qwen2", "width50-d10"])
+def test_native_sampling_gives_the_hf_models_logits(name, monkeypatch):
+    model = _model(name)
+    sampler = FusedLlamaSampler(model)
+    assert sampler.weights.native  # bf16 on a CPU that can: the native path is the one taken
+    calls, seen = [], []
+    step = cpu_kernels.NativeDecode.__call__
+    monkeypatch.setattr(cpu_kernels.NativeDecode, "__call__", lambda self, *a: calls.append(1) or step(self, *a))
+    pick = sampler_mod._pick
+    monkeypatch.setattr(sampler_mod, "_pick", lambda logits, *a: seen.append(logits.clone()) or pick(logits, *a))
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 90, (k,), generator=gen).tolist() for k in (7, 4, 1)]
+    T, n = 9, 3
+    s = sampler.sample(prompts, n=n, max_new_tokens=T, eos_ids=[EOS], pad_id=PAD, generator=gen, min_new_tokens=T)
+    assert len(calls) == T - 1  # every token after the first came from the native step
+    ours = torch.stack(seen, 1)  # (B, T, V)
+    lp = ours.log_softmax(-1).gather(2, s.ids[..., None])[..., 0]
+    assert (lp - s.logps).abs().max() < 1e-5  # the log-probs it reports are those of its own logits
+    ours[..., EOS] = 0.0  # min_new_tokens: the sampler set these to -inf before picking
+    hf = _hf_logits(model, prompts, s.ids, n)
+    exact = _hf_logits(model.float(), prompts, s.ids, n)  # the same weights in fp32: bf16's own error
+    hf[..., EOS] = exact[..., EOS] = 0.0
+    yardstick = (hf - exact).abs().max().item()
+    err = (ours - hf).abs().max().item()
+    # the parity suite's bound: within 4× what bf16 itself costs HF (a dropped bias or a wrong head is ≥ 10×)
+    assert err <= 4 * yardstick, (err, yardstick)
+
+
+def test_without_a_compiler_the_sampler_falls_back_and_says_why(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(cpu_kernels, "_lib", None)
+    monkeypatch.setattr(cpu_kernels, "_why", None)
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))  # no cached build to find
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with caplog.at_level("INFO", logger=cpu_kernels.log.name):
+        assert cpu_kernels.load() is None
+    assert "native CPU decode off" in caplog.text
+    sampler = FusedLlamaSampler(_model("width50-d10"))
+    assert not sampler.weights.native
+    s = sampler.sample([[5, 6, 7]], n=2, max_new_tokens=4, eos_ids=[EOS], pad_id=PAD, min_new_tokens=4)
+    assert s.ids.shape == (2, 4) and torch.isfinite(s.logps).all()
+
+
+def test_a_failing_build_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setattr(cpu_kernels, "_lib", None)
+    monkeypatch.setattr(cpu_kernels, "_why", None)
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that exits 1
+    assert cpu_kernels.load() is None
+    assert cpu_kernels._why is not None
+    assert not list(tmp_path.rglob("*.so"))  # nothing half-written left in the cache
