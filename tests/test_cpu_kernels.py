@@ -2,7 +2,7 @@
 F.linear on awkward shapes; a whole sample() through it gives the HF model's own logits on shapes the parity suite's
 models do not have (head sizes that are and are not multiples of 16, odd widths, GQA and MHA, biases); it is the
 path a bf16 run takes where it can run; and where it cannot be built, the sampler falls back to its torch path
-(logged) and still samples. The parity suite (`test_engine_parity.py`) covers it too: its bf16 cases run on it.
+(logged) and still samples, and its torch path keeps to HF and TRL. The parity suite (`test_engine_parity.py`) covers it too: its bf16 cases run on it.
 
 Skipped, saying why, on a machine where it cannot run (no AVX512-BF16, no C compiler).
 """
@@ -12,6 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_engine_parity import (
+    _batch,
+    check,
+    make_engine,
+    trl_trainer,  # noqa: F401  (the fixture `trl`: a TRL trainer per module)
+)
 
 from workbench.grpo import cpu_kernels
 from workbench.grpo import sampler as sampler_mod
@@ -23,7 +29,9 @@ PAD, EOS = 0, 2
 
 
 @native
-@pytest.mark.parametrize("M,N,K", [(1, 1, 2), (8, 48, 64), (5, 17, 33), (9, 100, 7), (20, 49, 576), (3, 96, 1)])
+@pytest.mark.parametrize(
+    "M,N,K", [(1, 1, 2), (8, 48, 64), (5, 17, 33), (9, 100, 7), (20, 49, 576), (3, 96, 1)]
+)
 @pytest.mark.parametrize("bias", [False, True])
 def test_linear_equals_f_linear(M, N, K, bias):
     gen = torch.Generator().manual_seed(M * N + K)
@@ -35,8 +43,8 @@ def test_linear_equals_f_linear(M, N, K, bias):
     ref = F.linear(x, w, b)
     assert got.shape == (M, N) and got.dtype == torch.bfloat16
     # both round one fp32 sum to bf16 (8 significant bits): each within 2 bf16 steps of the exact value
-    assert (got.double() - exact).abs().max() <= 2 ** -7 * (exact.abs().max() + 1)
-    assert (got.double() - ref.double()).abs().max() <= 2 ** -7 * (exact.abs().max() + 1)
+    assert (got.double() - exact).abs().max() <= 2**-7 * (exact.abs().max() + 1)
+    assert (got.double() - ref.double()).abs().max() <= 2**-7 * (exact.abs().max() + 1)
 
 
 def _config(name: str):
@@ -44,7 +52,8 @@ def _config(name: str):
 
     common = dict(num_hidden_layers=2, max_position_embeddings=64, initializer_range=0.2, bos_token_id=1,
                   eos_token_id=EOS, pad_token_id=PAD)  # fmt: skip
-    if name == "d16-gqa-odd-mlp":  # head size 16 (the vector attention path), 4 query heads over 2, MLP width 75
+    # head size 16 (the vector attention path), 4 query heads over 2, MLP width 75
+    if name == "d16-gqa-odd-mlp":
         return LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=75, num_attention_heads=4,
                            num_key_value_heads=2, attention_bias=True, mlp_bias=True, **common)  # fmt: skip
     if name == "d32-mha-qwen2":  # head size 32, one KV head per query head, q/k/v biases
@@ -90,13 +99,19 @@ def test_native_sampling_gives_the_hf_models_logits(name, monkeypatch):
     assert sampler.weights.native  # bf16 on a CPU that can: the native path is the one taken
     calls, seen = [], []
     step = cpu_kernels.NativeDecode.__call__
-    monkeypatch.setattr(cpu_kernels.NativeDecode, "__call__", lambda self, *a: calls.append(1) or step(self, *a))
+    monkeypatch.setattr(
+        cpu_kernels.NativeDecode, "__call__", lambda self, *a: calls.append(1) or step(self, *a)
+    )
     pick = sampler_mod._pick
-    monkeypatch.setattr(sampler_mod, "_pick", lambda logits, *a: seen.append(logits.clone()) or pick(logits, *a))
+    monkeypatch.setattr(
+        sampler_mod, "_pick", lambda logits, *a: seen.append(logits.clone()) or pick(logits, *a)
+    )
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 90, (k,), generator=gen).tolist() for k in (7, 4, 1)]
     T, n = 9, 3
-    s = sampler.sample(prompts, n=n, max_new_tokens=T, eos_ids=[EOS], pad_id=PAD, generator=gen, min_new_tokens=T)
+    s = sampler.sample(
+        prompts, n=n, max_new_tokens=T, eos_ids=[EOS], pad_id=PAD, generator=gen, min_new_tokens=T
+    )
     assert len(calls) == T - 1  # every token after the first came from the native step
     ours = torch.stack(seen, 1)  # (B, T, V)
     lp = ours.log_softmax(-1).gather(2, s.ids[..., None])[..., 0]
@@ -133,3 +148,17 @@ def test_a_failing_build_falls_back(monkeypatch, tmp_path):
     assert cpu_kernels.load() is None
     assert cpu_kernels._why is not None
     assert not list(tmp_path.rglob("*.so"))  # nothing half-written left in the cache
+
+
+@pytest.mark.parametrize("arch", ["llama_bias", "qwen2"])
+def test_where_native_is_off_the_torch_path_equals_hf_and_trl(arch, trl, monkeypatch):
+    # The parity suite's bf16 cases run natively where the native path runs (as here); other CPUs take the torch
+    # path (oneDNN), held to the same checks here, before and after training.
+    monkeypatch.setattr(cpu_kernels, "usable", lambda w: False)
+    engine = make_engine(arch, "lora", "bf16")
+    assert not engine.sampler.weights.native
+    gen = torch.Generator().manual_seed(1)
+    check(engine, arch, "lora", trl, gen, monkeypatch)
+    for _ in range(2):
+        engine.train_on(_batch(engine, arch, gen))
+    check(engine, arch, "lora", trl, gen, monkeypatch)

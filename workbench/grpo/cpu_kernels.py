@@ -38,7 +38,8 @@ from ..paths import workbench_home
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_decode.c")
-FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+ISA = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"]
+FLAGS = ["-O3", *ISA, "-fopenmp", "-shared", "-fPIC"]
 NEEDS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")  # /proc/cpuinfo flags
 OUT_BF16, OUT_F32, OUT_ADD = 0, 1, 2  # wb_linear's output modes
 P, I32, F32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
@@ -58,7 +59,8 @@ def _unavailable() -> str | None:
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"{platform.system()} on {platform.machine()} (built for Linux on x86-64)"
     try:
-        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        flags = next(ln for ln in lines if ln.startswith("flags")).split()
     except (OSError, StopIteration):
         return "no CPU flags to read"
     missing = [f for f in NEEDS if f not in flags]
@@ -81,7 +83,9 @@ def _build() -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, timeout=120
+        )
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -123,7 +127,9 @@ def pack(lib, w: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor
     return out
 
 
-def linear(lib, x: torch.Tensor, packed: torch.Tensor, N: int, K: int, b: torch.Tensor | None) -> torch.Tensor:
+def linear(
+    lib, x: torch.Tensor, packed: torch.Tensor, N: int, K: int, b: torch.Tensor | None
+) -> torch.Tensor:
     """x (..., K) bf16 times the packed (N, K) weight, plus b: (..., N) bf16, rounded as F.linear rounds."""
     lead = x.shape[:-1]
     x = x.reshape(-1, K)
