@@ -162,3 +162,24 @@ def test_where_native_is_off_the_torch_path_equals_hf_and_trl(arch, trl, monkeyp
     for _ in range(2):
         engine.train_on(_batch(engine, arch, gen))
     check(engine, arch, "lora", trl, gen, monkeypatch)
+
+
+@native
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_native_draw_is_the_torch_draw(temperature, monkeypatch):
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(64, 1003, generator=gen) * 3
+    logits[:, 7] = -float("inf")  # a banned token (min_new_tokens bans EOS so)
+    # the softmax's distribution: 4000 native draws from one row
+    row = logits[:1].expand(4000, -1).contiguous()
+    toks, _ = sampler_mod._pick(row, temperature, 1.0, False, torch.Generator().manual_seed(1))
+    p = (logits[0] / temperature).softmax(-1)
+    top = p.argsort(descending=True)[:5]
+    freq = torch.stack([(toks == t).float().mean() for t in top])
+    assert (freq - p[top]).abs().max() < 4 * (p[top] * (1 - p[top]) / 4000).sqrt().max() + 1e-3
+    ours = sampler_mod._pick(logits, temperature, 1.0, False, torch.Generator().manual_seed(9))
+    monkeypatch.setattr(cpu_kernels, "load", lambda: None)
+    theirs = sampler_mod._pick(logits, temperature, 1.0, False, torch.Generator().manual_seed(9))
+    assert torch.equal(ours[0], theirs[0])  # the same uniform numbers pick the same tokens
+    assert (ours[1] - theirs[1]).abs().max() < 1e-5
+    assert not (ours[0] == 7).any()

@@ -44,8 +44,9 @@ static inline __m512 rb16(__m512 v) {
 }
 
 /* e^x for 16 lanes: x = n ln2 + r, |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error < 2e-7,
- * far below the bf16 rounding that follows); below -87 it returns 0, as expf underflows. */
+ * far below the bf16 rounding that follows); below -87 (and for -inf) it returns 0, as expf underflows. */
 static inline __m512 exp16(__m512 x) {
+  __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.f), _CMP_GE_OQ);
   x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.f)), _mm512_set1_ps(-87.f));
   __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
@@ -57,7 +58,7 @@ static inline __m512 exp16(__m512 x) {
   y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5f));
   y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f));
   y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(y, n);
+  return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(y, n));
 }
 
 /* ---- packing --------------------------------------------------------------------------------------------- */
@@ -295,5 +296,52 @@ int wb_decode(const int64_t *tab, const int *dims, float eps, const int64_t *tok
   for (int b = 0; b < B; b++) rms_norm(x + (size_t)b * hs, norm, hd, eps, h + (size_t)b * hs);
   wb_linear(h, B, hs, head, V, hd, head_b, logits, V, OUT_F32, threads);
   free(x), free(h), free(qkv), free(att), free(gu), free(act), free(sc);
+  return 0;
+}
+
+/* ---- sampling ---------------------------------------------------------------------------------------------- */
+
+/* `sampler._pick` without top-p, per row of logits (B, V): the log-softmax at `temperature` (fp32), then the token
+ * whose cumulative probability (summed in double, in vocabulary order) first exceeds u[b] times the total: the same
+ * inverse-CDF draw, from the same uniform numbers. Writes the token and its log-prob; 2 when out of memory. */
+int wb_sample(const float *logits, int B, int V, float temperature, const double *u, int64_t *tok, float *logp,
+              int threads) {
+  float *buf = malloc(sizeof(float) * (size_t)B * V);
+  if (!buf) return 2;
+  int v16 = V / 16 * 16;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int b = 0; b < B; b++) {
+    const float *x = logits + (size_t)b * V;
+    float *z = buf + (size_t)b * V, mx = -INFINITY;
+    __m512 tv = _mm512_set1_ps(temperature), acc = _mm512_setzero_ps();
+    for (int i = 0; i < v16; i += 16) _mm512_storeu_ps(z + i, _mm512_div_ps(_mm512_loadu_ps(x + i), tv));
+    for (int i = v16; i < V; i++) z[i] = x[i] / temperature;
+    for (int i = 0; i < V; i++) mx = z[i] > mx ? z[i] : mx;
+    __m512 mv = _mm512_set1_ps(mx);
+    for (int i = 0; i < v16; i += 16) acc = _mm512_add_ps(acc, exp16(_mm512_sub_ps(_mm512_loadu_ps(z + i), mv)));
+    float sum = _mm512_reduce_add_ps(acc);
+    for (int i = v16; i < V; i++) sum += expf(z[i] - mx);
+    float lse = mx + logf(sum);
+    __m512 lv = _mm512_set1_ps(lse);
+    double total = 0.0;
+    for (int i = 0; i < v16; i += 16) {
+      __m512 lp = _mm512_sub_ps(_mm512_loadu_ps(z + i), lv);
+      _mm512_storeu_ps(z + i, exp16(lp));
+    }
+    for (int i = v16; i < V; i++) z[i] = expf(z[i] - lse);
+    for (int i = 0; i < V; i++) total += z[i];
+    double target = u[b] * total, c = 0.0;
+    int pick = V - 1;
+    for (int i = 0; i < V; i++) {
+      c += z[i];
+      if (c > target) {
+        pick = i;
+        break;
+      }
+    }
+    tok[b] = pick;
+    logp[b] = x[pick] / temperature - lse;
+  }
+  free(buf);
   return 0;
 }

@@ -16,6 +16,7 @@ the torch path.
     y = linear(lib, x, packed, N, K, bias)          # x (..., K) bf16 -> (..., N) bf16
     step = NativeDecode(lib, sampler, cos, sin, key_ok, cache_k, cache_v)
     logits = step(tok, pos, slot)                   # (B, V) fp32, valid until the next call
+    tok, logp = sample(lib, logits, temperature, generator)   # sampler._pick's draw, without top-p
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ SIGNATURES = {
     "wb_pack": ([P, I32, I32, P, I32], None),
     "wb_linear": ([P, I32, I32, P, I32, I32, P, P, I32, I32, I32], None),
     "wb_decode": ([P, P, F32, P, P, P, P, P, P, P, P, I32, P, P, I32], I32),
+    "wb_sample": ([P, I32, I32, F32, P, P, P, I32], I32),
 }
 _lib: ctypes.CDLL | None = None
 _why: str | None = None
@@ -141,6 +143,19 @@ def linear(
     lib.wb_linear(x.data_ptr(), x.shape[0], x.shape[1], packed.data_ptr(), N, K, bias, out.data_ptr(), N,
                   OUT_BF16, torch.get_num_threads())  # fmt: skip
     return out.view(*lead, N)
+
+
+def sample(lib, logits: torch.Tensor, temperature: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sampler._pick` without top-p on fp32 CPU logits (B, V), from the same uniform draws: (tokens, log-probs)."""
+    B, V = logits.shape
+    logits = logits.contiguous()
+    u = torch.rand(B, 1, generator=generator, dtype=torch.float64)
+    tok, logp = torch.empty(B, dtype=torch.long), torch.empty(B)
+    rc = lib.wb_sample(logits.data_ptr(), B, V, float(temperature), u.data_ptr(), tok.data_ptr(), logp.data_ptr(),
+                       torch.get_num_threads())  # fmt: skip
+    if rc:
+        raise MemoryError(f"native sampling of {B} × {V} logits: out of memory")
+    return tok, logp
 
 
 def _ptr(t: torch.Tensor | None) -> int:

@@ -30,6 +30,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from . import cpu_kernels
 from .graphed import DecodeStep
 from .llama import apply_rope, base_of, unsupported
 from .merged import MergedWeights
@@ -202,6 +203,10 @@ class FusedLlamaSampler:
 def _pick(logits, temperature, top_p, greedy, generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The next token (B,): argmax, or a sample at `temperature` from the top-p nucleus (as HF's warpers do); and
     its log-prob (B,) at `temperature` before the top-p cut, which is what the trainer scores it with."""
+    if not greedy and top_p >= 1.0 and logits.device.type == "cpu" and logits.dtype == torch.float32:
+        lib = cpu_kernels.load()
+        if lib is not None:  # the same draw in one native pass (~1 ms a token less at 8 × 49k)
+            return cpu_kernels.sample(lib, logits, temperature, generator)
     logp = (logits / temperature).log_softmax(dim=-1)  # (B, V)
     if greedy:
         tok = logits.argmax(dim=-1)
