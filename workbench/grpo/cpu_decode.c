@@ -4,7 +4,7 @@
  * Rounding follows the HF bf16 forward op by op (each result rounded to bf16 where HF rounds it); sums, norms and
  * the softmax run in fp32, as in HF's kernels.
  *
- * Weights are packed once per refresh (`wb_pack`) into panels of 16 output columns, with each pair of input columns
+ * Weights are packed once per refresh (`wb_pack_rows`) into panels of 16 output columns, with each pair of input columns
  * interleaved ("VNNI" order): one 64-byte load then holds 16 columns x 2 inputs, and `vdpbf16ps` multiplies it by
  * a broadcast pair of an input row, adding into 16 fp32 sums. A row block of up to 8 inputs runs against NP panels
  * at a time, so each weight byte is read from memory once per call and no horizontal sums are needed.
@@ -70,18 +70,59 @@ static inline __m512 exp16(__m512 x) {
 #define COLS (16 * NP)
 long wb_packed_elems(int N, int K) { return (long)((N + COLS - 1) / COLS) * COLS * ((K + 1) / 2) * 2; }
 
-void wb_pack(const bf16 *w, int N, int K, bf16 *out, int threads) {
-  int panels = (N + COLS - 1) / COLS * NP, kp = (K + 1) / 2;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int p = 0; p < panels; p++) {
-    bf16 *dst = out + (size_t)p * kp * 32;
-    for (int j = 0; j < kp; j++)
-      for (int c = 0; c < 16; c++) {
-        int n = p * 16 + c, k = 2 * j;
-        dst[j * 32 + 2 * c] = n < N ? w[(size_t)n * K + k] : 0;
-        dst[j * 32 + 2 * c + 1] = n < N && k + 1 < K ? w[(size_t)n * K + k + 1] : 0;
+/* Rows n0..n0+N-1 of a packed (Ntot, K) matrix from w (N, K), plus scale * b (N, r) @ a (r, K) when r > 0: a LoRA
+ * delta merged and packed in one pass, as torch.addmm(w, b, a, alpha=scale) in bf16 (fp32 sums, one rounding).
+ * Rows outside the range are left as they are (a fused matrix is written part by part). 2 when out of memory. */
+int wb_pack_rows(const bf16 *w, int N, int K, const bf16 *a, const bf16 *b, int r, float scale, int n0, bf16 *out,
+                 int threads) {
+  int kp = (K + 1) / 2, p0 = n0 / 16, p1 = (n0 + N + 15) / 16, err = 0;
+#pragma omp parallel num_threads(threads)
+  {
+    bf16 *t = calloc((size_t)16 * kp * 2, sizeof(bf16)); /* the panel's rows, row-major, K padded to even */
+    float *bt = calloc((size_t)(r > 0 ? r : 1) * 16, sizeof(float)); /* B's rows of the panel, transposed */
+    if (!t || !bt) err = 2;
+#pragma omp for schedule(static)
+    for (int p = p0; p < p1; p++) {
+      if (!t || !bt) continue;
+      int c0 = p == p0 ? n0 % 16 : 0, c1 = (p + 1) * 16 > n0 + N ? n0 + N - p * 16 : 16;
+      const bf16 *src = w + (size_t)(p * 16 - n0) * K; /* row c of the panel is src + c * K (for c0 <= c < c1) */
+      for (int c = c0; c < c1; c++) memcpy(t + (size_t)c * kp * 2, src + (size_t)c * K, sizeof(bf16) * (size_t)K);
+      if (r > 0) { /* delta = B A for the panel's 16 rows, 16 columns at a time: A's row loaded once per j */
+        for (int j = 0; j < r; j++)
+          for (int c = 0; c < 16; c++) bt[j * 16 + c] = c >= c0 && c < c1 ? b2f(b[(size_t)(p * 16 + c - n0) * r + j]) : 0.f;
+        int k = 0;
+        for (; k + 16 <= K; k += 16) {
+          __m512 acc[16];
+          for (int c = 0; c < 16; c++) acc[c] = _mm512_setzero_ps();
+          for (int j = 0; j < r; j++) {
+            __m512 av = ld16(a + (size_t)j * K + k);
+            for (int c = 0; c < 16; c++) acc[c] = _mm512_fmadd_ps(_mm512_set1_ps(bt[j * 16 + c]), av, acc[c]);
+          }
+          for (int c = c0; c < c1; c++) {
+            bf16 *row = t + (size_t)c * kp * 2 + k;
+            st16(row, _mm512_fmadd_ps(acc[c], _mm512_set1_ps(scale), ld16(row)));
+          }
+        }
+        for (; k < K; k++)
+          for (int c = c0; c < c1; c++) {
+            float acc = 0.f;
+            for (int j = 0; j < r; j++) acc += bt[j * 16 + c] * b2f(a[(size_t)j * K + k]);
+            bf16 *row = t + (size_t)c * kp * 2;
+            row[k] = f2b(b2f(row[k]) + scale * acc);
+          }
       }
+      /* into panel order: for each pair j, the 16 rows' j-th pairs (32 bits each) gathered into one store */
+      uint32_t *dst = (uint32_t *)(out + (size_t)p * kp * 32);
+      __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                       _mm512_set1_epi32(kp));
+      __mmask16 rows = (__mmask16)(((1u << c1) - 1) & ~((1u << c0) - 1));
+      for (int j = 0; j < kp; j++)
+        _mm512_mask_storeu_epi32(dst + j * 16, rows, _mm512_i32gather_epi32(idx, (const int *)t + j, 4));
+    }
+    free(t);
+    free(bt);
   }
+  return err;
 }
 
 /* ---- the matrix product ------------------------------------------------------------------------------------ */
@@ -122,7 +163,7 @@ static inline __attribute__((always_inline)) void tile(int MR, const bf16 *x, in
   }
 }
 
-/* out (M, N) = x (M, K) W^T + bias, W packed by wb_pack; x has row stride xs (even, entries past K zero). */
+/* out (M, N) = x (M, K) W^T + bias, W packed by wb_pack_rows; x has row stride xs (even, entries past K zero). */
 void wb_linear(const bf16 *x, int M, int xs, const bf16 *wp, int N, int K, const bf16 *bias, void *out, int os,
                int mode, int threads) {
   int kp = (K + 1) / 2, tiles = (N + COLS - 1) / COLS;

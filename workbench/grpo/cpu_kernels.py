@@ -46,7 +46,7 @@ OUT_BF16, OUT_F32, OUT_ADD = 0, 1, 2  # wb_linear's output modes
 P, I32, F32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 SIGNATURES = {
     "wb_packed_elems": ([I32, I32], ctypes.c_long),
-    "wb_pack": ([P, I32, I32, P, I32], None),
+    "wb_pack_rows": ([P, I32, I32, P, P, I32, F32, I32, P, I32], I32),
     "wb_linear": ([P, I32, I32, P, I32, I32, P, P, I32, I32, I32], None),
     "wb_decode": ([P, P, F32, P, P, P, P, P, P, P, P, I32, P, P, I32], I32),
     "wb_sample": ([P, I32, I32, F32, P, P, P, I32], I32),
@@ -122,10 +122,27 @@ def usable(w: torch.Tensor) -> bool:
 
 def pack(lib, w: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
     """(N, K) bf16 weight -> its panels for `linear`/`wb_decode`; rewritten into `into` when given."""
+    out = into if into is not None else empty_packed(lib, *w.shape)
+    return pack_rows(lib, out, 0, w)
+
+
+def empty_packed(lib, N: int, K: int) -> torch.Tensor:
+    """Panels for an (N, K) matrix, zero (the padding past N and K stays zero)."""
+    return torch.zeros(lib.wb_packed_elems(N, K), dtype=torch.bfloat16)
+
+
+def pack_rows(lib, out: torch.Tensor, row: int, w: torch.Tensor, lora=None) -> torch.Tensor:
+    """Rows row.. of the packed matrix `out` from w (n, K), plus scale·B·A for lora=(A, B, scale): the adapter merged
+    as torch.addmm(w, B, A, alpha=scale) merges it in bf16, and packed, in one pass."""
     N, K = w.shape
     w = w.contiguous()
-    out = into if into is not None else torch.empty(lib.wb_packed_elems(N, K), dtype=torch.bfloat16)
-    lib.wb_pack(w.data_ptr(), N, K, out.data_ptr(), torch.get_num_threads())
+    A, B, scale = lora if lora is not None else (None, None, 0.0)
+    if A is not None:
+        A, B = A.to(torch.bfloat16).contiguous(), B.to(torch.bfloat16).contiguous()
+    rc = lib.wb_pack_rows(w.data_ptr(), N, K, _ptr(A), _ptr(B), 0 if A is None else A.shape[0], float(scale), row,
+                          out.data_ptr(), torch.get_num_threads())  # fmt: skip
+    if rc:
+        raise MemoryError("packing a weight for the native decode step: out of memory")
     return out
 
 
