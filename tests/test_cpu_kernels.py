@@ -126,6 +126,20 @@ def test_native_sampling_gives_the_hf_models_logits(name, monkeypatch):
     assert err <= 4 * yardstick, (err, yardstick)
 
 
+@native
+def test_only_an_all_bf16_model_with_sizes_it_handles_runs_natively():
+    assert cpu_kernels.usable(_model("d16-gqa-odd-mlp"))
+    assert not cpu_kernels.usable(_model("d16-gqa-odd-mlp").float())
+    mixed = _model("d16-gqa-odd-mlp")
+    mixed.model.norm.float()  # a model that keeps a norm in fp32: the step would read it as bf16
+    assert not cpu_kernels.usable(mixed)
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    big = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=1024, num_hidden_layers=1)  # fmt: skip
+    assert not cpu_kernels.usable(AutoModelForCausalLM.from_config(big).bfloat16())  # heads over 512 wide
+
+
 def test_without_a_compiler_the_sampler_falls_back_and_says_why(monkeypatch, tmp_path, caplog):
     monkeypatch.setattr(cpu_kernels, "_lib", None)
     monkeypatch.setattr(cpu_kernels, "_why", None)
@@ -154,7 +168,7 @@ def test_a_failing_build_falls_back(monkeypatch, tmp_path):
 def test_where_native_is_off_the_torch_path_equals_hf_and_trl(arch, trl, monkeypatch):
     # The parity suite's bf16 cases run natively where the native path runs (as here); other CPUs take the torch
     # path (oneDNN), held to the same checks here, before and after training.
-    monkeypatch.setattr(cpu_kernels, "usable", lambda w: False)
+    monkeypatch.setattr(cpu_kernels, "usable", lambda model: False)
     engine = make_engine(arch, "lora", "bf16")
     assert not engine.sampler.weights.native
     gen = torch.Generator().manual_seed(1)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..paths import workbench_home
+from .llama import base_linear, base_of, projection_groups
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,28 @@ def load() -> ctypes.CDLL | None:
     return _lib
 
 
-def usable(w: torch.Tensor) -> bool:
-    """True when the native path can take this weight: bf16 on a CPU, and the library is there."""
-    return w.device.type == "cpu" and w.dtype == torch.bfloat16 and load() is not None
+def usable(model) -> bool:
+    """True when the native path can run this Llama-style model (`llama.supports`): every tensor the decode step reads
+    is bf16 on a CPU (a model that keeps its norms in fp32 does not qualify), its head sizes are ones the step handles,
+    and the library is there."""
+    base = base_of(model)
+    cfg = base.config
+    H, K = cfg.num_attention_heads, cfg.num_key_value_heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    if d % 2 or d > 512 or H % K or H // K > 64 or (H // K) * d > 4096:
+        return False
+    tensors = [base.model.embed_tokens.weight, base.model.norm.weight, base_linear(base.lm_head).weight]
+    for layer in base.model.layers:
+        tensors += [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+        for mods in projection_groups(layer):
+            tensors += [
+                t for m in mods for t in (base_linear(m).weight, base_linear(m).bias) if t is not None
+            ]
+    if base_linear(base.lm_head).bias is not None:
+        tensors.append(base_linear(base.lm_head).bias)
+    if any(t.device.type != "cpu" or t.dtype != torch.bfloat16 or not t.is_contiguous() for t in tensors):
+        return False
+    return load() is not None
 
 
 def pack(lib, w: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
@@ -150,6 +170,8 @@ def linear(
     lib, x: torch.Tensor, packed: torch.Tensor, N: int, K: int, b: torch.Tensor | None
 ) -> torch.Tensor:
     """x (..., K) bf16 times the packed (N, K) weight, plus b: (..., N) bf16, rounded as F.linear rounds."""
+    if x.dtype != torch.bfloat16:
+        raise TypeError(f"the native product takes bf16 activations, not {x.dtype}")
     lead = x.shape[:-1]
     x = x.reshape(-1, K)
     if K % 2:  # rows are read in pairs of columns: a zero column makes K even
@@ -207,8 +229,6 @@ class NativeDecode:
 
     def __call__(self, tok: torch.Tensor, pos: torch.Tensor, slot: int) -> torch.Tensor:
         s = self.sampler
-        for t in (s.embed, s.norm):  # norms and embeddings are read live: they must still be contiguous bf16
-            assert t.is_contiguous() and t.dtype == torch.bfloat16
         tok, pos = tok.contiguous(), pos.contiguous()
         rc = self.lib.wb_decode(self.table.data_ptr(), self.dims.data_ptr(), self.eps, tok.data_ptr(),
                                 s.embed.data_ptr(), s.norm.data_ptr(), self.head.data_ptr(),

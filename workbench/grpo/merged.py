@@ -63,7 +63,7 @@ class MergedWeights:
         self._lm_head_buf: torch.Tensor | None = None
         # id(weight) -> the same weight packed: the native kernel's panels (`native`) or oneDNN's blocked layout
         self.packed: dict[int, torch.Tensor] = {}
-        self.native = cpu_kernels.usable(self._parts[0][0])
+        self.native = cpu_kernels.usable(model)
         self.refresh(adapter=True, everything=True)
         if self.native and not self._native_ok():
             log.warning("native CPU decode off: its product disagrees with F.linear here; using oneDNN")
