@@ -197,3 +197,20 @@ def test_native_draw_is_the_torch_draw(temperature, monkeypatch):
     assert torch.equal(ours[0], theirs[0])  # the same uniform numbers pick the same tokens
     assert (ours[1] - theirs[1]).abs().max() < 1e-5
     assert not (ours[0] == 7).any()
+
+
+@native
+@pytest.mark.parametrize("n", [1, 15, 16, 1000, 336 * 1536])
+def test_native_silu_mul_and_its_gradients_equal_torchs(n):
+    gen = torch.Generator().manual_seed(n)
+    g, u, dy = (torch.randn(n, generator=gen).mul(3).bfloat16() for _ in range(3))
+    g1, u1 = g.clone().requires_grad_(), u.clone().requires_grad_()
+    y1 = cpu_kernels.silu_mul(g1, u1)
+    assert y1.grad_fn is not None and "SiluMul" in type(y1.grad_fn).__name__  # the native path was taken
+    y1.backward(dy)
+    g2, u2 = g.clone().requires_grad_(), u.clone().requires_grad_()
+    y2 = F.silu(g2) * u2
+    y2.backward(dy)
+    for ours, theirs in ((y1, y2), (g1.grad, g2.grad), (u1.grad, u2.grad)):
+        # one bf16 rounding apart at most (2^-8 relative), where the two round an fp32 value differently
+        assert ((ours.float() - theirs.float()).abs() <= 2**-7 * theirs.float().abs() + 1e-6).all()

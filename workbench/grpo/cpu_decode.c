@@ -386,3 +386,36 @@ int wb_sample(const float *logits, int B, int V, float temperature, const double
   free(buf);
   return 0;
 }
+
+/* ---- the training forward's gated MLP input ------------------------------------------------------------------ */
+
+/* y = silu(g) * u in bf16 as HF rounds it (silu rounded, then the product), n elements. */
+void wb_silu_mul(const bf16 *g, const bf16 *u, bf16 *y, long n, int threads) {
+  long v = n / 16 * 16;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long i = 0; i < v; i += 16) {
+    __m512 gv = ld16(g + i), e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+    st16(y + i, _mm512_mul_ps(rb16(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e))), ld16(u + i)));
+  }
+  for (long i = v; i < n; i++) y[i] = f2b(rb(b2f(g[i]) / (1.f + expf(-b2f(g[i])))) * b2f(u[i]));
+}
+
+/* The gradients of wb_silu_mul as autograd computes them in bf16: du = dy * silu(g); dg = (dy * u) * silu'(g),
+ * silu'(g) = s (1 + g (1 - s)) with s = sigmoid(g); each product rounded as its tensor op rounds. */
+void wb_silu_mul_backward(const bf16 *g, const bf16 *u, const bf16 *dy, bf16 *dg, bf16 *du, long n, int threads) {
+  long v = n / 16 * 16;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long i = 0; i < v; i += 16) {
+    __m512 gv = ld16(g + i), d = ld16(dy + i), one = _mm512_set1_ps(1.f);
+    __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+    __m512 silu = rb16(_mm512_mul_ps(gv, s));
+    st16(du + i, _mm512_mul_ps(d, silu));
+    __m512 ds = rb16(_mm512_mul_ps(d, ld16(u + i)));
+    st16(dg + i, _mm512_mul_ps(ds, _mm512_mul_ps(s, _mm512_fmadd_ps(gv, _mm512_sub_ps(one, s), one))));
+  }
+  for (long i = v; i < n; i++) {
+    float gf = b2f(g[i]), d = b2f(dy[i]), s = 1.f / (1.f + expf(-gf));
+    du[i] = f2b(d * rb(gf * s));
+    dg[i] = f2b(rb(d * b2f(u[i])) * s * (1.f + gf * (1.f - s)));
+  }
+}

@@ -51,6 +51,8 @@ SIGNATURES = {
     "wb_linear": ([P, I32, I32, P, I32, I32, P, P, I32, I32, I32], None),
     "wb_decode": ([P, P, F32, P, P, P, P, P, P, P, P, I32, P, P, I32], I32),
     "wb_sample": ([P, I32, I32, F32, P, P, P, I32], I32),
+    "wb_silu_mul": ([P, P, P, ctypes.c_long, I32], None),
+    "wb_silu_mul_backward": ([P, P, P, P, P, ctypes.c_long, I32], None),
 }
 _lib: ctypes.CDLL | None = None
 _why: str | None = None
@@ -195,6 +197,35 @@ def sample(lib, logits: torch.Tensor, temperature: float, generator) -> tuple[to
     if rc:
         raise MemoryError(f"native sampling of {B} × {V} logits: out of memory")
     return tok, logp
+
+
+class _SiluMul(torch.autograd.Function):
+    """silu(g) * u over contiguous bf16 CPU tensors in one native pass each way (torch runs 2 ops forward, 3 back,
+    each a bf16 round trip through fp32: ~0.45 ms forward and ~0.45 ms back per layer at 336 × 1536)."""
+
+    @staticmethod
+    def forward(ctx, g, u):
+        ctx.save_for_backward(g, u)
+        y = torch.empty_like(g)
+        _lib.wb_silu_mul(g.data_ptr(), u.data_ptr(), y.data_ptr(), g.numel(), torch.get_num_threads())
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        g, u = ctx.saved_tensors
+        dy = dy.contiguous()
+        dg, du = torch.empty_like(g), torch.empty_like(u)
+        _lib.wb_silu_mul_backward(g.data_ptr(), u.data_ptr(), dy.data_ptr(), dg.data_ptr(), du.data_ptr(),
+                                  g.numel(), torch.get_num_threads())  # fmt: skip
+        return dg, du
+
+
+def silu_mul(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """F.silu(g) * u: natively for contiguous bf16 CPU tensors of one shape where the library runs, else torch."""
+    native = g.dtype == u.dtype == torch.bfloat16 and g.device.type == u.device.type == "cpu"
+    if native and g.shape == u.shape and g.is_contiguous() and u.is_contiguous() and load() is not None:
+        return _SiluMul.apply(g, u)
+    return F.silu(g) * u
 
 
 def _ptr(t: torch.Tensor | None) -> int:

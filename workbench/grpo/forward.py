@@ -16,6 +16,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
+from . import cpu_kernels
 from .fused import FusedProjections
 from .llama import apply_rope, base_of, supports
 
@@ -164,7 +165,7 @@ def _shared_prompt_logps(
         h = _norm(layer.post_attention_layernorm, x)
         if proj:
             gate, up = proj(i, 2, h)
-            x = x + proj(i, 3, F.silu(gate) * up)[0]
+            x = x + proj(i, 3, cpu_kernels.silu_mul(gate, up))[0]
         else:
             x = x + layer.mlp(h)
     x = _norm(inner.norm, x)
