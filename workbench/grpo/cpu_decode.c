@@ -146,21 +146,36 @@ static inline __attribute__((always_inline)) void tile(int MR, const bf16 *x, in
       for (int c = 0; c < NP; c++) a[i][c] = _mm512_dpbf16_ps(a[i][c], xv, w[c]);
     }
   }
-  float s[COLS];
   int nn = N - n0 < COLS ? N - n0 : COLS;
-  for (int i = 0; i < MR; i++) {
-    for (int c = 0; c < NP; c++) _mm512_storeu_ps(s + 16 * c, a[i][c]);
-    for (int c = 0; c < nn; c++) {
-      float v = rb(bias ? s[c] + b2f(bias[n0 + c]) : s[c]);
-      size_t at = (size_t)i * os + n0 + c;
-      if (mode == OUT_F32)
-        ((float *)out)[at] = v;
-      else if (mode == OUT_ADD_BF16)
-        ((bf16 *)out)[at] = f2b(b2f(((bf16 *)out)[at]) + v);
-      else
-        ((bf16 *)out)[at] = f2b(v);
+  for (int i = 0; i < MR; i++)
+    for (int c = 0; c < NP; c++) {
+      int n = n0 + 16 * c, live = nn - 16 * c; /* columns of this panel inside N */
+      if (live <= 0) break;
+      size_t at = (size_t)i * os + n;
+      __m512 v = a[i][c];
+      if (live >= 16) { /* a whole panel: 16 columns rounded and written at once */
+        if (bias) v = _mm512_add_ps(v, ld16(bias + n));
+        v = rb16(v);
+        if (mode == OUT_F32)
+          _mm512_storeu_ps((float *)out + at, v);
+        else if (mode == OUT_ADD_BF16)
+          st16((bf16 *)out + at, _mm512_add_ps(ld16((bf16 *)out + at), v));
+        else
+          st16((bf16 *)out + at, v);
+        continue;
+      }
+      float s[16];
+      _mm512_storeu_ps(s, v);
+      for (int e = 0; e < live; e++) {
+        float f = rb(bias ? s[e] + b2f(bias[n + e]) : s[e]);
+        if (mode == OUT_F32)
+          ((float *)out)[at + e] = f;
+        else if (mode == OUT_ADD_BF16)
+          ((bf16 *)out)[at + e] = f2b(b2f(((bf16 *)out)[at + e]) + f);
+        else
+          ((bf16 *)out)[at + e] = f2b(f);
+      }
     }
-  }
 }
 
 /* out (M, N) = x (M, K) W^T + bias, W packed by wb_pack_rows; x has row stride xs (even, entries past K zero). */
