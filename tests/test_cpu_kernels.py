@@ -214,3 +214,12 @@ def test_native_silu_mul_and_its_gradients_equal_torchs(n):
     for ours, theirs in ((y1, y2), (g1.grad, g2.grad), (u1.grad, u2.grad)):
         # one bf16 rounding apart at most (2^-8 relative), where the two round an fp32 value differently
         assert ((ours.float() - theirs.float()).abs() <= 2**-7 * theirs.float().abs() + 1e-6).all()
+
+
+@native
+def test_native_entropy_equals_torchs():
+    gen = torch.Generator().manual_seed(0)
+    logp = (torch.randn(37, 1003, generator=gen) * 4).log_softmax(-1)
+    ours = cpu_kernels.entropy(logp)
+    theirs = -(logp.exp() * logp).sum(-1)
+    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)

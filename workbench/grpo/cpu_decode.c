@@ -436,3 +436,20 @@ void wb_silu_mul_backward(const bf16 *g, const bf16 *u, const bf16 *dy, bf16 *dg
     dg[i] = f2b(rb(d * b2f(u[i])) * s * (1.f + gf * (1.f - s)));
   }
 }
+
+/* The entropy of each row of log-probs (R, V), fp32: -sum(exp(lp) * lp), one pass (a logged metric only). */
+void wb_entropy(const float *lp, long R, int V, float *out, int threads) {
+  int v16 = V / 16 * 16;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long r = 0; r < R; r++) {
+    const float *x = lp + (size_t)r * V;
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < v16; i += 16) {
+      __m512 l = _mm512_loadu_ps(x + i);
+      acc = _mm512_fmadd_ps(exp16(l), l, acc);
+    }
+    float s = _mm512_reduce_add_ps(acc);
+    for (int i = v16; i < V; i++) s += expf(x[i]) * x[i];
+    out[r] = -s;
+  }
+}

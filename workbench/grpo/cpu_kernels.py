@@ -52,6 +52,7 @@ SIGNATURES = {
     "wb_decode": ([P, P, F32, P, P, P, P, P, P, P, P, I32, P, P, I32], I32),
     "wb_sample": ([P, I32, I32, F32, P, P, P, I32], I32),
     "wb_silu_mul": ([P, P, P, ctypes.c_long, I32], None),
+    "wb_entropy": ([P, ctypes.c_long, I32, P, I32], None),
     "wb_silu_mul_backward": ([P, P, P, P, P, ctypes.c_long, I32], None),
 }
 _lib: ctypes.CDLL | None = None
@@ -226,6 +227,18 @@ def silu_mul(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     if native and g.shape == u.shape and g.is_contiguous() and u.is_contiguous() and load() is not None:
         return _SiluMul.apply(g, u)
     return F.silu(g) * u
+
+
+def entropy(logp: torch.Tensor) -> torch.Tensor:
+    """-(exp(logp) · logp).sum(-1) of fp32 log-probs (R, V), without gradient: natively in one pass where the library
+    runs (torch makes three passes and two (R, V) temporaries), else torch."""
+    if logp.dtype == torch.float32 and logp.device.type == "cpu" and logp.dim() == 2 and load() is not None:
+        logp = logp.detach().contiguous()
+        out = torch.empty(logp.shape[0])
+        _lib.wb_entropy(logp.data_ptr(), logp.shape[0], logp.shape[1], out.data_ptr(), torch.get_num_threads())
+        return out
+    with torch.no_grad():
+        return -(logp.exp() * logp).sum(-1)
 
 
 def _ptr(t: torch.Tensor | None) -> int:

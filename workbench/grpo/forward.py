@@ -38,11 +38,11 @@ def _token_logps(
     rows = max(1, CHUNK_BYTES // (4 * vocab))
     outs, ents = [], []
     for i in range(0, B * T, rows):
-        logp = (head(flat[i : i + rows]).float() / temperature).log_softmax(dim=-1)  # (rows, V)
+        z = head(flat[i : i + rows]).float()
+        logp = (z if temperature == 1.0 else z / temperature).log_softmax(dim=-1)  # (rows, V)
         outs.append(logp.gather(-1, flat_ids[i : i + rows, None])[:, 0])
         if entropy:
-            with torch.no_grad():
-                ents.append(-(logp.exp() * logp).sum(-1))
+            ents.append(cpu_kernels.entropy(logp))
     out = torch.cat(outs).view(B, T)
     return out, (torch.cat(ents).view(B, T) if entropy else None)
 
