@@ -223,3 +223,42 @@ def test_native_entropy_equals_torchs():
     ours = cpu_kernels.entropy(logp)
     theirs = -(logp.exp() * logp).sum(-1)
     assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def _close(ours: torch.Tensor, theirs: torch.Tensor, rel: float = 2**-7) -> bool:
+    """Within bf16 rounding of each other, relative to the tensor's scale."""
+    return bool((ours.float() - theirs.float()).abs().max() <= rel * theirs.float().abs().max() + 1e-6)
+
+
+@native
+@pytest.mark.parametrize("shape", [(336, 576), (5, 50), (2, 3, 64)])
+def test_native_rms_norm_and_its_input_gradient_equal_torchs(shape):
+    gen = torch.Generator().manual_seed(1)
+    x, dy = (torch.randn(*shape, generator=gen).bfloat16() for _ in range(2))
+    w = (1 + 0.1 * torch.randn(shape[-1], generator=gen)).bfloat16()
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1 = cpu_kernels.rms_norm(x1, w, 1e-5)
+    assert "RMSNorm" in type(y1.grad_fn).__name__  # the native path was taken
+    y1.backward(dy)
+    y2 = F.rms_norm(x2, shape[-1:], w, 1e-5)
+    y2.backward(dy)
+    assert _close(y1, y2) and _close(x1.grad, x2.grad, rel=2**-6)
+
+
+@native
+@pytest.mark.parametrize("heads,d", [(12, 64), (3, 10)])
+def test_native_rope_and_its_gradient_equal_torchs(heads, d):
+    from workbench.grpo.llama import apply_rope
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(7, heads, d, generator=gen).bfloat16()
+    ang = torch.randn(7, 1, d, generator=gen)
+    cos, sin = ang.cos().bfloat16(), ang.sin().bfloat16()
+    dy = torch.randn(7, heads, d, generator=gen).bfloat16()
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1 = cpu_kernels.rope(x1, cos, sin)
+    assert "Rope" in type(y1.grad_fn).__name__
+    y1.backward(dy)
+    y2 = apply_rope(x2, cos, sin)
+    y2.backward(dy)
+    assert _close(y1, y2) and _close(x1.grad, x2.grad)

@@ -14,11 +14,10 @@ from __future__ import annotations
 import inspect
 
 import torch
-import torch.nn.functional as F
 
 from . import cpu_kernels
 from .fused import FusedProjections
-from .llama import apply_rope, base_of, supports
+from .llama import base_of, supports
 
 CHUNK_BYTES = 1 << 24  # fp32 logits per chunk: 16 MB
 
@@ -100,8 +99,9 @@ def hf_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, tempera
 
 
 def _norm(norm, x: torch.Tensor) -> torch.Tensor:
-    """The model's RMSNorm as one fused kernel (HF's runs ~7 ops); the same maths."""
-    return F.rms_norm(x, x.shape[-1:], norm.weight, norm.variance_epsilon)
+    """The model's RMSNorm in one native pass each way where it can run (`cpu_kernels.rms_norm`), else
+    F.rms_norm; HF's own runs ~7 ops. The same maths."""
+    return cpu_kernels.rms_norm(x, norm.weight, norm.variance_epsilon)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -150,7 +150,7 @@ def _shared_prompt_logps(
         h = _norm(layer.input_layernorm, x)
         q, k, v = proj(i, 0, h) if proj else (attn.q_proj(h), attn.k_proj(h), attn.v_proj(h))
         qk = torch.cat([q.view(-1, H, d), k.view(-1, K, d)], dim=1)  # (N, H+K, d): rotated in one go
-        qk = apply_rope(qk, cos, sin)
+        qk = cpu_kernels.rope(qk, cos, sin)
         q, k, v = qk[:, :H], qk[:, H:], v.view(-1, K, d)
         qp, kp, vp = (t[:split].view(P, L, -1, d).transpose(1, 2) for t in (q, k, v))  # (P, heads, L, d)
         qc, kc, vc = (t[split:].view(B, T, -1, d).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, d)
