@@ -1,10 +1,12 @@
-"""The native CPU decode path (`workbench/grpo/cpu_kernels.py` over `cpu_decode.c`): its matrix product equals
-F.linear on awkward shapes; a whole sample() through it gives the HF model's own logits on shapes the parity suite's
-models do not have (head sizes that are and are not multiples of 16, odd widths, GQA and MHA, biases); it is the
-path a bf16 run takes where it can run; and where it cannot be built, the sampler falls back to its torch path
-(logged) and still samples, and its torch path keeps to HF and TRL. The parity suite (`test_engine_parity.py`) covers it too: its bf16 cases run on it.
+"""The native CPU kernels (`workbench/grpo/cpu_kernels.py` and `cpu_autograd.py` over `cpu_decode.c`/`cpu_train.c`):
+the matrix product equals F.linear on awkward shapes; a whole sample() through the native decode step gives the HF
+model's own logits on shapes the parity suite's models do not have (head sizes that are and are not multiples of 16,
+odd widths, GQA and MHA, biases); the native draw is torch's draw; it is the path a bf16 run takes where it can run;
+where it cannot be built, the sampler falls back to its torch path (logged) and still samples, and that path keeps to
+HF and TRL; and the training forward's native parts (SiLU·up, RMSNorm, rotary, entropy) equal torch's, forward and
+backward. The parity suite (`test_engine_parity.py`) covers them too: its bf16 cases run on them.
 
-Skipped, saying why, on a machine where it cannot run (no AVX512-BF16, no C compiler).
+Skipped, saying why, on a machine where they cannot run (no AVX512-BF16, no C compiler).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from test_engine_parity import (
     trl_trainer,  # noqa: F401  (the fixture `trl`: a TRL trainer per module)
 )
 
-from workbench.grpo import cpu_kernels
+from workbench.grpo import cpu_autograd, cpu_kernels
 from workbench.grpo import sampler as sampler_mod
 from workbench.grpo.sampler import FusedLlamaSampler
 
@@ -205,7 +207,7 @@ def test_native_silu_mul_and_its_gradients_equal_torchs(n):
     gen = torch.Generator().manual_seed(n)
     g, u, dy = (torch.randn(n, generator=gen).mul(3).bfloat16() for _ in range(3))
     g1, u1 = g.clone().requires_grad_(), u.clone().requires_grad_()
-    y1 = cpu_kernels.silu_mul(g1, u1)
+    y1 = cpu_autograd.silu_mul(g1, u1)
     assert y1.grad_fn is not None and "SiluMul" in type(y1.grad_fn).__name__  # the native path was taken
     y1.backward(dy)
     g2, u2 = g.clone().requires_grad_(), u.clone().requires_grad_()
@@ -220,7 +222,7 @@ def test_native_silu_mul_and_its_gradients_equal_torchs(n):
 def test_native_entropy_equals_torchs():
     gen = torch.Generator().manual_seed(0)
     logp = (torch.randn(37, 1003, generator=gen) * 4).log_softmax(-1)
-    ours = cpu_kernels.entropy(logp)
+    ours = cpu_autograd.entropy(logp)
     theirs = -(logp.exp() * logp).sum(-1)
     assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
@@ -237,7 +239,7 @@ def test_native_rms_norm_and_its_input_gradient_equal_torchs(shape):
     x, dy = (torch.randn(*shape, generator=gen).bfloat16() for _ in range(2))
     w = (1 + 0.1 * torch.randn(shape[-1], generator=gen)).bfloat16()
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y1 = cpu_kernels.rms_norm(x1, w, 1e-5)
+    y1 = cpu_autograd.rms_norm(x1, w, 1e-5)
     assert "RMSNorm" in type(y1.grad_fn).__name__  # the native path was taken
     y1.backward(dy)
     y2 = F.rms_norm(x2, shape[-1:], w, 1e-5)
@@ -256,7 +258,7 @@ def test_native_rope_and_its_gradient_equal_torchs(heads, d):
     cos, sin = ang.cos().bfloat16(), ang.sin().bfloat16()
     dy = torch.randn(7, heads, d, generator=gen).bfloat16()
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y1 = cpu_kernels.rope(x1, cos, sin)
+    y1 = cpu_autograd.rope(x1, cos, sin)
     assert "Rope" in type(y1.grad_fn).__name__
     y1.backward(dy)
     y2 = apply_rope(x2, cos, sin)

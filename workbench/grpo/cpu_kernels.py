@@ -1,5 +1,6 @@
-"""The fused sampler's native CPU path (`cpu_decode.c`): a whole decode step, and the small-batch bf16 matrix product
-under it, for bf16 models on x86 CPUs with AVX512-BF16. Compiled with the system's C compiler at first use (about a
+"""The native CPU kernels: the fused sampler's whole decode step and the small-batch bf16 matrix product under it
+(`cpu_decode.c`), and the training forward's elementwise parts (`cpu_train.c`, wrapped for autograd in
+`cpu_autograd.py`), for bf16 models on x86 CPUs with AVX512-BF16. Compiled with the system's C compiler at first use (about a
 second), cached under the workbench home, loaded with ctypes; anywhere it cannot be (no compiler, another CPU, fp32
 weights, a GPU, `WORKBENCH_CPU_KERNELS=0`) the sampler keeps its torch path, with one log line saying why.
 
@@ -8,8 +9,8 @@ from memory. Measured on our 2-vCPU machine (SmolLM2-135M, 8 rows): oneDNN's pre
 ~20 GB/s (14 ms a token) where a plain read runs at ~40 GB/s, and the ~700 small torch ops around the matmuls
 (norms, rotary, cache writes, attention, residuals) add another ~8 ms a token of dispatch, however they are fused
 in Python. No library we use does this small-batch product well on a CPU, and torch.compile costs tens of seconds
-per shape. The C step keeps HF's bf16 rounding op by op, so the parity suite holds it to the HF forward as it holds
-the torch path.
+per shape. Natively: ~35 GB/s and ~9.5 ms a token in all (27 before). The C step keeps HF's bf16 rounding op by op,
+so the parity suite holds it to the HF forward as it holds the torch path.
 
     lib = load()                                    # None where it cannot run (logged once)
     packed = pack(lib, w)                           # (N, K) bf16 -> panels, once per refresh
@@ -35,11 +36,12 @@ import torch
 import torch.nn.functional as F
 
 from ..paths import workbench_home
-from .llama import apply_rope, base_linear, base_of, projection_groups
+from .llama import base_linear, base_of, projection_groups
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("cpu_decode.c")
+HERE = Path(__file__).parent
+SOURCES = [HERE / "cpu_decode.c", HERE / "cpu_train.c"]  # both include cpu_simd.h
 ISA = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"]
 FLAGS = ["-O3", *ISA, "-fopenmp", "-shared", "-fPIC"]
 NEEDS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")  # /proc/cpuinfo flags
@@ -84,7 +86,8 @@ def _build() -> Path:
     """The compiled library, from the cache when the source and flags are unchanged (compiled atomically: several
     processes may build at once)."""
     cc = os.environ.get("CC", "cc")
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode()).hexdigest()[:16]
+    text = b"".join(f.read_bytes() for f in [*SOURCES, HERE / "cpu_simd.h"])
+    key = hashlib.sha256(text + " ".join([cc, *FLAGS]).encode()).hexdigest()[:16]
     out = workbench_home() / "kernels" / f"cpu_decode-{key}.so"
     if out.exists():
         return out
@@ -93,7 +96,7 @@ def _build() -> Path:
     os.close(fd)
     try:
         subprocess.run(
-            [cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, timeout=120
+            [cc, *FLAGS, *map(str, SOURCES), "-o", tmp, "-lm"], check=True, capture_output=True, timeout=120
         )
         os.replace(tmp, out)
     finally:
@@ -201,115 +204,6 @@ def sample(lib, logits: torch.Tensor, temperature: float, generator) -> tuple[to
     if rc:
         raise MemoryError(f"native sampling of {B} × {V} logits: out of memory")
     return tok, logp
-
-
-class _SiluMul(torch.autograd.Function):
-    """silu(g) * u over contiguous bf16 CPU tensors in one native pass each way (torch runs 2 ops forward, 3 back,
-    each a bf16 round trip through fp32: ~0.45 ms forward and ~0.45 ms back per layer at 336 × 1536)."""
-
-    @staticmethod
-    def forward(ctx, g, u):
-        ctx.save_for_backward(g, u)
-        y = torch.empty_like(g)
-        _lib.wb_silu_mul(g.data_ptr(), u.data_ptr(), y.data_ptr(), g.numel(), torch.get_num_threads())
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        g, u = ctx.saved_tensors
-        dy = dy.contiguous()
-        dg, du = torch.empty_like(g), torch.empty_like(u)
-        _lib.wb_silu_mul_backward(g.data_ptr(), u.data_ptr(), dy.data_ptr(), dg.data_ptr(), du.data_ptr(),
-                                  g.numel(), torch.get_num_threads())  # fmt: skip
-        return dg, du
-
-
-def silu_mul(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """F.silu(g) * u: natively for contiguous bf16 CPU tensors of one shape where the library runs, else torch."""
-    native = g.dtype == u.dtype == torch.bfloat16 and g.device.type == u.device.type == "cpu"
-    if native and g.shape == u.shape and g.is_contiguous() and u.is_contiguous() and load() is not None:
-        return _SiluMul.apply(g, u)
-    return F.silu(g) * u
-
-
-def _bf16_cpu(*ts: torch.Tensor) -> bool:
-    """Contiguous bf16 CPU tensors, and the library here: what the native elementwise kernels take."""
-    ok = all(t.dtype == torch.bfloat16 and t.device.type == "cpu" and t.is_contiguous() for t in ts)
-    return ok and load() is not None
-
-
-class _RMSNorm(torch.autograd.Function):
-    """HF's RMSNorm over the last dimension with a frozen weight, one native pass each way (F.rms_norm runs ~6 ops
-    forward and ~10 back in bf16 on a CPU: ~1.5 ms a call at 336 × 576, 61 calls a step)."""
-
-    @staticmethod
-    def forward(ctx, x, w, eps):
-        R, D = x.numel() // x.shape[-1], x.shape[-1]
-        y, rstd = torch.empty_like(x), torch.empty(R)
-        _lib.wb_rms_norm_fwd(x.data_ptr(), w.data_ptr(), y.data_ptr(), rstd.data_ptr(), R, D, eps,
-                             torch.get_num_threads())  # fmt: skip
-        ctx.save_for_backward(x, w, rstd)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, w, rstd = ctx.saved_tensors
-        dy, dx = dy.contiguous(), torch.empty_like(x)
-        _lib.wb_rms_norm_bwd(x.data_ptr(), w.data_ptr(), rstd.data_ptr(), dy.data_ptr(), dx.data_ptr(),
-                             rstd.numel(), x.shape[-1], torch.get_num_threads())  # fmt: skip
-        return dx, None, None
-
-
-def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    """F.rms_norm(x, x.shape[-1:], w, eps): natively for a frozen weight and contiguous bf16 CPU tensors."""
-    if not w.requires_grad and _bf16_cpu(x, w):
-        return _RMSNorm.apply(x, w, float(eps))
-    return F.rms_norm(x, x.shape[-1:], w, eps)
-
-
-class _Rope(torch.autograd.Function):
-    """`llama.apply_rope` of x (N, heads, d) with cos/sin (N, 1, d), one native pass each way (torch: ~6 ops and
-    their backward, ~0.55 ms a layer at 336 × 12 × 64)."""
-
-    @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return _rope(x, cos, sin, False)
-
-    @staticmethod
-    def backward(ctx, dy):
-        cos, sin = ctx.saved_tensors
-        return _rope(dy.contiguous(), cos, sin, True), None, None
-
-
-def _rope(x, cos, sin, backward: bool) -> torch.Tensor:
-    y = torch.empty_like(x)
-    N, heads, d = x.shape
-    _lib.wb_rope(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), y.data_ptr(), N, heads, d, int(backward),
-                 torch.get_num_threads())  # fmt: skip
-    return y
-
-
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """`llama.apply_rope(x, cos, sin)` for x (N, heads, d), cos/sin (N, 1, d): natively where it can run."""
-    shaped = x.dim() == 3 and cos.shape == sin.shape == (x.shape[0], 1, x.shape[2])
-    if shaped and not cos.requires_grad and not sin.requires_grad and _bf16_cpu(x, cos, sin):
-        return _Rope.apply(x, cos, sin)
-    return apply_rope(x, cos, sin)
-
-
-def entropy(logp: torch.Tensor) -> torch.Tensor:
-    """-(exp(logp) · logp).sum(-1) of fp32 log-probs (R, V), without gradient: natively in one pass where the library
-    runs (torch makes three passes and two (R, V) temporaries), else torch."""
-    if logp.dtype == torch.float32 and logp.device.type == "cpu" and logp.dim() == 2 and load() is not None:
-        logp = logp.detach().contiguous()
-        out = torch.empty(logp.shape[0])
-        _lib.wb_entropy(
-            logp.data_ptr(), logp.shape[0], logp.shape[1], out.data_ptr(), torch.get_num_threads()
-        )
-        return out
-    with torch.no_grad():
-        return -(logp.exp() * logp).sum(-1)
 
 
 def _ptr(t: torch.Tensor | None) -> int:

@@ -15,7 +15,7 @@ import inspect
 
 import torch
 
-from . import cpu_kernels
+from . import cpu_autograd
 from .fused import FusedProjections
 from .llama import base_of, supports
 
@@ -41,7 +41,7 @@ def _token_logps(
         logp = (z if temperature == 1.0 else z / temperature).log_softmax(dim=-1)  # (rows, V)
         outs.append(logp.gather(-1, flat_ids[i : i + rows, None])[:, 0])
         if entropy:
-            ents.append(cpu_kernels.entropy(logp))
+            ents.append(cpu_autograd.entropy(logp))
     out = torch.cat(outs).view(B, T)
     return out, (torch.cat(ents).view(B, T) if entropy else None)
 
@@ -99,9 +99,9 @@ def hf_logps(model, prompt_ids, prompt_mask, completion_ids, group_size, tempera
 
 
 def _norm(norm, x: torch.Tensor) -> torch.Tensor:
-    """The model's RMSNorm in one native pass each way where it can run (`cpu_kernels.rms_norm`), else
+    """The model's RMSNorm in one native pass each way where it can run (`cpu_autograd.rms_norm`), else
     F.rms_norm; HF's own runs ~7 ops. The same maths."""
-    return cpu_kernels.rms_norm(x, norm.weight, norm.variance_epsilon)
+    return cpu_autograd.rms_norm(x, norm.weight, norm.variance_epsilon)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -150,7 +150,7 @@ def _shared_prompt_logps(
         h = _norm(layer.input_layernorm, x)
         q, k, v = proj(i, 0, h) if proj else (attn.q_proj(h), attn.k_proj(h), attn.v_proj(h))
         qk = torch.cat([q.view(-1, H, d), k.view(-1, K, d)], dim=1)  # (N, H+K, d): rotated in one go
-        qk = cpu_kernels.rope(qk, cos, sin)
+        qk = cpu_autograd.rope(qk, cos, sin)
         q, k, v = qk[:, :H], qk[:, H:], v.view(-1, K, d)
         qp, kp, vp = (t[:split].view(P, L, -1, d).transpose(1, 2) for t in (q, k, v))  # (P, heads, L, d)
         qc, kc, vc = (t[split:].view(B, T, -1, d).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, d)
@@ -165,7 +165,7 @@ def _shared_prompt_logps(
         h = _norm(layer.post_attention_layernorm, x)
         if proj:
             gate, up = proj(i, 2, h)
-            x = x + proj(i, 3, cpu_kernels.silu_mul(gate, up))[0]
+            x = x + proj(i, 3, cpu_autograd.silu_mul(gate, up))[0]
         else:
             x = x + layer.mlp(h)
     x = _norm(inner.norm, x)

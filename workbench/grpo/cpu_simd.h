@@ -1,0 +1,71 @@
+/* What the native CPU kernels (`cpu_decode.c`, `cpu_train.c`) share: bf16 <-> fp32 conversion and rounding as a bf16
+ * tensor op rounds, 16-lane AVX-512 loads/stores/exp, and HF's RMSNorm of one row. Built by `cpu_kernels.py`.
+ */
+#ifndef WB_CPU_SIMD_H
+#define WB_CPU_SIMD_H
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef uint16_t bf16;
+
+static inline float b2f(bf16 b) {
+  uint32_t u = (uint32_t)b << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+static inline bf16 f2b(float f) { /* round to nearest even, NaN kept NaN */
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (bf16)(u >> 16);
+}
+
+static inline float rb(float f) { return b2f(f2b(f)); } /* what a bf16 tensor op stores */
+
+/* 16 lanes at a time: bf16 -> fp32 is a shift; fp32 -> bf16 rounds to nearest even (vcvtneps2bf16) */
+static inline __m512 ld16(const bf16 *p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const void *)p)), 16));
+}
+static inline void st16(bf16 *p, __m512 v) { _mm256_storeu_si256((void *)p, (__m256i)_mm512_cvtneps_pbh(v)); }
+static inline __m512 rb16(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+
+/* e^x for 16 lanes: x = n ln2 + r, |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error < 2e-7,
+ * far below the bf16 rounding that follows); below -87 (and for -inf) it returns 0, as expf underflows. */
+static inline __m512 exp16(__m512 x) {
+  __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.f), _CMP_GE_OQ);
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.f)), _mm512_set1_ps(-87.f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 y = _mm512_set1_ps(1.f / 720);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f / 120));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f / 24));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f / 6));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.f));
+  return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(y, n));
+}
+
+/* HF's LlamaRMSNorm in bf16: fp32 mean of squares, x * rsqrt rounded, times the weight rounded. */
+static inline void rms_norm(const bf16 *x, const bf16 *w, int n, float eps, bf16 *y) {
+  int v = n / 16 * 16;
+  __m512 acc = _mm512_setzero_ps();
+  for (int i = 0; i < v; i += 16) acc = _mm512_fmadd_ps(ld16(x + i), ld16(x + i), acc);
+  float ss = _mm512_reduce_add_ps(acc);
+  for (int i = v; i < n; i++) ss += b2f(x[i]) * b2f(x[i]);
+  float r = 1.f / sqrtf(ss / n + eps);
+  __m512 rv = _mm512_set1_ps(r);
+  for (int i = 0; i < v; i += 16) st16(y + i, _mm512_mul_ps(ld16(w + i), rb16(_mm512_mul_ps(ld16(x + i), rv))));
+  for (int i = v; i < n; i++) y[i] = f2b(b2f(w[i]) * rb(b2f(x[i]) * r));
+}
+
+#endif

@@ -1,0 +1,129 @@
+/* The training forward's elementwise parts as native kernels, forward and backward, for contiguous bf16 CPU tensors:
+ * the SiLU-gated MLP input, RMSNorm with a frozen weight, rotary embeddings, and the entropy of log-prob rows.
+ * Each keeps the rounding of the bf16 torch ops it replaces (`cpu_autograd.py` wraps them for autograd; its tests
+ * compare each with torch, forward and backward). Built with `cpu_decode.c` by `cpu_kernels.py`.
+ */
+#include "cpu_simd.h"
+
+/* y = silu(g) * u in bf16 as HF rounds it (silu rounded, then the product), n elements. */
+void wb_silu_mul(const bf16 *g, const bf16 *u, bf16 *y, long n, int threads) {
+  long v = n / 16 * 16;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long i = 0; i < v; i += 16) {
+    __m512 gv = ld16(g + i), e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+    st16(y + i, _mm512_mul_ps(rb16(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e))), ld16(u + i)));
+  }
+  for (long i = v; i < n; i++) y[i] = f2b(rb(b2f(g[i]) / (1.f + expf(-b2f(g[i])))) * b2f(u[i]));
+}
+
+/* The gradients of wb_silu_mul as autograd computes them in bf16: du = dy * silu(g); dg = (dy * u) * silu'(g),
+ * silu'(g) = s (1 + g (1 - s)) with s = sigmoid(g); each product rounded as its tensor op rounds. */
+void wb_silu_mul_backward(const bf16 *g, const bf16 *u, const bf16 *dy, bf16 *dg, bf16 *du, long n, int threads) {
+  long v = n / 16 * 16;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long i = 0; i < v; i += 16) {
+    __m512 gv = ld16(g + i), d = ld16(dy + i), one = _mm512_set1_ps(1.f);
+    __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+    __m512 silu = rb16(_mm512_mul_ps(gv, s));
+    st16(du + i, _mm512_mul_ps(d, silu));
+    __m512 ds = rb16(_mm512_mul_ps(d, ld16(u + i)));
+    st16(dg + i, _mm512_mul_ps(ds, _mm512_mul_ps(s, _mm512_fmadd_ps(gv, _mm512_sub_ps(one, s), one))));
+  }
+  for (long i = v; i < n; i++) {
+    float gf = b2f(g[i]), d = b2f(dy[i]), s = 1.f / (1.f + expf(-gf));
+    du[i] = f2b(d * rb(gf * s));
+    dg[i] = f2b(rb(d * b2f(u[i])) * s * (1.f + gf * (1.f - s)));
+  }
+}
+
+/* The entropy of each row of log-probs (R, V), fp32: -sum(exp(lp) * lp), one pass (a logged metric only). */
+void wb_entropy(const float *lp, long R, int V, float *out, int threads) {
+  int v16 = V / 16 * 16;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long r = 0; r < R; r++) {
+    const float *x = lp + (size_t)r * V;
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < v16; i += 16) {
+      __m512 l = _mm512_loadu_ps(x + i);
+      acc = _mm512_fmadd_ps(exp16(l), l, acc);
+    }
+    float s = _mm512_reduce_add_ps(acc);
+    for (int i = v16; i < V; i++) s += expf(x[i]) * x[i];
+    out[r] = -s;
+  }
+}
+
+/* ---- the training forward's norms and rotary embeddings (forward and backward) ------------------------------- */
+
+/* y = HF's RMSNorm of each row of x (R, D) with weight w, bf16 as `rms_norm` above; rstd (R) kept for the backward. */
+void wb_rms_norm_fwd(const bf16 *x, const bf16 *w, bf16 *y, float *rstd, long R, int D, float eps, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long r = 0; r < R; r++) {
+    const bf16 *xr = x + (size_t)r * D;
+    float ss = 0.f;
+    int v = D / 16 * 16;
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < v; i += 16) acc = _mm512_fmadd_ps(ld16(xr + i), ld16(xr + i), acc);
+    ss = _mm512_reduce_add_ps(acc);
+    for (int i = v; i < D; i++) ss += b2f(xr[i]) * b2f(xr[i]);
+    rstd[r] = 1.f / sqrtf(ss / D + eps);
+    rms_norm(xr, w, D, eps, y + (size_t)r * D);
+  }
+}
+
+/* dx of wb_rms_norm_fwd (the weight frozen): with n = x * rstd and g = dy * w, dx = rstd * (g - n * mean(g * n)). */
+void wb_rms_norm_bwd(const bf16 *x, const bf16 *w, const float *rstd, const bf16 *dy, bf16 *dx, long R, int D,
+                     int threads) {
+  int v = D / 16 * 16;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long r = 0; r < R; r++) {
+    const bf16 *xr = x + (size_t)r * D, *dr = dy + (size_t)r * D;
+    bf16 *out = dx + (size_t)r * D;
+    float s = rstd[r];
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < v; i += 16) acc = _mm512_fmadd_ps(_mm512_mul_ps(ld16(dr + i), ld16(w + i)), ld16(xr + i), acc);
+    float dot = _mm512_reduce_add_ps(acc);
+    for (int i = v; i < D; i++) dot += b2f(dr[i]) * b2f(w[i]) * b2f(xr[i]);
+    float m = dot * s / D; /* mean(g * n) */
+    __m512 sv = _mm512_set1_ps(s), mv = _mm512_set1_ps(m);
+    for (int i = 0; i < v; i += 16) {
+      __m512 n = _mm512_mul_ps(ld16(xr + i), sv);
+      st16(out + i, _mm512_mul_ps(sv, _mm512_fnmadd_ps(n, mv, _mm512_mul_ps(ld16(dr + i), ld16(w + i)))));
+    }
+    for (int i = v; i < D; i++) out[i] = f2b(s * (b2f(dr[i]) * b2f(w[i]) - b2f(xr[i]) * s * m));
+  }
+}
+
+/* Rotary embedding of x (N, heads, d) with cos/sin rows (N, d), as HF's apply_rotary_pos_emb in bf16; and its
+ * gradient (backward != 0): dx = dy cos + rotate_half^T(dy sin). Each product rounded as its tensor op rounds. */
+void wb_rope(const bf16 *x, const bf16 *cos, const bf16 *sin, bf16 *y, long N, int heads, int d, int backward,
+             int threads) {
+  int h = d / 2;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long t = 0; t < N; t++)
+    for (int k = 0; k < heads; k++) {
+      const bf16 *xr = x + ((size_t)t * heads + k) * d, *c = cos + (size_t)t * d, *s = sin + (size_t)t * d;
+      bf16 *yr = y + ((size_t)t * heads + k) * d;
+      if (h % 16 == 0) {
+        for (int e = 0; e < d; e += 16) {
+          int o = e < h ? e + h : e - h; /* the partner half */
+          __m512 a = rb16(_mm512_mul_ps(ld16(xr + e), ld16(c + e))), rot;
+          if (backward) /* the transpose of rotate_half: +x[e+h] s[e+h] below h, -x[e-h] s[e-h] from h */
+            rot = rb16(_mm512_mul_ps(ld16(xr + o), ld16(s + o)));
+          else
+            rot = rb16(_mm512_mul_ps(ld16(xr + o), ld16(s + e)));
+          int neg = backward ? e >= h : e < h;
+          st16(yr + e, neg ? _mm512_sub_ps(a, rot) : _mm512_add_ps(a, rot));
+        }
+        continue;
+      }
+      for (int e = 0; e < d; e++) {
+        float a = rb(b2f(xr[e]) * b2f(c[e])), rot;
+        if (backward)
+          rot = e < h ? rb(b2f(xr[e + h]) * b2f(s[e + h])) : -rb(b2f(xr[e - h]) * b2f(s[e - h]));
+        else
+          rot = rb((e < h ? -b2f(xr[e + h]) : b2f(xr[e - h])) * b2f(s[e]));
+        yr[e] = f2b(a + rot);
+      }
+    }
+}
