@@ -101,6 +101,9 @@ def _build() -> Path:
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
+    for stale in out.parent.glob("cpu_decode-*.so"):  # builds of earlier sources (a process using one keeps it)
+        if stale != out:
+            stale.unlink(missing_ok=True)
     return out
 
 
