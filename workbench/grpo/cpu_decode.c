@@ -4,8 +4,8 @@
  * Rounding follows the HF bf16 forward op by op (each result rounded to bf16 where HF rounds it); sums, norms and
  * the softmax run in fp32, as in HF's kernels.
  *
- * Weights are packed once per refresh (`wb_pack_rows`) into panels of 16 output columns, with each pair of input columns
- * interleaved ("VNNI" order): one 64-byte load then holds 16 columns x 2 inputs, and `vdpbf16ps` multiplies it by
+ * Weights are packed once per refresh (`wb_pack_rows`) into panels of 16 output columns, with each pair of input
+ * columns interleaved ("VNNI" order): one 64-byte load then holds 16 columns x 2 inputs, and `vdpbf16ps` multiplies it by
  * a broadcast pair of an input row, adding into 16 fp32 sums. A row block of up to 8 inputs runs against NP panels
  * at a time, so each weight byte is read from memory once per call and no horizontal sums are needed.
  */
@@ -39,7 +39,8 @@ int wb_pack_rows(const bf16 *w, int N, int K, const bf16 *a, const bf16 *b, int 
       for (int c = c0; c < c1; c++) memcpy(t + (size_t)c * kp * 2, src + (size_t)c * K, sizeof(bf16) * (size_t)K);
       if (r > 0) { /* delta = B A for the panel's 16 rows, 16 columns at a time: A's row loaded once per j */
         for (int j = 0; j < r; j++)
-          for (int c = 0; c < 16; c++) bt[j * 16 + c] = c >= c0 && c < c1 ? b2f(b[(size_t)(p * 16 + c - n0) * r + j]) : 0.f;
+          for (int c = 0; c < 16; c++)
+            bt[j * 16 + c] = c >= c0 && c < c1 ? b2f(b[(size_t)(p * 16 + c - n0) * r + j]) : 0.f;
         int k = 0;
         for (; k + 16 <= K; k += 16) {
           __m512 acc[16];
@@ -79,8 +80,8 @@ int wb_pack_rows(const bf16 *w, int N, int K, const bf16 *a, const bf16 *b, int 
 
 enum { OUT_BF16 = 0, OUT_F32 = 1, OUT_ADD_BF16 = 2 };
 
-/* Rows m0..m0+MR of x (bf16, row stride xs, even, zero past K) times the NP panels at w0; rounded as a bf16 linear layer
- * with its bias; written per mode: bf16, fp32 (of the bf16 value), or added to a bf16 residual (rounded again). */
+/* Rows m0..m0+MR of x (bf16, row stride xs, even, zero past K) times the NP panels at w0; rounded as a bf16 linear
+ * layer with its bias; written per mode: bf16, fp32 (of the bf16 value), or added to a bf16 residual (rounded again). */
 static inline __attribute__((always_inline)) void tile(int MR, const bf16 *x, int xs, const bf16 *w0, int kp,
                                                        const bf16 *bias, int N, int n0, void *out, int os,
                                                        int mode) {

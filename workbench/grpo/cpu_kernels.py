@@ -1,8 +1,8 @@
 """The native CPU kernels: the fused sampler's whole decode step and the small-batch bf16 matrix product under it
 (`cpu_decode.c`), and the training forward's elementwise parts (`cpu_train.c`, wrapped for autograd in
-`cpu_autograd.py`), for bf16 models on x86 CPUs with AVX512-BF16. Compiled with the system's C compiler at first use (about a
-second), cached under the workbench home, loaded with ctypes; anywhere it cannot be (no compiler, another CPU, fp32
-weights, a GPU, `WORKBENCH_CPU_KERNELS=0`) the sampler keeps its torch path, with one log line saying why.
+`cpu_autograd.py`), for bf16 models on x86 CPUs with AVX512-BF16. Compiled with the system's C compiler at first
+use (about a second), cached under the workbench home, loaded with ctypes; anywhere it cannot be (no compiler,
+another CPU, fp32 weights, a GPU, `WORKBENCH_CPU_KERNELS=0`) the torch paths run, with one log line saying why.
 
 Why by hand: a decode step multiplies 8 rows by every weight matrix, so it should run at the speed the weights stream
 from memory. Measured on our 2-vCPU machine (SmolLM2-135M, 8 rows): oneDNN's prepacked bf16 kernel streams them at
@@ -101,7 +101,8 @@ def _build() -> Path:
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    for stale in out.parent.glob("cpu_decode-*.so"):  # builds of earlier sources (a process using one keeps it)
+    # builds of earlier sources go (a process that has one loaded keeps it)
+    for stale in out.parent.glob("cpu_decode-*.so"):
         if stale != out:
             stale.unlink(missing_ok=True)
     return out

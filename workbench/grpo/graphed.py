@@ -1,6 +1,7 @@
 """The fused sampler's decode step: one token per sequence through the decoder and the output layer. On a CPU it
-attends over the cache slots written so far (in one native call where `cpu_kernels` runs: bf16 on AVX512-BF16); on a GPU it runs at fixed shapes, captured as a CUDA graph once per
-`sample()` call and replayed for every token after that.
+attends over the cache slots written so far (in one native call where `cpu_kernels` runs: bf16 on AVX512-BF16); on
+a GPU it runs at fixed shapes, captured as a CUDA graph once per `sample()` call and replayed for every token after
+that.
 
 Why: on a GPU, a decode step of a small model is bound by kernel launches, not by the GPU's work: about 20 kernels
 per layer (30 layers in SmolLM2-135M) for 8 rows, each launch costing more than what it computes. Measured on an

@@ -1,9 +1,9 @@
 """Sampling for the rollout and for Compare: two samplers with the same `refresh()` and `sample()`, `make_sampler`
 picks one.
 
-- `FusedLlamaSampler`: a hand-written decode loop over merged, fused (and on a CPU prepacked) weights, with a static
+- `FusedLlamaSampler`: a hand-written decode loop over merged, fused (and on a CPU packed) weights, with a static
   KV cache, for Llama-style decoders (`llama.supports`); on a GPU its decode step replays as a CUDA graph
-  (`graphed.DecodeStep`).
+  (`graphed.DecodeStep`); in bf16 on a CPU with AVX512-BF16 each step is one native call (`cpu_kernels`).
 - `GenerateSampler`: the same contract over `model.generate` on the live (peft) model, for anything else.
 
 Why not always `model.generate`: on a CPU a decode step at batch 8 is dispatch-bound, and HF generate over an unmerged
