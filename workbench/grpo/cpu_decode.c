@@ -5,9 +5,9 @@
  * the softmax run in fp32, as in HF's kernels.
  *
  * Weights are packed once per refresh (`wb_pack_rows`) into panels of 16 output columns, with each pair of input
- * columns interleaved ("VNNI" order): one 64-byte load then holds 16 columns x 2 inputs, and `vdpbf16ps` multiplies it by
- * a broadcast pair of an input row, adding into 16 fp32 sums. A row block of up to 8 inputs runs against NP panels
- * at a time, so each weight byte is read from memory once per call and no horizontal sums are needed.
+ * columns interleaved ("VNNI" order): one 64-byte load then holds 16 columns x 2 inputs, and `vdpbf16ps` multiplies
+ * it by a broadcast pair of an input row, adding into 16 fp32 sums. A row block of up to 8 inputs runs against NP
+ * panels at a time, so each weight byte is read from memory once per call and no horizontal sums are needed.
  */
 #include "cpu_simd.h"
 
@@ -81,7 +81,8 @@ int wb_pack_rows(const bf16 *w, int N, int K, const bf16 *a, const bf16 *b, int 
 enum { OUT_BF16 = 0, OUT_F32 = 1, OUT_ADD_BF16 = 2 };
 
 /* Rows m0..m0+MR of x (bf16, row stride xs, even, zero past K) times the NP panels at w0; rounded as a bf16 linear
- * layer with its bias; written per mode: bf16, fp32 (of the bf16 value), or added to a bf16 residual (rounded again). */
+ * layer with its bias; written per mode: bf16, fp32 (of the bf16 value), or added to a bf16 residual (rounded
+ * again). */
 static inline __attribute__((always_inline)) void tile(int MR, const bf16 *x, int xs, const bf16 *w0, int kp,
                                                        const bf16 *bias, int N, int n0, void *out, int os,
                                                        int mode) {
