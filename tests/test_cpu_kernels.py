@@ -264,3 +264,11 @@ def test_native_rope_and_its_gradient_equal_torchs(heads, d):
     y2 = apply_rope(x2, cos, sin)
     y2.backward(dy)
     assert _close(y1, y2) and _close(x1.grad, x2.grad)
+
+
+@native
+def test_native_draw_at_the_ends_of_the_vocabulary():
+    logits = torch.full((4, 1003), -30.0)
+    logits[0, 0] = logits[1, 1002] = logits[2, 15] = logits[3, 16] = 30.0  # all the mass on one token
+    tok, logp = sampler_mod._pick(logits, 1.0, 1.0, False, torch.Generator().manual_seed(0))
+    assert tok.tolist() == [0, 1002, 15, 16] and logp.abs().max() < 1e-4
