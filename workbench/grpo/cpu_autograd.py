@@ -111,7 +111,7 @@ def _rope(x, cos, sin, backward: bool) -> torch.Tensor:
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """`llama.apply_rope(x, cos, sin)` for x (N, heads, d), cos/sin (N, 1, d): natively where it can run."""
-    shaped = x.dim() == 3 and cos.shape == sin.shape == (x.shape[0], 1, x.shape[2])
+    shaped = x.dim() == 3 and cos.shape == sin.shape == (x.shape[0], 1, x.shape[2]) and x.shape[2] <= 512
     if shaped and not cos.requires_grad and not sin.requires_grad and _bf16_cpu(x, cos, sin):
         return _Rope.apply(x, cos, sin)
     return apply_rope(x, cos, sin)

@@ -159,28 +159,6 @@ void wb_linear(const bf16 *x, int M, int xs, const bf16 *wp, int N, int K, const
 
 /* ---- the decode step --------------------------------------------------------------------------------------- */
 
-/* HF's SiLU-gated MLP input in bf16: silu(g) rounded, times u rounded. */
-static void silu_mul(const bf16 *g, const bf16 *u, int n, bf16 *y) {
-  int v = n / 16 * 16;
-  for (int i = 0; i < v; i += 16) {
-    __m512 gv = ld16(g + i);
-    __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
-    st16(y + i, _mm512_mul_ps(rb16(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e))), ld16(u + i)));
-  }
-  for (int i = v; i < n; i++) y[i] = f2b(rb(b2f(g[i]) / (1.f + expf(-b2f(g[i])))) * b2f(u[i]));
-}
-
-/* HF's apply_rotary_pos_emb on one head in bf16: x*cos + rotate_half(x)*sin, each product rounded. */
-static void rope(bf16 *x, const bf16 *cos, const bf16 *sin, int d) {
-  float t[512];
-  int h = d / 2;
-  for (int e = 0; e < d; e++) t[e] = b2f(x[e]);
-  for (int e = 0; e < d; e++) {
-    float rot = e < h ? -t[e + h] : t[e - h];
-    x[e] = f2b(rb(t[e] * b2f(cos[e])) + rb(rot * b2f(sin[e])));
-  }
-}
-
 /* Per layer, the addresses `cpu_kernels.decode_table` lays out (int64 each). */
 enum { T_LN1, T_QKV, T_QKV_B, T_O, T_O_B, T_LN2, T_GU, T_GU_B, T_DOWN, T_DOWN_B, T_CK, T_CV, T_N };
 
@@ -275,7 +253,7 @@ int wb_decode(const int64_t *tab, const int *dims, float eps, const int64_t *tok
     for (int b = 0; b < B; b++) {
       bf16 *row = qkv + (size_t)b * qs;
       const bf16 *c = cos + (size_t)pos[b] * d, *s = sin + (size_t)pos[b] * d;
-      for (int i = 0; i < H + KV; i++) rope(row + (size_t)i * d, c, s, d);
+      for (int i = 0; i < H + KV; i++) rope_head(row + (size_t)i * d, c, s, row + (size_t)i * d, d, 0);
       for (int g = 0; g < KV; g++) {
         size_t at = (((size_t)b * KV + g) * S + slot) * d;
         memcpy(ck + at, row + (size_t)(H + g) * d, 2 * (size_t)d);

@@ -12,12 +12,12 @@ in Python. No library we use does this small-batch product well on a CPU, and to
 per shape. Natively: ~35 GB/s and ~9.5 ms a token in all (27 before). The C step keeps HF's bf16 rounding op by op,
 so the parity suite holds it to the HF forward as it holds the torch path.
 
-    lib = load()                                    # None where it cannot run (logged once)
-    packed = pack(lib, w)                           # (N, K) bf16 -> panels, once per refresh
-    y = linear(lib, x, packed, N, K, bias)          # x (..., K) bf16 -> (..., N) bf16
-    step = NativeDecode(lib, sampler, cos, sin, key_ok, cache_k, cache_v)
-    logits = step(tok, pos, slot)                   # (B, V) fp32, valid until the next call
-    tok, logp = sample(lib, logits, temperature, generator)   # sampler._pick's draw, without top-p
+    if load() is not None:                          # else the reason is logged once; the torch paths run
+        packed = pack(w)                            # (N, K) bf16 -> panels, once per refresh
+        y = linear(x, packed, N, K, bias)           # x (..., K) bf16 -> (..., N) bf16
+        step = NativeDecode(sampler, cos, sin, key_ok, cache_k, cache_v)
+        logits = step(tok, pos, slot)               # (B, V) fp32, valid until the next call
+        tok, logp = sample(logits, temperature, generator)   # sampler._pick's draw, without top-p
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ SOURCES = [HERE / "cpu_decode.c", HERE / "cpu_train.c"]  # both include cpu_simd
 ISA = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"]
 FLAGS = ["-O3", *ISA, "-fopenmp", "-shared", "-fPIC"]
 NEEDS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")  # /proc/cpuinfo flags
-OUT_BF16, OUT_F32, OUT_ADD = 0, 1, 2  # wb_linear's output modes
+OUT_BF16 = 0  # wb_linear's output mode for `linear` (the decode step also writes fp32 and adds to a residual)
 P, I32, F32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 SIGNATURES = {
     "wb_packed_elems": ([I32, I32], ctypes.c_long),
@@ -54,11 +54,11 @@ SIGNATURES = {
     "wb_decode": ([P, P, F32, P, P, P, P, P, P, P, P, I32, P, P, I32], I32),
     "wb_sample": ([P, I32, I32, F32, P, P, P, I32], I32),
     "wb_silu_mul": ([P, P, P, ctypes.c_long, I32], None),
+    "wb_silu_mul_backward": ([P, P, P, P, P, ctypes.c_long, I32], None),
     "wb_entropy": ([P, ctypes.c_long, I32, P, I32], None),
     "wb_rms_norm_fwd": ([P, P, P, P, ctypes.c_long, I32, F32, I32], None),
     "wb_rms_norm_bwd": ([P, P, P, P, P, ctypes.c_long, I32, I32], None),
     "wb_rope": ([P, P, P, P, ctypes.c_long, I32, I32, I32, I32], None),
-    "wb_silu_mul_backward": ([P, P, P, P, P, ctypes.c_long, I32], None),
 }
 _lib: ctypes.CDLL | None = None
 _why: str | None = None
@@ -67,7 +67,7 @@ _why: str | None = None
 def _unavailable() -> str | None:
     if os.environ.get("WORKBENCH_CPU_KERNELS", "1") == "0":
         return "WORKBENCH_CPU_KERNELS=0"
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
         return f"{platform.system()} on {platform.machine()} (built for Linux on x86-64)"
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -125,7 +125,9 @@ def load() -> ctypes.CDLL | None:
             err = getattr(e, "stderr", b"") or b""
             _why = f"it did not build or load ({e} {err.decode(errors='replace')[-300:]})".strip()
     if _why is not None:
-        log.info("native CPU decode off (%s): the sampler runs its torch path", _why)
+        log.info(
+            "native CPU decode off (%s): the sampler and the training forward run their torch paths", _why
+        )
     return _lib
 
 
@@ -153,18 +155,17 @@ def usable(model) -> bool:
     return load() is not None
 
 
-def pack(lib, w: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
-    """(N, K) bf16 weight -> its panels for `linear`/`wb_decode`; rewritten into `into` when given."""
-    out = into if into is not None else empty_packed(lib, *w.shape)
-    return pack_rows(lib, out, 0, w)
+def pack(w: torch.Tensor) -> torch.Tensor:
+    """(N, K) bf16 weight -> its panels for `linear`/`wb_decode`."""
+    return pack_rows(empty_packed(*w.shape), 0, w)
 
 
-def empty_packed(lib, N: int, K: int) -> torch.Tensor:
+def empty_packed(N: int, K: int) -> torch.Tensor:
     """Panels for an (N, K) matrix, zero (the padding past N and K stays zero)."""
-    return torch.zeros(lib.wb_packed_elems(N, K), dtype=torch.bfloat16)
+    return torch.zeros(_lib.wb_packed_elems(N, K), dtype=torch.bfloat16)
 
 
-def pack_rows(lib, out: torch.Tensor, row: int, w: torch.Tensor, lora=None) -> torch.Tensor:
+def pack_rows(out: torch.Tensor, row: int, w: torch.Tensor, lora=None) -> torch.Tensor:
     """Rows row.. of the packed matrix `out` from w (n, K), plus scale·B·A for lora=(A, B, scale): the adapter merged
     as torch.addmm(w, B, A, alpha=scale) merges it in bf16, and packed, in one pass."""
     N, K = w.shape
@@ -172,16 +173,14 @@ def pack_rows(lib, out: torch.Tensor, row: int, w: torch.Tensor, lora=None) -> t
     A, B, scale = lora if lora is not None else (None, None, 0.0)
     if A is not None:
         A, B = A.to(torch.bfloat16).contiguous(), B.to(torch.bfloat16).contiguous()
-    rc = lib.wb_pack_rows(w.data_ptr(), N, K, _ptr(A), _ptr(B), 0 if A is None else A.shape[0], float(scale), row,
-                          out.data_ptr(), torch.get_num_threads())  # fmt: skip
+    rc = _lib.wb_pack_rows(w.data_ptr(), N, K, _ptr(A), _ptr(B), 0 if A is None else A.shape[0], float(scale), row,
+                           out.data_ptr(), torch.get_num_threads())  # fmt: skip
     if rc:
         raise MemoryError("packing a weight for the native decode step: out of memory")
     return out
 
 
-def linear(
-    lib, x: torch.Tensor, packed: torch.Tensor, N: int, K: int, b: torch.Tensor | None
-) -> torch.Tensor:
+def linear(x: torch.Tensor, packed: torch.Tensor, N: int, K: int, b: torch.Tensor | None) -> torch.Tensor:
     """x (..., K) bf16 times the packed (N, K) weight, plus b: (..., N) bf16, rounded as F.linear rounds."""
     if x.dtype != torch.bfloat16:
         raise TypeError(f"the native product takes bf16 activations, not {x.dtype}")
@@ -192,19 +191,19 @@ def linear(
     x = x.contiguous()
     out = torch.empty(x.shape[0], N, dtype=torch.bfloat16)
     bias = None if b is None else b.contiguous().data_ptr()
-    lib.wb_linear(x.data_ptr(), x.shape[0], x.shape[1], packed.data_ptr(), N, K, bias, out.data_ptr(), N,
-                  OUT_BF16, torch.get_num_threads())  # fmt: skip
+    _lib.wb_linear(x.data_ptr(), x.shape[0], x.shape[1], packed.data_ptr(), N, K, bias, out.data_ptr(), N,
+                   OUT_BF16, torch.get_num_threads())  # fmt: skip
     return out.view(*lead, N)
 
 
-def sample(lib, logits: torch.Tensor, temperature: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
+def sample(logits: torch.Tensor, temperature: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
     """`sampler._pick` without top-p on fp32 CPU logits (B, V), from the same uniform draws: (tokens, log-probs)."""
     B, V = logits.shape
     logits = logits.contiguous()
     u = torch.rand(B, 1, generator=generator, dtype=torch.float64)
     tok, logp = torch.empty(B, dtype=torch.long), torch.empty(B)
-    rc = lib.wb_sample(logits.data_ptr(), B, V, float(temperature), u.data_ptr(), tok.data_ptr(), logp.data_ptr(),
-                       torch.get_num_threads())  # fmt: skip
+    rc = _lib.wb_sample(logits.data_ptr(), B, V, float(temperature), u.data_ptr(), tok.data_ptr(), logp.data_ptr(),
+                        torch.get_num_threads())  # fmt: skip
     if rc:
         raise MemoryError(f"native sampling of {B} × {V} logits: out of memory")
     return tok, logp
@@ -217,7 +216,7 @@ def _ptr(t: torch.Tensor | None) -> int:
 class NativeDecode:
     """`sampler._decode` + `sampler.logits` as one native call per token, over one `sample()` call's KV cache."""
 
-    def __init__(self, lib, sampler, cos, sin, key_ok, cache_k, cache_v):
+    def __init__(self, sampler, cos, sin, key_ok, cache_k, cache_v):
         w = sampler.weights
         rows = []
         for lay, ck, cv in zip(sampler.layers, cache_k, cache_v, strict=True):
@@ -232,18 +231,21 @@ class NativeDecode:
         V = w.lm_head.shape[0]
         dims = [B, sampler.embed.shape[1], sampler.n_heads, sampler.n_kv, d, inter, V, S, len(sampler.layers)]
         self.dims = torch.tensor(dims, dtype=torch.int32)
-        self.lib, self.sampler, self.eps = lib, sampler, float(sampler.eps)
-        # the tensors the call reads: held here so that none is freed while the step exists
-        self.keep = (cos.contiguous(), sin.contiguous(), key_ok, cache_k, cache_v, sampler.layers)
-        self.cos, self.sin = self.keep[0], self.keep[1]
-        self.key_ok = key_ok
+        self.sampler, self.eps = sampler, float(sampler.eps)
+        # what the call reads by address: held here, so that none is freed while the step exists
+        self.cos, self.sin, self.key_ok, self.caches = (
+            cos.contiguous(),
+            sin.contiguous(),
+            key_ok,
+            (cache_k, cache_v),
+        )
         self.logits = torch.empty(B, V, dtype=torch.float32)
         self.head = w.packed[id(w.lm_head)]
 
     def __call__(self, tok: torch.Tensor, pos: torch.Tensor, slot: int) -> torch.Tensor:
         s = self.sampler
         tok, pos = tok.contiguous(), pos.contiguous()
-        rc = self.lib.wb_decode(self.table.data_ptr(), self.dims.data_ptr(), self.eps, tok.data_ptr(),
+        rc = _lib.wb_decode(self.table.data_ptr(), self.dims.data_ptr(), self.eps, tok.data_ptr(),
                                 s.embed.data_ptr(), s.norm.data_ptr(), self.head.data_ptr(),
                                 _ptr(s.weights.lm_head_bias), self.cos.data_ptr(), self.sin.data_ptr(),
                                 pos.data_ptr(), slot, self.key_ok.data_ptr(), self.logits.data_ptr(),

@@ -1,5 +1,5 @@
 /* What the native CPU kernels (`cpu_decode.c`, `cpu_train.c`) share: bf16 <-> fp32 conversion and rounding as a bf16
- * tensor op rounds, 16-lane AVX-512 loads/stores/exp, and HF's RMSNorm of one row. Built by `cpu_kernels.py`.
+ * tensor op rounds, 16-lane AVX-512 loads/stores/exp, and the row-wise ops both use (RMSNorm, SiLU·up, rotary). Built by `cpu_kernels.py`.
  */
 #ifndef WB_CPU_SIMD_H
 #define WB_CPU_SIMD_H
@@ -55,8 +55,9 @@ static inline __m512 exp16(__m512 x) {
   return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(y, n));
 }
 
-/* HF's LlamaRMSNorm in bf16: fp32 mean of squares, x * rsqrt rounded, times the weight rounded. */
-static inline void rms_norm(const bf16 *x, const bf16 *w, int n, float eps, bf16 *y) {
+/* HF's LlamaRMSNorm of one row in bf16: fp32 mean of squares, x * rsqrt rounded, times the weight rounded. Returns
+ * the rsqrt (the backward's saved value). */
+static inline float rms_norm(const bf16 *x, const bf16 *w, int n, float eps, bf16 *y) {
   int v = n / 16 * 16;
   __m512 acc = _mm512_setzero_ps();
   for (int i = 0; i < v; i += 16) acc = _mm512_fmadd_ps(ld16(x + i), ld16(x + i), acc);
@@ -66,6 +67,41 @@ static inline void rms_norm(const bf16 *x, const bf16 *w, int n, float eps, bf16
   __m512 rv = _mm512_set1_ps(r);
   for (int i = 0; i < v; i += 16) st16(y + i, _mm512_mul_ps(ld16(w + i), rb16(_mm512_mul_ps(ld16(x + i), rv))));
   for (int i = v; i < n; i++) y[i] = f2b(b2f(w[i]) * rb(b2f(x[i]) * r));
+  return r;
+}
+
+/* HF's SiLU-gated MLP input in bf16, n elements: silu(g) rounded, times u rounded. */
+static inline void silu_mul(const bf16 *g, const bf16 *u, long n, bf16 *y) {
+  long v = n / 16 * 16;
+  for (long i = 0; i < v; i += 16) {
+    __m512 gv = ld16(g + i);
+    __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+    st16(y + i, _mm512_mul_ps(rb16(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e))), ld16(u + i)));
+  }
+  for (long i = v; i < n; i++) y[i] = f2b(rb(b2f(g[i]) / (1.f + expf(-b2f(g[i])))) * b2f(u[i]));
+}
+
+/* HF's apply_rotary_pos_emb on one head of d in bf16, x*cos + rotate_half(x)*sin with each product rounded; with
+ * backward != 0 its gradient, dy*cos + rotate_half^T(dy*sin). y may be x (the head is read first). */
+static inline void rope_head(const bf16 *x, const bf16 *cos, const bf16 *sin, bf16 *y, int d, int backward) {
+  float t[512];
+  int h = d / 2;
+  for (int e = 0; e < d; e++) t[e] = b2f(x[e]);
+  if (h % 16 == 0) {
+    for (int e = 0; e < d; e += 16) {
+      int o = e < h ? e + h : e - h; /* the partner half */
+      __m512 a = rb16(_mm512_mul_ps(_mm512_loadu_ps(t + e), ld16(cos + e)));
+      /* rotate_half's transpose takes sin at the partner's place: +t[e+h] s[e+h] below h, -t[e-h] s[e-h] from h */
+      __m512 rot = rb16(_mm512_mul_ps(_mm512_loadu_ps(t + o), ld16(sin + (backward ? o : e))));
+      st16(y + e, (backward ? e >= h : e < h) ? _mm512_sub_ps(a, rot) : _mm512_add_ps(a, rot));
+    }
+    return;
+  }
+  for (int e = 0; e < d; e++) {
+    int o = e < h ? e + h : e - h;
+    float rot = rb(t[o] * b2f(sin[backward ? o : e]));
+    y[e] = f2b(rb(t[e] * b2f(cos[e])) + ((backward ? e >= h : e < h) ? -rot : rot));
+  }
 }
 
 #endif

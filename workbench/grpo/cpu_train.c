@@ -5,15 +5,11 @@
  */
 #include "cpu_simd.h"
 
-/* y = silu(g) * u in bf16 as HF rounds it (silu rounded, then the product), n elements. */
+/* y = silu(g) * u in bf16 as HF rounds it (`silu_mul`), n elements, in chunks across the threads. */
 void wb_silu_mul(const bf16 *g, const bf16 *u, bf16 *y, long n, int threads) {
-  long v = n / 16 * 16;
+  const long chunk = 4096;
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (long i = 0; i < v; i += 16) {
-    __m512 gv = ld16(g + i), e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
-    st16(y + i, _mm512_mul_ps(rb16(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e))), ld16(u + i)));
-  }
-  for (long i = v; i < n; i++) y[i] = f2b(rb(b2f(g[i]) / (1.f + expf(-b2f(g[i])))) * b2f(u[i]));
+  for (long i = 0; i < n; i += chunk) silu_mul(g + i, u + i, n - i < chunk ? n - i : chunk, y + i);
 }
 
 /* The gradients of wb_silu_mul as autograd computes them in bf16: du = dy * silu(g); dg = (dy * u) * silu'(g),
@@ -55,20 +51,10 @@ void wb_entropy(const float *lp, long R, int V, float *out, int threads) {
 
 /* ---- the training forward's norms and rotary embeddings (forward and backward) ------------------------------- */
 
-/* y = HF's RMSNorm of each row of x (R, D) with weight w, bf16 as `rms_norm` above; rstd (R) kept for the backward. */
+/* y = HF's RMSNorm of each row of x (R, D) with weight w (`rms_norm`); rstd (R) kept for the backward. */
 void wb_rms_norm_fwd(const bf16 *x, const bf16 *w, bf16 *y, float *rstd, long R, int D, float eps, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (long r = 0; r < R; r++) {
-    const bf16 *xr = x + (size_t)r * D;
-    float ss = 0.f;
-    int v = D / 16 * 16;
-    __m512 acc = _mm512_setzero_ps();
-    for (int i = 0; i < v; i += 16) acc = _mm512_fmadd_ps(ld16(xr + i), ld16(xr + i), acc);
-    ss = _mm512_reduce_add_ps(acc);
-    for (int i = v; i < D; i++) ss += b2f(xr[i]) * b2f(xr[i]);
-    rstd[r] = 1.f / sqrtf(ss / D + eps);
-    rms_norm(xr, w, D, eps, y + (size_t)r * D);
-  }
+  for (long r = 0; r < R; r++) rstd[r] = rms_norm(x + (size_t)r * D, w, D, eps, y + (size_t)r * D);
 }
 
 /* dx of wb_rms_norm_fwd (the weight frozen): with n = x * rstd and g = dy * w, dx = rstd * (g - n * mean(g * n)). */
@@ -94,36 +80,13 @@ void wb_rms_norm_bwd(const bf16 *x, const bf16 *w, const float *rstd, const bf16
   }
 }
 
-/* Rotary embedding of x (N, heads, d) with cos/sin rows (N, d), as HF's apply_rotary_pos_emb in bf16; and its
- * gradient (backward != 0): dx = dy cos + rotate_half^T(dy sin). Each product rounded as its tensor op rounds. */
+/* Rotary embedding of x (N, heads, d) with cos/sin rows (N, d) (`rope_head`), or its gradient (backward != 0). */
 void wb_rope(const bf16 *x, const bf16 *cos, const bf16 *sin, bf16 *y, long N, int heads, int d, int backward,
              int threads) {
-  int h = d / 2;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (long t = 0; t < N; t++)
     for (int k = 0; k < heads; k++) {
-      const bf16 *xr = x + ((size_t)t * heads + k) * d, *c = cos + (size_t)t * d, *s = sin + (size_t)t * d;
-      bf16 *yr = y + ((size_t)t * heads + k) * d;
-      if (h % 16 == 0) {
-        for (int e = 0; e < d; e += 16) {
-          int o = e < h ? e + h : e - h; /* the partner half */
-          __m512 a = rb16(_mm512_mul_ps(ld16(xr + e), ld16(c + e))), rot;
-          if (backward) /* the transpose of rotate_half: +x[e+h] s[e+h] below h, -x[e-h] s[e-h] from h */
-            rot = rb16(_mm512_mul_ps(ld16(xr + o), ld16(s + o)));
-          else
-            rot = rb16(_mm512_mul_ps(ld16(xr + o), ld16(s + e)));
-          int neg = backward ? e >= h : e < h;
-          st16(yr + e, neg ? _mm512_sub_ps(a, rot) : _mm512_add_ps(a, rot));
-        }
-        continue;
-      }
-      for (int e = 0; e < d; e++) {
-        float a = rb(b2f(xr[e]) * b2f(c[e])), rot;
-        if (backward)
-          rot = e < h ? rb(b2f(xr[e + h]) * b2f(s[e + h])) : -rb(b2f(xr[e - h]) * b2f(s[e - h]));
-        else
-          rot = rb((e < h ? -b2f(xr[e + h]) : b2f(xr[e - h])) * b2f(s[e]));
-        yr[e] = f2b(a + rot);
-      }
+      size_t at = ((size_t)t * heads + k) * d;
+      rope_head(x + at, cos + (size_t)t * d, sin + (size_t)t * d, y + at, d, backward);
     }
 }

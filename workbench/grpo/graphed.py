@@ -24,7 +24,6 @@ import logging
 
 import torch
 
-from . import cpu_kernels
 from .cpu_kernels import NativeDecode
 
 log = logging.getLogger(__name__)
@@ -49,8 +48,8 @@ class DecodeStep:
         self.calls = 0
         self._graph: torch.cuda.CUDAGraph | None = None
         self._out: torch.Tensor | None = None
-        lib = cpu_kernels.load() if sampler.weights.native and not fixed else None
-        self.native = None if lib is None else NativeDecode(lib, sampler, cos, sin, key_ok, cache_k, cache_v)
+        native = sampler.weights.native and not fixed  # the weights are in the native kernel's panels
+        self.native = NativeDecode(sampler, cos, sin, key_ok, cache_k, cache_v) if native else None
 
     def _body(self) -> torch.Tensor:
         s = self.sampler

@@ -86,10 +86,7 @@ class MergedWeights:
             dst = buf[row : row + lin.out_features]
             terms = lora_terms(mod) if adapter else []
             if terms:
-                A, B, s = terms[0]
-                torch.addmm(lin.weight, B.to(dst.dtype), A.to(dst.dtype), alpha=s, out=dst)
-                for A, B, s in terms[1:]:
-                    dst.addmm_(B.to(dst.dtype), A.to(dst.dtype), alpha=s)
+                _merge(lin.weight, terms, out=dst)
                 written.add(id(buf))
             elif everything or hasattr(mod, "lora_A") or lin.weight.requires_grad:
                 dst.copy_(lin.weight)
@@ -101,12 +98,7 @@ class MergedWeights:
             lin = base_linear(head)
             if self._lm_head_buf is None:
                 self._lm_head_buf = torch.empty_like(lin.weight)
-            dst, dt = self._lm_head_buf, lin.weight.dtype
-            A, B, s = terms[0]
-            torch.addmm(lin.weight, B.to(dt), A.to(dt), alpha=s, out=dst)
-            for A, B, s in terms[1:]:
-                dst.addmm_(B.to(dt), A.to(dt), alpha=s)
-            written.add(id(dst))
+            written.add(id(_merge(lin.weight, terms, out=self._lm_head_buf)))
         else:
             self._lm_head_buf = None
             weight = base_linear(head).weight  # live: changed, unless frozen and nothing was loaded
@@ -120,14 +112,13 @@ class MergedWeights:
 
     def _refresh_native(self, adapter: bool, everything: bool) -> None:
         """`refresh` where the native kernel runs: each part merged and packed in one pass (`cpu_kernels.pack_rows`;
-        ~70 → ~25 ms a step on the bundled model). The plain fused buffers are never written: they only key the
+        70 → 46 ms a step on the bundled model). The plain fused buffers are never written: they only key the
         packed copies (and, untouched, take no memory)."""
-        lib = cpu_kernels.load()
         for buf, row, mod in self._parts:
             lin = base_linear(mod)
             terms = lora_terms(mod) if adapter else []
             if terms or everything or hasattr(mod, "lora_A") or lin.weight.requires_grad:
-                self._pack_part(lib, buf, row, lin.weight, terms)
+                self._pack_part(buf, row, lin.weight, terms)
         self._copy_biases()
         lin = base_linear(self.lm_head_module)
         terms = lora_terms(self.lm_head_module) if adapter else []
@@ -137,34 +128,33 @@ class MergedWeights:
             self._lm_head_buf = None
         fresh = id(self.lm_head) not in self.packed
         if fresh or terms or everything or lin.weight.requires_grad:  # else frozen and kept (57 MB, ~20 ms)
-            self._pack_part(lib, self.lm_head, 0, lin.weight, terms)
-        mats = [lay[k] for lay in self.layers for k in GROUPS] + [self.lm_head]
-        self.packed = {id(w): self.packed[id(w)] for w in mats}  # a dropped merged head's copy goes
+            self._pack_part(self.lm_head, 0, lin.weight, terms)
+        self.packed = {id(w): self.packed[id(w)] for w in self._mats()}  # a dropped merged head's copy goes
 
-    def _pack_part(self, lib, key: torch.Tensor, row: int, weight: torch.Tensor, terms: list) -> None:
+    def _pack_part(self, key: torch.Tensor, row: int, weight: torch.Tensor, terms: list) -> None:
         """Rows row.. of `key`'s packed copy: `weight` plus its LoRA deltas."""
         if id(key) not in self.packed:
-            self.packed[id(key)] = cpu_kernels.empty_packed(lib, *key.shape)
+            self.packed[id(key)] = cpu_kernels.empty_packed(*key.shape)
         if len(terms) > 1:  # several adapters: merged here, then packed
-            weight = weight.clone()
-            for A, B, s in terms:
-                weight.addmm_(B.to(weight.dtype), A.to(weight.dtype), alpha=s)
-            terms = []
-        cpu_kernels.pack_rows(lib, self.packed[id(key)], row, weight, terms[0] if terms else None)
+            weight, terms = _merge(weight, terms), []
+        cpu_kernels.pack_rows(self.packed[id(key)], row, weight, terms[0] if terms else None)
 
     def _native_ok(self) -> bool:
         """The native panels of the first part give F.linear's product of its merged weight (a build that loads
         but computes wrong is caught here)."""
         buf, row, mod = self._parts[0]
-        ref = base_linear(mod).weight.clone()
-        for A, B, s in lora_terms(mod):
-            ref.addmm_(B.to(ref.dtype), A.to(ref.dtype), alpha=s)
+        terms = lora_terms(mod)
+        ref = _merge(base_linear(mod).weight, terms) if terms else base_linear(mod).weight
         x = torch.randn(3, ref.shape[1], dtype=ref.dtype)
         try:
             got = self.mm(x, buf)[:, row : row + ref.shape[0]]
         except (RuntimeError, OSError, MemoryError):
             return False
         return torch.allclose(got.float(), F.linear(x, ref).float(), rtol=1e-2, atol=1e-2)
+
+    def _mats(self) -> list[torch.Tensor]:
+        """Every matrix the sampler multiplies by: the fused ones of each layer, then the output layer."""
+        return [lay[k] for lay in self.layers for k in GROUPS] + [self.lm_head]
 
     @property
     def lm_head(self) -> torch.Tensor:
@@ -184,7 +174,7 @@ class MergedWeights:
         checked below); skipped where oneDNN is not there (CUDA).
         """
         before, self.packed = self.packed, {}
-        mats = [lay[k] for lay in self.layers for k in GROUPS] + [self.lm_head]
+        mats = self._mats()
         packed = {
             id(w): before[id(w)] if id(w) in before and id(w) not in written else prepack(w, 8) for w in mats
         }
@@ -206,5 +196,14 @@ class MergedWeights:
         if p is None:
             return F.linear(x, w, b)
         if self.native:
-            return cpu_kernels.linear(cpu_kernels.load(), x, p, w.shape[0], w.shape[1], b)
+            return cpu_kernels.linear(x, p, w.shape[0], w.shape[1], b)
         return packed_linear(x, p, b)
+
+
+def _merge(weight: torch.Tensor, terms, out: torch.Tensor | None = None) -> torch.Tensor:
+    """weight + Σ scale·B·A over the LoRA terms, in weight's dtype (as peft's merge computes it), into `out` if given."""
+    A, B, s = terms[0]
+    out = torch.addmm(weight, B.to(weight.dtype), A.to(weight.dtype), alpha=s, out=out)
+    for A, B, s in terms[1:]:
+        out.addmm_(B.to(weight.dtype), A.to(weight.dtype), alpha=s)
+    return out
