@@ -165,6 +165,34 @@ def empty_packed(N: int, K: int) -> torch.Tensor:
     return torch.zeros(_lib.wb_packed_elems(N, K), dtype=torch.bfloat16)
 
 
+HUGE_PAGE = 2 << 20
+
+
+def empty_packed_many(shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """`empty_packed` for each (N, K), back to back in one allocation that asks for 2 MB pages (Linux's transparent
+    huge pages, where they are granted on request). Why: a decode step streams every matrix once, ~270 MB on the
+    bundled model, and with 4 KB pages that is a TLB miss every 4 KB; in one block, in the order the step reads them,
+    a rollout took 1.5 % less (A/B)."""
+    sizes = [(_lib.wb_packed_elems(N, K) + 31) // 32 * 32 for N, K in shapes]  # each view 64-byte aligned
+    raw = torch.empty(sum(sizes) + HUGE_PAGE // 2, dtype=torch.bfloat16)
+    skip = (-raw.data_ptr() % HUGE_PAGE) // 2  # elements up to the first 2 MB boundary
+    block = raw[skip : skip + sum(sizes)]
+    _advise_huge(block)
+    block.zero_()  # after the advice: pages are allocated when first written
+    return list(block.split(sizes))
+
+
+def _advise_huge(t: torch.Tensor) -> None:
+    """madvise(MADV_HUGEPAGE) over `t`'s whole 2 MB pages; nothing where there is no such call (only a hint)."""
+    length = t.numel() * t.element_size() // HUGE_PAGE * HUGE_PAGE
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if length and platform.system() == "Linux":
+            libc.madvise(ctypes.c_void_p(t.data_ptr()), ctypes.c_size_t(length), 14)  # 14: MADV_HUGEPAGE
+    except (OSError, AttributeError):
+        pass
+
+
 def pack_rows(out: torch.Tensor, row: int, w: torch.Tensor, lora=None) -> torch.Tensor:
     """Rows row.. of the packed matrix `out` from w (n, K), plus scale·B·A for lora=(A, B, scale): the adapter merged
     as torch.addmm(w, B, A, alpha=scale) merges it in bf16, and packed, in one pass."""

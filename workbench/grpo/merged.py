@@ -64,6 +64,10 @@ class MergedWeights:
         # id(weight) -> the same weight packed: the native kernel's panels (`native`) or oneDNN's blocked layout
         self.packed: dict[int, torch.Tensor] = {}
         self.native = cpu_kernels.usable(model)
+        if self.native:  # one slot per matrix the step reads, in its order; the output layer's is the last
+            mats = self._mats()
+            self._slots = cpu_kernels.empty_packed_many([tuple(m.shape) for m in mats])
+            self._slot_of = {id(m): i for i, m in enumerate(mats[:-1])}
         self.refresh(adapter=True, everything=True)
         if self.native and not self._native_ok():
             log.warning("native CPU decode off: its product disagrees with F.linear here; using oneDNN")
@@ -133,8 +137,8 @@ class MergedWeights:
 
     def _pack_part(self, key: torch.Tensor, row: int, weight: torch.Tensor, terms: list) -> None:
         """Rows row.. of `key`'s packed copy: `weight` plus its LoRA deltas."""
-        if id(key) not in self.packed:
-            self.packed[id(key)] = cpu_kernels.empty_packed(*key.shape)
+        if id(key) not in self.packed:  # the output layer's key changes when its adapter comes or goes
+            self.packed[id(key)] = self._slots[self._slot_of.get(id(key), -1)]
         if len(terms) > 1:  # several adapters: merged here, then packed
             weight, terms = _merge(weight, terms), []
         cpu_kernels.pack_rows(self.packed[id(key)], row, weight, terms[0] if terms else None)
