@@ -3,8 +3,8 @@ the matrix product equals F.linear on awkward shapes; a whole sample() through t
 model's own logits on shapes the parity suite's models do not have (head sizes that are and are not multiples of 16,
 odd widths, GQA and MHA, biases); the native draw is torch's draw; it is the path a bf16 run takes where it can run;
 where it cannot be built, the sampler falls back to its torch path (logged) and still samples, and that path keeps to
-HF and TRL; and the training forward's native parts (SiLU·up, RMSNorm, rotary, entropy) equal torch's, forward and
-backward. The parity suite (`test_engine_parity.py`) covers them too: its bf16 cases run on them.
+HF and TRL; and the training forward's native parts (SiLU·up, RMSNorm, rotary, attention, entropy) equal torch's,
+forward and backward. The parity suite (`test_engine_parity.py`) covers them too: its bf16 cases run on them.
 
 Skipped, saying why, on a machine where they cannot run (no AVX512-BF16, no C compiler).
 """
@@ -272,3 +272,53 @@ def test_native_draw_at_the_ends_of_the_vocabulary():
     logits[0, 0] = logits[1, 1002] = logits[2, 15] = logits[3, 16] = 30.0  # all the mass on one token
     tok, logp = sampler_mod._pick(logits, 1.0, 1.0, False, torch.Generator().manual_seed(0))
     assert tok.tolist() == [0, 1002, 15, 16] and logp.abs().max() < 1e-4
+
+
+def _mask(N: int, Tq: int, S: int, gen: torch.Generator) -> torch.Tensor:
+    """(N, 1, Tq, S): random, as left padding and causality leave it, every query row with a key to attend to."""
+    m = torch.rand(N, 1, Tq, S, generator=gen) > 0.3
+    m[..., torch.randint(S, (1,), generator=gen)] = True
+    return m
+
+
+@native
+@pytest.mark.parametrize(
+    "N,H,K,Tq,S,d",
+    [
+        (8, 9, 3, 32, 72, 64),
+        (2, 9, 3, 40, 40, 64),
+        (3, 4, 2, 7, 11, 10),
+        (2, 6, 6, 5, 9, 34),
+        (1, 8, 1, 3, 50, 16),
+    ],
+)
+def test_native_attention_and_its_gradients_equal_torchs(N, H, K, Tq, S, d):
+    """The bundled model's completion and prompt shapes, odd query and key counts, MHA, MQA, head sizes 10 to 64."""
+    gen = torch.Generator().manual_seed(N * 100 + S)
+    q = (
+        torch.randn(N, Tq, H, d, generator=gen).bfloat16().transpose(1, 2)
+    )  # a strided view, as the forward has
+    k, v = (torch.randn(N, K, S, d, generator=gen).bfloat16() for _ in range(2))
+    dout = torch.randn(N, H, Tq, d, generator=gen).bfloat16()
+    mask = _mask(N, Tq, S, gen)
+    grads = []
+    for fn in (cpu_autograd.attention, cpu_autograd.torch_attention):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        out = fn(*leaves, mask)
+        out.backward(dout)
+        grads.append([out, *(t.grad for t in leaves)])
+    assert "Attention" in type(grads[0][0].grad_fn).__name__  # the native path was taken
+    for ours, theirs in zip(*grads, strict=True):
+        assert _close(ours, theirs)
+
+
+@native
+def test_attention_falls_back_to_torch_where_the_kernel_does_not_run():
+    gen = torch.Generator().manual_seed(3)
+    mask = _mask(2, 4, 6, gen)
+    for dtype, d in ((torch.float32, 8), (torch.bfloat16, 9)):  # fp32, an odd head size
+        q = torch.randn(2, 4, 4, d, generator=gen).to(dtype).requires_grad_()
+        k, v = (torch.randn(2, 2, 6, d, generator=gen).to(dtype) for _ in range(2))
+        out = cpu_autograd.attention(q, k, v, mask)
+        assert "Attention" not in type(out.grad_fn).__name__
+        assert torch.equal(out, cpu_autograd.torch_attention(q, k, v, mask))

@@ -1,16 +1,18 @@
-"""The training forward's elementwise parts through the native CPU kernels (`cpu_train.c`), as autograd functions:
-the SiLU-gated MLP input, RMSNorm with a frozen weight, rotary embeddings, and (without gradient) the entropy of
-log-prob rows. Each takes contiguous bf16 CPU tensors where the library runs (`cpu_kernels.load`) and otherwise
-falls back to the torch ops it replaces, which compute the same function.
+"""The training forward's elementwise parts and attention through the native CPU kernels (`cpu_train.c`,
+`cpu_attn.c`), as autograd functions: the SiLU-gated MLP input, RMSNorm with a frozen weight, rotary embeddings,
+GQA attention, and (without gradient) the entropy of log-prob rows. Each takes bf16 CPU tensors where the library
+runs (`cpu_kernels.load`) and otherwise falls back to the torch ops it replaces, which compute the same function.
 
 Why by hand: on a CPU each of these is several bf16 torch ops each way, every one a round trip through fp32 over
 the whole activation; at the bundled model's training batch (336 rows) they cost ~0.45 ms (SiLU·up), ~0.7 ms
-(RMSNorm) and ~0.4 ms (rotary) a call with their backward, about 120 calls a step. Natively one pass each way:
-the training phase 909 → 767 ms a step, measured A/B (steps alternating in one process).
+(RMSNorm) and ~0.4 ms (rotary) a call with their backward, about 120 calls a step, and attention (bmm, masking,
+softmax) ~2.3 ms a layer. Natively one pass each way: the training phase 909 → 767 ms a step, then 807 → 772 ms
+with attention, measured A/B (steps alternating in one process).
 
     y = silu_mul(gate, up)          # F.silu(gate) * up
     h = rms_norm(x, weight, eps)    # F.rms_norm(x, x.shape[-1:], weight, eps)
     qk = rope(qk, cos, sin)         # llama.apply_rope(qk, cos, sin), qk (N, heads, d), cos/sin (N, 1, d)
+    o = attention(q, k, v, mask)    # softmax(q kᵀ / √d, masked) v, q (N, H, Tq, d), k/v (N, K, S, d)
     ent = entropy(logp)             # -(logp.exp() * logp).sum(-1), no gradient
 """
 
@@ -23,10 +25,10 @@ from .cpu_kernels import load
 from .llama import apply_rope
 
 
-def _bf16_cpu(*ts: torch.Tensor) -> bool:
+def _bf16_cpu(*ts: torch.Tensor, contiguous: bool = True) -> bool:
     """Contiguous bf16 CPU tensors, and the library here: what the native elementwise kernels take."""
-    ok = all(t.dtype == torch.bfloat16 and t.device.type == "cpu" and t.is_contiguous() for t in ts)
-    return ok and load() is not None
+    ok = all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in ts)
+    return ok and (not contiguous or all(t.is_contiguous() for t in ts)) and load() is not None
 
 
 class _SiluMul(torch.autograd.Function):
@@ -115,6 +117,62 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     if shaped and not cos.requires_grad and not sin.requires_grad and _bf16_cpu(x, cos, sin):
         return _Rope.apply(x, cos, sin)
     return apply_rope(x, cos, sin)
+
+
+class _Attention(torch.autograd.Function):
+    """`attention` natively (`cpu_attn.c`): q (N, H, Tq, d), k and v (N, K, S, d), mask (N, Tq, S), all contiguous;
+    the fp32 softmax is kept for the backward, as torch's softmax keeps its output."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask):
+        N, H, Tq, d = q.shape
+        K, S = k.shape[1], k.shape[2]
+        out, p = torch.empty_like(q), torch.empty(N, K, H // K * Tq, S)
+        rc = load().wb_attn_fwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), mask.data_ptr(), N, H, K, Tq, S, d,
+                                d**-0.5, out.data_ptr(), p.data_ptr(), torch.get_num_threads())  # fmt: skip
+        if rc:
+            raise MemoryError(f"native attention over {N} × {H} × {Tq} × {S}: out of memory")
+        ctx.save_for_backward(q, k, v, p)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, p = ctx.saved_tensors
+        (N, H, Tq, d), (K, S) = q.shape, k.shape[1:3]
+        dout, dq, dk, dv = dout.contiguous(), torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        rc = load().wb_attn_bwd(dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), p.data_ptr(), N, H, K, Tq,
+                                S, d, d**-0.5, dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                                torch.get_num_threads())  # fmt: skip
+        if rc:
+            raise MemoryError(f"native attention backward over {N} × {H} × {Tq} × {S}: out of memory")
+        return dq, dk, dv, None
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention (N, H, Tq, d) of q over keys and values (N, K, S, d) (GQA: query head h reads KV head h // (H/K)),
+    mask (N, 1, Tq, S) True where a query may attend; softmax in fp32, as HF's eager path.
+
+    Natively for bf16 CPU tensors with an even head size (torch's bf16 bmm, masking and softmax cost ~2.3 ms a layer
+    with their backward at 8 × 9 × 32 × 72, most of it per-op overhead on tiny matrices); else torch, not SDPA: for
+    these short sequences its CPU flash kernel's backward costs ~2 ms a call.
+    """
+    N, H, Tq, d = q.shape
+    K, S = k.shape[1], k.shape[2]
+    if d % 2 == 0 and H % K == 0 and mask.shape == (N, 1, Tq, S) and _bf16_cpu(q, k, v, contiguous=False):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        return _Attention.apply(q, k, v, mask.reshape(N, Tq, S).contiguous())
+    return torch_attention(q, k, v, mask)
+
+
+def torch_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`attention` in torch ops (bf16 products, fp32 softmax)."""
+    N, H, Tq, d = q.shape
+    K, S = k.shape[1], k.shape[2]
+    qg = q.reshape(N, K, (H // K) * Tq, d)  # the H // K query heads of each KV head, stacked (GQA)
+    scores = (qg @ k.transpose(-1, -2)).float() * d**-0.5  # (N, K, r·Tq, S)
+    scores = scores.view(N, K, H // K, Tq, S).masked_fill(~mask[:, :, None], float("-inf"))
+    p = scores.softmax(dim=-1).to(v.dtype).view(N, K, (H // K) * Tq, S)
+    return (p @ v).view(N, H, Tq, d)
 
 
 def entropy(logp: torch.Tensor) -> torch.Tensor:

@@ -17,10 +17,6 @@
 
 /* Panels of a (N, K) row-major matrix: ceil(N/COLS) tiles of NP panels of 16 columns; a tile holds, for each of
  * the ceil(K/2) input pairs, its NP panels' 16 columns x 2 (64 bytes each). */
-#ifndef NP
-#define NP 3 /* panels per tile: 8 rows x 3 panels = 24 fp32 sums in registers */
-#endif
-#define COLS (16 * NP)
 #define PF 12288 /* bytes of weights prefetched ahead of the product (see `tile`) */
 long wb_packed_elems(int N, int K) { return (long)((N + COLS - 1) / COLS) * COLS * ((K + 1) / 2) * 2; }
 
@@ -87,27 +83,27 @@ enum { OUT_BF16 = 0, OUT_F32 = 1, OUT_ADD_BF16 = 2 };
 /* Rows m0..m0+MR of x (bf16, row stride xs, even, zero past K) times the NP panels at w0; rounded as a bf16 linear
  * layer with its bias; written per mode: bf16, fp32 (of the bf16 value), or added to a bf16 residual (rounded
  * again). */
-static inline __attribute__((always_inline)) void tile(int MR, const bf16 *x, int xs, const bf16 *w0, int kp,
-                                                       const bf16 *bias, int N, int n0, void *out, int os,
+static inline __attribute__((always_inline)) void tile(int MR, int NL, const bf16 *x, int xs, const bf16 *w0,
+                                                       int kp, const bf16 *bias, int N, int n0, void *out, int os,
                                                        int mode) {
-  __m512 a[8][NP];
+  __m512 a[8][NP]; /* NL <= NP: the panels with columns inside N (the last tile's others are padding) */
   for (int i = 0; i < MR; i++)
-    for (int c = 0; c < NP; c++) a[i][c] = _mm512_setzero_ps();
+    for (int c = 0; c < NL; c++) a[i][c] = _mm512_setzero_ps();
   const uint32_t *xp = (const uint32_t *)x;
   for (int j = 0; j < kp; j++) {
     __m512bh w[NP];
     /* PF ahead into L2; with a tile read as one stream, 12 KB ahead took a rollout ~5 % less than 4 KB (A/B; 8 and
      * 16 KB alike, 24 KB worse). With three streams 4 KB was best, and 2 or 8 KB, or into L1, no better. */
-    for (int c = 0; c < NP; c++) _mm_prefetch((const char *)(w0 + ((size_t)j * NP + c) * 32) + PF, _MM_HINT_T1);
-    for (int c = 0; c < NP; c++) w[c] = (__m512bh)_mm512_loadu_si512((const void *)(w0 + ((size_t)j * NP + c) * 32));
+    for (int c = 0; c < NL; c++) _mm_prefetch((const char *)(w0 + ((size_t)j * NP + c) * 32) + PF, _MM_HINT_T1);
+    for (int c = 0; c < NL; c++) w[c] = (__m512bh)_mm512_loadu_si512((const void *)(w0 + ((size_t)j * NP + c) * 32));
     for (int i = 0; i < MR; i++) {
       __m512bh xv = (__m512bh)_mm512_set1_epi32((int)xp[(size_t)i * (xs / 2) + j]);
-      for (int c = 0; c < NP; c++) a[i][c] = _mm512_dpbf16_ps(a[i][c], xv, w[c]);
+      for (int c = 0; c < NL; c++) a[i][c] = _mm512_dpbf16_ps(a[i][c], xv, w[c]);
     }
   }
   int nn = N - n0 < COLS ? N - n0 : COLS;
   for (int i = 0; i < MR; i++)
-    for (int c = 0; c < NP; c++) {
+    for (int c = 0; c < NL; c++) {
       int n = n0 + 16 * c, live = nn - 16 * c; /* columns of this panel inside N */
       if (live <= 0) break;
       size_t at = (size_t)i * os + n;
@@ -148,16 +144,26 @@ void wb_linear(const bf16 *x, int M, int xs, const bf16 *wp, int N, int K, const
     for (int m0 = 0; m0 < M; m0 += 8) {
       const bf16 *xm = x + (size_t)m0 * xs;
       char *om = (char *)out + (size_t)m0 * os * osz;
-      switch (M - m0 < 8 ? M - m0 : 8) {
-        case 1: tile(1, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break;
-        case 2: tile(2, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break;
-        case 3: tile(3, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break;
-        case 4: tile(4, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break;
-        case 5: tile(5, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break;
-        case 6: tile(6, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break;
-        case 7: tile(7, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break;
-        default: tile(8, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break;
+      int mr = M - m0 < 8 ? M - m0 : 8, nl = (N - pp * COLS + 15) / 16;
+#define ROWS(NL)                                                                 \
+  switch (mr) {                                                                  \
+    case 1: tile(1, NL, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break; \
+    case 2: tile(2, NL, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break; \
+    case 3: tile(3, NL, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break; \
+    case 4: tile(4, NL, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break; \
+    case 5: tile(5, NL, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break; \
+    case 6: tile(6, NL, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break; \
+    case 7: tile(7, NL, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break; \
+    default: tile(8, NL, xm, xs, w0, kp, bias, N, pp * COLS, om, os, mode); break; \
+  }
+      if (nl == 1) { /* a last tile of one or two live panels skips the padding's products */
+        ROWS(1)
+      } else if (nl == 2) {
+        ROWS(2)
+      } else {
+        ROWS(NP)
       }
+#undef ROWS
     }
   }
 }

@@ -1,6 +1,6 @@
 """The native CPU kernels: the fused sampler's whole decode step and the small-batch bf16 matrix product under it
-(`cpu_decode.c`), and the training forward's elementwise parts (`cpu_train.c`, wrapped for autograd in
-`cpu_autograd.py`), for bf16 models on x86 CPUs with AVX512-BF16. Compiled with the system's C compiler at first
+(`cpu_decode.c`), and the training forward's elementwise parts and attention (`cpu_train.c`, `cpu_attn.c`, wrapped
+for autograd in `cpu_autograd.py`), for bf16 models on x86 CPUs with AVX512-BF16. Compiled with the system's C compiler at first
 use (about a second), cached under the workbench home, loaded with ctypes; anywhere it cannot be (no compiler,
 another CPU, fp32 weights, a GPU, `WORKBENCH_CPU_KERNELS=0`) the torch paths run, with one log line saying why.
 
@@ -41,7 +41,7 @@ from .llama import base_linear, base_of, projection_groups
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / "cpu_decode.c", HERE / "cpu_train.c"]  # both include cpu_simd.h
+SOURCES = [HERE / "cpu_decode.c", HERE / "cpu_train.c", HERE / "cpu_attn.c"]  # all include cpu_simd.h
 ISA = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"]
 FLAGS = ["-O3", *ISA, "-fopenmp", "-shared", "-fPIC"]
 NEEDS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")  # /proc/cpuinfo flags
@@ -59,6 +59,8 @@ SIGNATURES = {
     "wb_rms_norm_fwd": ([P, P, P, P, ctypes.c_long, I32, F32, I32], None),
     "wb_rms_norm_bwd": ([P, P, P, P, P, ctypes.c_long, I32, I32], None),
     "wb_rope": ([P, P, P, P, ctypes.c_long, I32, I32, I32, I32], None),
+    "wb_attn_fwd": ([P, P, P, P, I32, I32, I32, I32, I32, I32, F32, P, P, I32], I32),
+    "wb_attn_bwd": ([P, P, P, P, P, I32, I32, I32, I32, I32, I32, F32, P, P, P, I32], I32),
 }
 _lib: ctypes.CDLL | None = None
 _why: str | None = None

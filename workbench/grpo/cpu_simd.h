@@ -11,6 +11,10 @@
 
 typedef uint16_t bf16;
 
+/* The packed weights of `wb_linear` (cpu_decode.c): tiles of NP panels of 16 output columns. */
+#define NP 3 /* panels per tile: 8 rows x 3 panels = 24 fp32 sums in registers */
+#define COLS (16 * NP)
+
 static inline float b2f(bf16 b) {
   uint32_t u = (uint32_t)b << 16;
   float f;

@@ -104,20 +104,6 @@ def _norm(norm, x: torch.Tensor) -> torch.Tensor:
     return cpu_autograd.rms_norm(x, norm.weight, norm.variance_epsilon)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Attention (N, H, Tq, d) over keys (N, K, S, d), mask (N, 1, Tq, S), softmax in fp32 (as HF's eager path).
-
-    Why not SDPA: for these short sequences its CPU flash kernel's backward costs ~2 ms a call, ten times this.
-    """
-    N, H, Tq, d = q.shape
-    K, S = k.shape[1], k.shape[2]
-    qg = q.reshape(N, K, (H // K) * Tq, d)  # the H // K query heads of each KV head, stacked (GQA)
-    scores = (qg @ k.transpose(-1, -2)).float() * d**-0.5  # (N, K, r·Tq, S)
-    scores = scores.view(N, K, H // K, Tq, S).masked_fill(~mask[:, :, None], float("-inf"))
-    p = scores.softmax(dim=-1).to(v.dtype).view(N, K, (H // K) * Tq, S)
-    return (p @ v).view(N, H, Tq, d)
-
-
 def _shared_prompt_logps(
     model, prompt_ids, prompt_mask, completion_ids, group_size, temperature, entropy, proj
 ):
@@ -154,10 +140,10 @@ def _shared_prompt_logps(
         q, k, v = qk[:, :H], qk[:, H:], v.view(-1, K, d)
         qp, kp, vp = (t[:split].view(P, L, -1, d).transpose(1, 2) for t in (q, k, v))  # (P, heads, L, d)
         qc, kc, vc = (t[split:].view(B, T, -1, d).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, d)
-        out_p = _attend(qp, kp, vp, mask_p)
+        out_p = cpu_autograd.attention(qp, kp, vp, mask_p)
         kc = torch.cat([kp.repeat_interleave(G, 0), kc], dim=2)  # (B, K, L+T, d): the shared prompt, G times
         vc = torch.cat([vp.repeat_interleave(G, 0), vc], dim=2)
-        out_c = _attend(qc, kc, vc, mask_c)
+        out_c = cpu_autograd.attention(qc, kc, vc, mask_c)
         o = torch.cat(
             [out_p.transpose(1, 2).reshape(split, H * d), out_c.transpose(1, 2).reshape(B * T, H * d)]
         )
