@@ -1,10 +1,10 @@
-"""The native CPU kernels (`workbench/grpo/cpu_kernels.py` and `cpu_autograd.py` over `cpu_decode.c`/`cpu_train.c`):
-the matrix product equals F.linear on awkward shapes; a whole sample() through the native decode step gives the HF
-model's own logits on shapes the parity suite's models do not have (head sizes that are and are not multiples of 16,
-odd widths, GQA and MHA, biases); the native draw is torch's draw; it is the path a bf16 run takes where it can run;
-where it cannot be built, the sampler falls back to its torch path (logged) and still samples, and that path keeps to
-HF and TRL; and the training forward's native parts (SiLU·up, RMSNorm, rotary, attention, entropy) equal torch's,
-forward and backward. The parity suite (`test_engine_parity.py`) covers them too: its bf16 cases run on them.
+"""The native CPU kernels (`workbench/grpo/cpu_kernels.py` and `cpu_autograd.py` over `cpu_decode.c`, `cpu_train.c`
+and `cpu_attn.c`): the matrix product equals F.linear on awkward shapes; a whole sample() through the native decode
+step gives the HF model's own logits on shapes the parity suite's models do not have (head sizes that are and are
+not multiples of 16, odd widths, GQA and MHA, biases); the native draw is torch's draw; it is the path a bf16 run
+takes where it can run; where it cannot be built, the sampler falls back to its torch path (logged) and still
+samples, and that path keeps to HF and TRL; and the training forward's native parts (SiLU·up, RMSNorm, rotary,
+attention, token log-probs with the entropy) equal torch's, forward and backward. The parity suite (`test_engine_parity.py`) covers them too: its bf16 cases run on them.
 
 Skipped, saying why, on a machine where they cannot run (no AVX512-BF16, no C compiler).
 """
@@ -219,12 +219,24 @@ def test_native_silu_mul_and_its_gradients_equal_torchs(n):
 
 
 @native
-def test_native_entropy_equals_torchs():
-    gen = torch.Generator().manual_seed(0)
-    logp = (torch.randn(37, 1003, generator=gen) * 4).log_softmax(-1)
-    ours = cpu_autograd.entropy(logp)
-    theirs = -(logp.exp() * logp).sum(-1)
-    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_native_token_logps_entropy_and_gradient_equal_torchs(temperature):
+    gen = torch.Generator().manual_seed(4)
+    z = (torch.randn(37, 1003, generator=gen) * 4).bfloat16()
+    ids = torch.randint(1003, (37,), generator=gen)
+    ids[:3] = torch.tensor([0, 1002, 992])  # both ends of the vocabulary, and a tail block's first entry
+    g = torch.randn(37, generator=gen)
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    lp1, ent1 = cpu_autograd.token_logps(z1, ids, temperature)
+    assert "TokenLogp" in type(lp1.grad_fn).__name__  # the native path was taken
+    lp1.backward(g)
+    logp = (z2.float() / temperature).log_softmax(-1)
+    lp2, ent2 = logp.gather(-1, ids[:, None])[:, 0], -(logp.exp() * logp).sum(-1)
+    lp2.backward(g)
+    assert torch.allclose(lp1, lp2, rtol=1e-5, atol=1e-5) and torch.allclose(
+        ent1, ent2.detach(), rtol=1e-4, atol=1e-4
+    )
+    assert _close(z1.grad, z2.grad)
 
 
 def _close(ours: torch.Tensor, theirs: torch.Tensor, rel: float = 2**-7) -> bool:

@@ -1,6 +1,6 @@
 """The training forward's elementwise parts and attention through the native CPU kernels (`cpu_train.c`,
 `cpu_attn.c`), as autograd functions: the SiLU-gated MLP input, RMSNorm with a frozen weight, rotary embeddings,
-GQA attention, and (without gradient) the entropy of log-prob rows. Each takes bf16 CPU tensors where the library
+GQA attention, and the log-probs of tokens from bf16 logits (with the softmax's entropy, without gradient). Each takes bf16 CPU tensors where the library
 runs (`cpu_kernels.load`) and otherwise falls back to the torch ops it replaces, which compute the same function.
 
 Why by hand: on a CPU each of these is several bf16 torch ops each way, every one a round trip through fp32 over
@@ -13,7 +13,7 @@ with attention, measured A/B (steps alternating in one process).
     h = rms_norm(x, weight, eps)    # F.rms_norm(x, x.shape[-1:], weight, eps)
     qk = rope(qk, cos, sin)         # llama.apply_rope(qk, cos, sin), qk (N, heads, d), cos/sin (N, 1, d)
     o = attention(q, k, v, mask)    # softmax(q kᵀ / √d, masked) v, q (N, H, Tq, d), k/v (N, K, S, d)
-    ent = entropy(logp)             # -(logp.exp() * logp).sum(-1), no gradient
+    lp, ent = token_logps(z, ids, t)  # log_softmax(z.float() / t) at ids, and the entropy (no gradient)
 """
 
 from __future__ import annotations
@@ -175,15 +175,47 @@ def torch_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return (p @ v).view(N, H, Tq, d)
 
 
-def entropy(logp: torch.Tensor) -> torch.Tensor:
-    """-(exp(logp) · logp).sum(-1) of fp32 log-probs (R, V), without gradient: natively in one pass where the library
-    runs (torch makes three passes and two (R, V) temporaries), else torch."""
-    if logp.dtype == torch.float32 and logp.device.type == "cpu" and logp.dim() == 2 and load() is not None:
-        logp = logp.detach().contiguous()
-        out = torch.empty(logp.shape[0])
-        load().wb_entropy(
-            logp.data_ptr(), logp.shape[0], logp.shape[1], out.data_ptr(), torch.get_num_threads()
-        )
-        return out
-    with torch.no_grad():
-        return -(logp.exp() * logp).sum(-1)
+class _TokenLogp(torch.autograd.Function):
+    """`token_logps` natively (`cpu_train.c`): one pass over the bf16 logits each way, no fp32 copy of them."""
+
+    @staticmethod
+    def forward(ctx, z, ids, temperature):
+        R, V = z.shape
+        logp, lse, ent = torch.empty(R), torch.empty(R), torch.empty(R)
+        load().wb_token_logp(z.data_ptr(), R, V, ids.data_ptr(), temperature, logp.data_ptr(), lse.data_ptr(),
+                             ent.data_ptr(), torch.get_num_threads())  # fmt: skip
+        ctx.save_for_backward(z, ids, lse)
+        ctx.temperature = temperature
+        ctx.mark_non_differentiable(ent)
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, g, _):
+        z, ids, lse = ctx.saved_tensors
+        g, dz = g.float().contiguous(), torch.empty_like(z)
+        R, V = z.shape
+        load().wb_token_logp_bwd(z.data_ptr(), R, V, ids.data_ptr(), ctx.temperature, lse.data_ptr(), g.data_ptr(),
+                                 dz.data_ptr(), torch.get_num_threads())  # fmt: skip
+        return dz, None, None
+
+
+def token_logps(
+    z: torch.Tensor, ids: torch.Tensor, temperature: float, entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(ids) (R,) under the softmax of logits z (R, V) at `temperature`, in fp32 as torch's
+    (z.float() / temperature).log_softmax(-1) gives them, and that softmax's entropy (R,) without gradient (None
+    unless `entropy`).
+
+    Natively for bf16 CPU logits: one pass each way (torch makes an fp32 copy of the logits, its log-softmax, and
+    three more passes for the entropy: (R, V) temporaries of ~16 MB a chunk); else torch.
+    """
+    if z.dim() == 2 and _bf16_cpu(z) and ids.dtype == torch.int64 and ids.device.type == "cpu":
+        logp, ent = _TokenLogp.apply(z, ids.contiguous(), float(temperature))
+        return logp, ent if entropy else None
+    z = z.float()
+    logp = (z if temperature == 1.0 else z / temperature).log_softmax(dim=-1)
+    ent = None
+    if entropy:
+        with torch.no_grad():
+            ent = -(logp.exp() * logp).sum(-1)
+    return logp.gather(-1, ids[:, None])[:, 0], ent

@@ -174,7 +174,9 @@ void wb_linear(const bf16 *x, int M, int xs, const bf16 *wp, int N, int K, const
 enum { T_LN1, T_QKV, T_QKV_B, T_O, T_O_B, T_LN2, T_GU, T_GU_B, T_DOWN, T_DOWN_B, T_CK, T_CV, T_N };
 
 /* Attention of each query head over the written slots its sequence may see, the query heads of one KV head
- * together (each key and value row is read once for all of them): fp32 scores and softmax, output rounded to bf16.
+ * together (each key and value row is read once for all of them): fp32 scores (bf16 pairs by `vdpbf16ps`, products
+ * exact) and softmax, output rounded to bf16. The output sums run 4 query heads x 64 columns at a time in
+ * registers (1.07 -> ~0.5 ms a token on the bundled model, against one head at a time through memory).
  * sc: B*H*n floats of scratch. */
 static void attend(const bf16 *qkv, int qs, const bf16 *ck, const bf16 *cv, const uint8_t *key_ok, int B, int H,
                    int KV, int d, int S, int n, float scale, float *sc, bf16 *att, int as, int threads) {
@@ -184,27 +186,23 @@ static void attend(const bf16 *qkv, int qs, const bf16 *ck, const bf16 *cv, cons
     for (int g = 0; g < KV; g++) {
       const bf16 *kb = ck + ((size_t)b * KV + g) * S * d, *vb = cv + ((size_t)b * KV + g) * S * d;
       const uint8_t *ok = key_ok + (size_t)b * S;
-      float q[4096], o[4096], mx[64], sum[64]; /* rep * d <= 4096, rep <= 64: checked by wb_decode */
+      float mx[64], sum[64]; /* rep <= 64: checked by wb_decode */
       float *p = sc + ((size_t)b * H + (size_t)g * rep) * n;
-      for (int r = 0; r < rep; r++) {
-        const bf16 *qr = qkv + (size_t)b * qs + (size_t)(g * rep + r) * d;
-        for (int e = 0; e < d; e++) q[r * d + e] = b2f(qr[e]), o[r * d + e] = 0.f;
-        mx[r] = -INFINITY, sum[r] = 0.f;
-      }
+      const bf16 *q0 = qkv + (size_t)b * qs + (size_t)g * rep * d;
+      for (int r = 0; r < rep; r++) mx[r] = -INFINITY, sum[r] = 0.f;
       for (int j = 0; j < n; j++) {
         if (!ok[j]) continue;
         const bf16 *k = kb + (size_t)j * d;
         for (int r = 0; r < rep; r++) {
-          float dot = 0.f;
-          if (d % 16 == 0) {
-            __m512 acc = _mm512_setzero_ps();
-            for (int e = 0; e < d; e += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * d + e), ld16(k + e), acc);
-            dot = _mm512_reduce_add_ps(acc);
-          } else {
-            for (int e = 0; e < d; e++) dot += q[r * d + e] * b2f(k[e]);
+          __m512 acc = _mm512_setzero_ps();
+          for (int e = 0; e < d; e += 32) {
+            __mmask32 m = d - e >= 32 ? 0xffffffffu : (1u << (d - e)) - 1;
+            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_maskz_loadu_epi16(m, q0 + (size_t)r * d + e),
+                                   (__m512bh)_mm512_maskz_loadu_epi16(m, k + e));
           }
-          p[(size_t)r * n + j] = dot * scale;
-          mx[r] = dot * scale > mx[r] ? dot * scale : mx[r];
+          float s = _mm512_reduce_add_ps(acc) * scale;
+          p[(size_t)r * n + j] = s;
+          mx[r] = s > mx[r] ? s : mx[r];
         }
       }
       for (int r = 0; r < rep; r++) {
@@ -218,24 +216,34 @@ static void attend(const bf16 *qkv, int qs, const bf16 *ck, const bf16 *cv, cons
         for (; j < n; j++) pr[j] = ok[j] ? expf(pr[j] - mx[r]) : 0.f;
         for (j = 0; j < n; j++) sum[r] += pr[j];
       }
-      for (int j = 0; j < n; j++) {
-        if (!ok[j]) continue;
-        const bf16 *v = vb + (size_t)j * d;
-        for (int r = 0; r < rep; r++) {
-          float w = p[(size_t)r * n + j];
-          if (d % 16 == 0) {
-            __m512 wv = _mm512_set1_ps(w);
-            for (int e = 0; e < d; e += 16)
-              _mm512_storeu_ps(o + r * d + e, _mm512_fmadd_ps(wv, ld16(v + e), _mm512_loadu_ps(o + r * d + e)));
-          } else {
-            for (int e = 0; e < d; e++) o[r * d + e] += w * b2f(v[e]);
+      for (int r0 = 0; r0 < rep; r0 += 4)
+        for (int e0 = 0; e0 < d; e0 += 64) {
+          __m512 o[4][4];
+          const float *pr[4];
+          for (int i = 0; i < 4; i++) {
+            pr[i] = r0 + i < rep ? p + (size_t)(r0 + i) * n : NULL;
+            for (int c = 0; c < 4; c++) o[i][c] = _mm512_setzero_ps();
+          }
+          for (int j = 0; j < n; j++) {
+            if (!ok[j]) continue;
+            const bf16 *v = vb + (size_t)j * d + e0;
+            __m512 vv[4];
+            for (int c = 0; c < 4; c++) vv[c] = ld16m(v + 16 * c, d - e0 - 16 * c);
+            for (int i = 0; i < 4; i++) {
+              __m512 w = _mm512_set1_ps(pr[i] ? pr[i][j] : 0.f);
+              for (int c = 0; c < 4; c++) o[i][c] = _mm512_fmadd_ps(w, vv[c], o[i][c]);
+            }
+          }
+          for (int i = 0; i < 4 && r0 + i < rep; i++) {
+            bf16 *dst = att + (size_t)b * as + (size_t)(g * rep + r0 + i) * d + e0;
+            __m512 inv = _mm512_set1_ps(sum[r0 + i] > 0.f ? 1.f / sum[r0 + i] : 0.f);
+            for (int c = 0; c < 4 && e0 + 16 * c < d; c++) {
+              int live = d - e0 - 16 * c;
+              __mmask16 m = (__mmask16)(live >= 16 ? 0xffff : (1u << live) - 1);
+              _mm256_mask_storeu_epi16(dst + 16 * c, m, (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(o[i][c], inv)));
+            }
           }
         }
-      }
-      for (int r = 0; r < rep; r++) {
-        bf16 *dst = att + (size_t)b * as + (size_t)(g * rep + r) * d;
-        for (int e = 0; e < d; e++) dst[e] = f2b(sum[r] > 0.f ? o[r * d + e] / sum[r] : 0.f);
-      }
     }
 }
 

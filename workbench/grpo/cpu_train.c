@@ -1,5 +1,6 @@
 /* The training forward's elementwise parts as native kernels, forward and backward, for contiguous bf16 CPU tensors:
- * the SiLU-gated MLP input, RMSNorm with a frozen weight, rotary embeddings, and the entropy of log-prob rows.
+ * the SiLU-gated MLP input, RMSNorm with a frozen weight, rotary embeddings, and the log-probs of tokens (with the
+ * softmax's entropy) from bf16 logits.
  * Each keeps the rounding of the bf16 torch ops it replaces (`cpu_autograd.py` wraps them for autograd; its tests
  * compare each with torch, forward and backward). Built with `cpu_decode.c` by `cpu_kernels.py`.
  */
@@ -32,20 +33,58 @@ void wb_silu_mul_backward(const bf16 *g, const bf16 *u, const bf16 *dy, bf16 *dg
   }
 }
 
-/* The entropy of each row of log-probs (R, V), fp32: -sum(exp(lp) * lp), one pass (a logged metric only). */
-void wb_entropy(const float *lp, long R, int V, float *out, int threads) {
-  int v16 = V / 16 * 16;
+/* Per row of bf16 logits z (R, V) at temperature T, as torch's log_softmax of z.float() / T computes them in fp32:
+ * the log-sum-exp (kept for the backward), the log-prob of the row's token and the softmax's entropy. */
+void wb_token_logp(const bf16 *z, long R, int V, const int64_t *ids, float T, float *logp, float *lse, float *ent,
+                   int threads) {
+  __m512 tv = _mm512_set1_ps(T);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (long r = 0; r < R; r++) {
-    const float *x = lp + (size_t)r * V;
-    __m512 acc = _mm512_setzero_ps();
-    for (int i = 0; i < v16; i += 16) {
-      __m512 l = _mm512_loadu_ps(x + i);
-      acc = _mm512_fmadd_ps(exp16(l), l, acc);
+    const bf16 *x = z + (size_t)r * V;
+    __m512 mx = _mm512_set1_ps(-INFINITY), s = _mm512_setzero_ps(), t = _mm512_setzero_ps();
+    for (int i = 0; i < V; i += 16) {
+      __mmask16 m = (__mmask16)(V - i >= 16 ? 0xffff : (1u << (V - i)) - 1);
+      __m512 v = T == 1.f ? ld16m(x + i, V - i) : _mm512_div_ps(ld16m(x + i, V - i), tv);
+      mx = _mm512_mask_max_ps(mx, m, mx, v);
     }
-    float s = _mm512_reduce_add_ps(acc);
-    for (int i = v16; i < V; i++) s += expf(x[i]) * x[i];
-    out[r] = -s;
+    float top = _mm512_reduce_max_ps(mx);
+    for (int i = 0; i < V; i += 16) {
+      __mmask16 m = (__mmask16)(V - i >= 16 ? 0xffff : (1u << (V - i)) - 1);
+      __m512 v = T == 1.f ? ld16m(x + i, V - i) : _mm512_div_ps(ld16m(x + i, V - i), tv);
+      __m512 d = _mm512_sub_ps(v, _mm512_set1_ps(top)), e = _mm512_maskz_mov_ps(m, exp16(d));
+      s = _mm512_add_ps(s, e), t = _mm512_fmadd_ps(e, _mm512_maskz_mov_ps(m, d), t);
+    }
+    float S = _mm512_reduce_add_ps(s), l = top + logf(S);
+    lse[r] = l;
+    logp[r] = (T == 1.f ? b2f(x[ids[r]]) : b2f(x[ids[r]]) / T) - l;
+    ent[r] = logf(S) - _mm512_reduce_add_ps(t) / S; /* -sum p log p, log p = (v - top) - log S */
+  }
+}
+
+/* dz of wb_token_logp's log-probs for their gradient g (R): (onehot(id) - softmax) * g / T, rounded to bf16 as the
+ * gradient of z.float() is. */
+void wb_token_logp_bwd(const bf16 *z, long R, int V, const int64_t *ids, float T, const float *lse, const float *g,
+                       bf16 *dz, int threads) {
+  __m512 tv = _mm512_set1_ps(T);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long r = 0; r < R; r++) {
+    const bf16 *x = z + (size_t)r * V;
+    bf16 *out = dz + (size_t)r * V;
+    __m512 l = _mm512_set1_ps(lse[r]), gv = _mm512_set1_ps(-g[r]);
+    for (int i = 0; i < V; i += 16) {
+      __mmask16 m = (__mmask16)(V - i >= 16 ? 0xffff : (1u << (V - i)) - 1);
+      __m512 v = T == 1.f ? ld16m(x + i, V - i) : _mm512_div_ps(ld16m(x + i, V - i), tv);
+      __m512 d = _mm512_mul_ps(exp16(_mm512_sub_ps(v, l)), gv);
+      int at = (int)(ids[r] - i);
+      if (at >= 0 && at < 16) { /* the token's own entry: + g, added where torch's log_softmax backward adds it */
+        float lane[16];
+        _mm512_storeu_ps(lane, d);
+        lane[at] += g[r];
+        d = _mm512_loadu_ps(lane);
+      }
+      if (T != 1.f) d = _mm512_div_ps(d, tv);
+      _mm256_mask_storeu_epi16(out + i, m, (__m256i)_mm512_cvtneps_pbh(d));
+    }
   }
 }
 

@@ -27,7 +27,7 @@ def _token_logps(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(ids) (B, T) from hidden states (B, T, h) at temperature, and the entropy (B, T) without gradient.
 
-    In row chunks of at most 16 MB of logits. Why: a (B·T, V) fp32 block is 50 MB at 8 × 32 tokens and a
+    In row chunks of at most 16 MB of fp32 logits. Why: a (B·T, V) fp32 block is 50 MB at 8 × 32 tokens and a
     vocabulary of 49k; above 32 MB glibc maps and unmaps every such buffer, so each step pays page faults and
     zeroing for the logits, their softmax and their gradient (measured: a third of the training phase in system
     time). Chunks stay on the reused heap, and the peak memory no longer grows with B·T·V.
@@ -37,11 +37,11 @@ def _token_logps(
     rows = max(1, CHUNK_BYTES // (4 * vocab))
     outs, ents = [], []
     for i in range(0, B * T, rows):
-        z = head(flat[i : i + rows]).float()
-        logp = (z if temperature == 1.0 else z / temperature).log_softmax(dim=-1)  # (rows, V)
-        outs.append(logp.gather(-1, flat_ids[i : i + rows, None])[:, 0])
-        if entropy:
-            ents.append(cpu_autograd.entropy(logp))
+        logp, ent = cpu_autograd.token_logps(
+            head(flat[i : i + rows]), flat_ids[i : i + rows], temperature, entropy
+        )
+        outs.append(logp)
+        ents.append(ent)
     out = torch.cat(outs).view(B, T)
     return out, (torch.cat(ents).view(B, T) if entropy else None)
 
