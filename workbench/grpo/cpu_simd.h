@@ -1,5 +1,7 @@
-/* What the native CPU kernels (`cpu_decode.c`, `cpu_train.c`) share: bf16 <-> fp32 conversion and rounding as a bf16
- * tensor op rounds, 16-lane AVX-512 loads/stores/exp, and the row-wise ops both use (RMSNorm, SiLU·up, rotary). Built by `cpu_kernels.py`.
+/* What the native CPU kernels (`cpu_decode.c`, `cpu_train.c`, `cpu_attn.c`) share: bf16 <-> fp32 conversion and
+ * rounding as a bf16 tensor op rounds, 16-lane AVX-512 loads/stores/exp, the packed product's tile size, and the
+ * row-wise ops (RMSNorm, SiLU·up, rotary) that the decode step and the training kernels both use. Built by
+ * `cpu_kernels.py`.
  */
 #ifndef WB_CPU_SIMD_H
 #define WB_CPU_SIMD_H
