@@ -264,11 +264,13 @@ int wb_decode(const int64_t *tab, const int *dims, float eps, const int64_t *tok
   }
   float scale = 1.f / sqrtf((float)d);
   for (int b = 0; b < B; b++) memcpy(x + (size_t)b * hs, embed + (size_t)tok[b] * hd, 2 * (size_t)hd);
-  for (int l = 0; l < nl; l++) {
+  for (int l = 0; l < nl; l++) { /* row-wise parts split across the threads too: a rollout 346 -> 337 ms (A/B) */
     const int64_t *t = tab + (size_t)l * T_N;
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int b = 0; b < B; b++) rms_norm(x + (size_t)b * hs, (const bf16 *)t[T_LN1], hd, eps, h + (size_t)b * hs);
     wb_linear(h, B, hs, (const bf16 *)t[T_QKV], qs, hd, (const bf16 *)t[T_QKV_B], qkv, qs, OUT_BF16, threads);
     bf16 *ck = (bf16 *)t[T_CK], *cv = (bf16 *)t[T_CV];
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int b = 0; b < B; b++) {
       bf16 *row = qkv + (size_t)b * qs;
       const bf16 *c = cos + (size_t)pos[b] * d, *s = sin + (size_t)pos[b] * d;
@@ -281,8 +283,10 @@ int wb_decode(const int64_t *tab, const int *dims, float eps, const int64_t *tok
     }
     attend(qkv, qs, ck, cv, key_ok, B, H, KV, d, S, n, scale, sc, att, as, threads);
     wb_linear(att, B, as, (const bf16 *)t[T_O], hd, as, (const bf16 *)t[T_O_B], x, hs, OUT_ADD_BF16, threads);
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int b = 0; b < B; b++) rms_norm(x + (size_t)b * hs, (const bf16 *)t[T_LN2], hd, eps, h + (size_t)b * hs);
     wb_linear(h, B, hs, (const bf16 *)t[T_GU], 2 * I, hd, (const bf16 *)t[T_GU_B], gu, 2 * I, OUT_BF16, threads);
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int b = 0; b < B; b++) silu_mul(gu + (size_t)b * 2 * I, gu + (size_t)b * 2 * I + I, I, act + (size_t)b * is);
     wb_linear(act, B, is, (const bf16 *)t[T_DOWN], hd, I, (const bf16 *)t[T_DOWN_B], x, hs, OUT_ADD_BF16,
               threads);
