@@ -209,7 +209,8 @@ def token_logps(
     Natively for bf16 CPU logits: one pass each way (torch makes an fp32 copy of the logits, its log-softmax, and
     three more passes for the entropy: (R, V) temporaries of ~16 MB a chunk); else torch.
     """
-    if z.dim() == 2 and _bf16_cpu(z) and ids.dtype == torch.int64 and ids.device.type == "cpu":
+    native = z.dim() == 2 and _bf16_cpu(z) and ids.dtype == torch.int64 and ids.device.type == "cpu"
+    if native and (ids.numel() == 0 or 0 <= int(ids.min()) and int(ids.max()) < z.shape[1]):  # else torch raises
         logp, ent = _TokenLogp.apply(z, ids.contiguous(), float(temperature))
         return logp, ent if entropy else None
     z = z.float()
