@@ -312,10 +312,14 @@ int wb_sample(const float *logits, int B, int V, float temperature, const double
   for (int b = 0; b < B; b++) {
     const float *x = logits + (size_t)b * V;
     float *z = buf + (size_t)b * V, mx = -INFINITY;
-    __m512 tv = _mm512_set1_ps(temperature), acc = _mm512_setzero_ps();
-    for (int i = 0; i < v16; i += 16) _mm512_storeu_ps(z + i, _mm512_div_ps(_mm512_loadu_ps(x + i), tv));
-    for (int i = v16; i < V; i++) z[i] = x[i] / temperature;
-    for (int i = 0; i < V; i++) mx = z[i] > mx ? z[i] : mx;
+    __m512 tv = _mm512_set1_ps(temperature), acc = _mm512_setzero_ps(), top = _mm512_set1_ps(-INFINITY);
+    for (int i = 0; i < v16; i += 16) {
+      __m512 zv = _mm512_div_ps(_mm512_loadu_ps(x + i), tv);
+      _mm512_storeu_ps(z + i, zv);
+      top = _mm512_max_ps(zv, top); /* a NaN entry is skipped, as the comparison skips it */
+    }
+    mx = _mm512_reduce_max_ps(top);
+    for (int i = v16; i < V; i++) z[i] = x[i] / temperature, mx = z[i] > mx ? z[i] : mx;
     __m512 mv = _mm512_set1_ps(mx);
     for (int i = 0; i < v16; i += 16) acc = _mm512_add_ps(acc, exp16(_mm512_sub_ps(_mm512_loadu_ps(z + i), mv)));
     float sum = _mm512_reduce_add_ps(acc);
