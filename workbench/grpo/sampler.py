@@ -108,7 +108,10 @@ class FusedLlamaSampler:
             v = qkv.view(P, L, H + 2 * K, d)[:, :, H + K :].transpose(1, 2)
             cache_k[i][:, :, :L] = k.repeat_interleave(n, dim=0)
             cache_v[i][:, :, :L] = v.repeat_interleave(n, dim=0)
-            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K)
+            if self.weights.native:  # the training forward's kernel (~3× less than SDPA's at 2 × 40 tokens)
+                attn = cpu_autograd.attention(q, k, v, mask)
+            else:
+                attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K)
             x = self._mlp_and_o(x, attn.transpose(1, 2).reshape(P, L, H * d), lay)
         return F.rms_norm(x[:, -1], x.shape[-1:], self.norm, self.eps)  # (P, h)
 
