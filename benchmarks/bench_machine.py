@@ -82,8 +82,8 @@ def model_bytes(model) -> int:
 def train_flops(model, P: int, L: int, B: int, T: int) -> float:
     """FLOPs of one training forward+backward of the engine (μ = 1, beta 0: no old/ref passes).
 
-    The engine runs each prompt once per group: P·L prompt tokens (padded, as computed) + B·T completion
-    tokens.
+    The engine runs each prompt once per group: P·L prompt tokens (padded, as computed) + B·(T−1) completion
+    tokens (the last one predicts nothing and is not fed); logits at the B·T completion positions.
     - frozen linear weights N (2-D, non-embedding): forward 2·N and input-gradient 2·N per token, no weight
       gradient → 4·N·tokens;
     - LoRA A/B (N_lora): forward 2, input grad 2, weight grad 2 → 6·N_lora·tokens;
@@ -100,10 +100,11 @@ def train_flops(model, P: int, L: int, B: int, T: int) -> float:
             n_lora += p.numel()
         elif p.ndim == 2 and "embed_tokens" not in name and "lm_head" not in name:
             n_lin += p.numel()
-    tokens = P * L + B * T
+    fed = T - 1 if T > 1 else T
+    tokens = P * L + B * fed
     hd = cfg.num_attention_heads * (
         getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     )
-    attn_fwd = cfg.num_hidden_layers * 4 * hd * (P * L * L + B * T * (L + T))
+    attn_fwd = cfg.num_hidden_layers * 4 * hd * (P * L * L + B * fed * (L + fed))
     head = B * T * 4 * cfg.hidden_size * cfg.vocab_size
     return tokens * (4 * n_lin + 6 * n_lora) + 3 * attn_fwd + head

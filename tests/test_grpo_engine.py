@@ -44,8 +44,10 @@ def low_ids(prompts, completions, completion_ids, **kw):
     return [sum(t < 24576 for t in ids) / max(len(ids), 1) for ids in completion_ids]
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_shared_prompt_forward_equals_the_hf_forward_with_gradients(fused):
+@pytest.mark.parametrize("fused,T", [(False, 5), (True, 5), (True, 2), (True, 1)])
+def test_shared_prompt_forward_equals_the_hf_forward_with_gradients(fused, T):
+    """Also at one and two completion tokens: the shared-prompt path does not feed the last one, which predicts
+    nothing, so one token is an edge."""
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(load_model("tiny-random", dtype="float32", device="cpu")[0],
@@ -56,7 +58,7 @@ def test_shared_prompt_forward_equals_the_hf_forward_with_gradients(fused):
     prompt_ids = torch.randint(5, 3000, (2, 7), generator=g)
     prompt_mask = torch.ones(2, 7, dtype=torch.long)
     prompt_mask[0, :3] = 0  # left padding
-    completion_ids = torch.randint(5, 3000, (6, 5), generator=g)
+    completion_ids = torch.randint(5, 3000, (6, T), generator=g)
     ours, ent = completion_logps(
         model, prompt_ids, prompt_mask, completion_ids, 3, 0.7, entropy=True, proj=proj
     )

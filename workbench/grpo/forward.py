@@ -6,7 +6,8 @@ MLP) on one flat batch of [the P prompts once] + [the B = P × G completions], a
 attend to its prompt's keys and values repeated G times. Autograd sums the G gradients that flow back into the
 shared prompt, so log-probs and gradients equal those of the full forward. The projections are the model's own
 modules (peft LoRA wrappers included), so LoRA, dropout and full fine-tuning behave as in transformers. Logits are
-computed only at completion positions. Other architectures use the HF forward with `logits_to_keep`.
+computed only at completion positions, and each completion's last token, which predicts nothing, is not fed. Other
+architectures use the HF forward with `logits_to_keep`.
 """
 
 from __future__ import annotations
@@ -111,14 +112,17 @@ def _shared_prompt_logps(
     inner, cfg = base.model, base.config
     P, L = prompt_ids.shape
     B, T = completion_ids.shape
+    # the last completion token predicts nothing and nothing attends to it: it is not fed (unless it is the only one)
+    fed = completion_ids[:, :-1] if T > 1 else completion_ids
+    T1 = fed.shape[1]
     G, dev = group_size, prompt_ids.device
     H, K = cfg.num_attention_heads, cfg.num_key_value_heads
     d = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
     prompt_ok = prompt_mask.bool()  # (P, L)
     lens = prompt_ok.sum(1)  # (P,)
     pos_p = (prompt_ok.long().cumsum(1) - 1).clamp(min=0)  # (P, L) real positions, pads at 0
-    pos_c = lens.repeat_interleave(G)[:, None] + torch.arange(T, device=dev)[None]  # (B, T)
-    x = inner.embed_tokens(torch.cat([prompt_ids.reshape(-1), completion_ids.reshape(-1)]))  # (P·L + B·T, h)
+    pos_c = lens.repeat_interleave(G)[:, None] + torch.arange(T1, device=dev)[None]  # (B, T1)
+    x = inner.embed_tokens(torch.cat([prompt_ids.reshape(-1), fed.reshape(-1)]))  # (P·L + B·T1, h)
     cos, sin = inner.rotary_emb(x[None], torch.cat([pos_p.reshape(-1), pos_c.reshape(-1)])[None])
     cos, sin = cos[0][:, None], sin[0][:, None]  # (N, 1, d): one row per flat token, broadcast over heads
     # Masks, True = may attend. Pad query rows see themselves so no softmax row is empty (NaN).
@@ -126,9 +130,9 @@ def _shared_prompt_logps(
     mask_p = (
         torch.ones(L, L, dtype=torch.bool, device=dev).tril()[None] & prompt_ok[:, None]
     ) | eye  # (P, L, L)
-    causal_c = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
-    mask_c = torch.cat([prompt_ok.repeat_interleave(G, 0)[:, None].expand(B, T, L), causal_c[None].expand(B, T, T)],
-                       dim=2)  # (B, T, L+T)  # fmt: skip
+    causal_c = torch.ones(T1, T1, dtype=torch.bool, device=dev).tril()
+    mask_c = torch.cat([prompt_ok.repeat_interleave(G, 0)[:, None].expand(B, T1, L),
+                        causal_c[None].expand(B, T1, T1)], dim=2)  # (B, T1, L+T1)  # fmt: skip
     mask_p, mask_c = mask_p[:, None], mask_c[:, None]
     split = P * L
     for i, layer in enumerate(inner.layers):
@@ -139,13 +143,13 @@ def _shared_prompt_logps(
         qk = cpu_autograd.rope(qk, cos, sin)
         q, k, v = qk[:, :H], qk[:, H:], v.view(-1, K, d)
         qp, kp, vp = (t[:split].view(P, L, -1, d).transpose(1, 2) for t in (q, k, v))  # (P, heads, L, d)
-        qc, kc, vc = (t[split:].view(B, T, -1, d).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, d)
+        qc, kc, vc = (t[split:].view(B, T1, -1, d).transpose(1, 2) for t in (q, k, v))  # (B, heads, T1, d)
         out_p = cpu_autograd.attention(qp, kp, vp, mask_p)
-        kc = torch.cat([kp.repeat_interleave(G, 0), kc], dim=2)  # (B, K, L+T, d): the shared prompt, G times
+        kc = torch.cat([kp.repeat_interleave(G, 0), kc], dim=2)  # (B, K, L+T1, d): the shared prompt, G times
         vc = torch.cat([vp.repeat_interleave(G, 0), vc], dim=2)
         out_c = cpu_autograd.attention(qc, kc, vc, mask_c)
         o = torch.cat(
-            [out_p.transpose(1, 2).reshape(split, H * d), out_c.transpose(1, 2).reshape(B * T, H * d)]
+            [out_p.transpose(1, 2).reshape(split, H * d), out_c.transpose(1, 2).reshape(B * T1, H * d)]
         )
         x = x + (proj(i, 1, o)[0] if proj else attn.o_proj(o))
         h = _norm(layer.post_attention_layernorm, x)
@@ -156,6 +160,6 @@ def _shared_prompt_logps(
             x = x + layer.mlp(h)
     x = _norm(inner.norm, x)
     last_p = x[:split].view(P, L, -1)[:, -1].repeat_interleave(G, 0)  # (B, h): predicts completion token 0
-    hidden = torch.cat([last_p[:, None], x[split:].view(B, T, -1)[:, :-1]], dim=1)  # (B, T, h)
+    hidden = torch.cat([last_p[:, None], x[split:].view(B, T1, -1)[:, : T - 1]], dim=1)  # (B, T, h)
     head = proj.head if proj else base.lm_head
     return _token_logps(hidden, completion_ids, head, _vocab(base), temperature, entropy)
