@@ -302,10 +302,13 @@ def _mask(N: int, Tq: int, S: int, gen: torch.Generator) -> torch.Tensor:
         (3, 4, 2, 7, 11, 10),
         (2, 6, 6, 5, 9, 34),
         (1, 8, 1, 3, 50, 16),
+        (2, 4, 2, 1, 1, 8),
+        (1, 2, 1, 70, 130, 128),
     ],
 )
 def test_native_attention_and_its_gradients_equal_torchs(N, H, K, Tq, S, d):
-    """The bundled model's completion and prompt shapes, odd query and key counts, MHA, MQA, head sizes 10 to 64."""
+    """The bundled model's completion and prompt shapes, odd query and key counts, MHA, MQA, head sizes 8 to 128, one
+    query over one key, and more keys than a tile's columns."""
     gen = torch.Generator().manual_seed(N * 100 + S)
     q = (
         torch.randn(N, Tq, H, d, generator=gen).bfloat16().transpose(1, 2)
