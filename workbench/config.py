@@ -311,8 +311,8 @@ PRESETS: dict[str, RunSpec] = {
     # one more than the base's.
     "quick": _CONCISE.replace(max_steps=40, beta=0.04),
     # The lesson: length alone. The reward rises and the answers rot ("🌱🌱🌱", "no, no, no"); Compare's checks
-    # call it reward hacking.
-    "length-only": _CONCISE.replace(max_steps=30, rewards=[length_reward()]),
+    # call it reward hacking. 40 steps, not 30: at 30 some runs were still on the edge (2 of 8 answers degenerate).
+    "length-only": _CONCISE.replace(max_steps=40, rewards=[length_reward()]),
     # Format and correctness, judged where the model is used: Compare in sampled mode at the training temperature
     # (greedy decoding already copies the worked example's tags from step 0). 96 held-out prompts: with 24 a gain
     # of +17 points of correctness still had a CI from 0, with 48 one seed's +14.
