@@ -210,7 +210,9 @@ def token_logps(
     three more passes for the entropy: (R, V) temporaries of ~16 MB a chunk); else torch.
     """
     native = z.dim() == 2 and _bf16_cpu(z) and ids.dtype == torch.int64 and ids.device.type == "cpu"
-    if native and (ids.numel() == 0 or int(ids.min()) >= 0 and int(ids.max()) < z.shape[1]):  # else torch raises
+    if native and (
+        ids.numel() == 0 or int(ids.min()) >= 0 and int(ids.max()) < z.shape[1]
+    ):  # else torch raises
         logp, ent = _TokenLogp.apply(z, ids.contiguous(), float(temperature))
         return logp, ent if entropy else None
     z = z.float()
