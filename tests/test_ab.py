@@ -52,8 +52,8 @@ def test_a_variant_is_a_reward_list_a_preset_or_settings_and_may_not_move_the_pr
 
     made = variant_specs(PRESETS["quick"], ["preset:length-only", "preset:quick"])
     (a, sa, ca), (b, sb, cb) = made
-    # the length-only preset differs from quick in rewards, steps and KL; the prompts are quick's in both
-    assert (a, b) == ("length-only", "quick") and set(ca) == {"rewards", "max_steps", "beta"} and cb == {}
+    # the length-only preset differs from quick in rewards and KL (both train 40 steps); the prompts are quick's in both
+    assert (a, b) == ("length-only", "quick") and set(ca) == {"rewards", "beta"} and cb == {}
     assert (sa.seed, sa.task, sa.train_size, sa.eval_size) == (sb.seed, sb.task, sb.train_size, sb.eval_size)
 
     with pytest.raises(ConfigError, match="changes seed"):  # another seed = other prompts: not an A/B
