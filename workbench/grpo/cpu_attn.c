@@ -38,7 +38,7 @@ static bf16 *packed_cols(const bf16 *x, int R, int C) {
   __m512i idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37, 5,
                                  36, 4, 35, 3, 34, 2, 33, 1, 32, 0); /* a0 b0 a1 b1 ... */
   for (int c0 = 0; c0 < C; c0 += 16) {
-    __mmask16 m = (__mmask16)(C - c0 >= 16 ? 0xffff : (1u << (C - c0)) - 1);
+    __mmask16 m = tail(C - c0);
     bf16 *dst = p + ((size_t)(c0 / COLS) * NP * kp + (c0 / 16) % NP) * 32;
     for (int j = 0; j < kp; j++) {
       __m256i a = _mm256_maskz_loadu_epi16(m, x + (size_t)2 * j * C + c0);
@@ -59,8 +59,6 @@ static bf16 *transposed(const bf16 *x, int R, int C, int ts) {
       for (int c = 0; c < C; c++) t[(size_t)c * ts + r] = x[(size_t)r * C + c];
   return t;
 }
-
-static inline __mmask16 tail(int n) { return (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1); }
 
 /* One row of scores (S) in place: times scale, -inf where ok is 0, softmax in fp32; its bf16 rounding into pb. */
 static void softmax_row(float *row, const uint8_t *ok, int S, float scale, bf16 *pb) {

@@ -237,11 +237,9 @@ static void attend(const bf16 *qkv, int qs, const bf16 *ck, const bf16 *cv, cons
           for (int i = 0; i < 4 && r0 + i < rep; i++) {
             bf16 *dst = att + (size_t)b * as + (size_t)(g * rep + r0 + i) * d + e0;
             __m512 inv = _mm512_set1_ps(sum[r0 + i] > 0.f ? 1.f / sum[r0 + i] : 0.f);
-            for (int c = 0; c < 4 && e0 + 16 * c < d; c++) {
-              int live = d - e0 - 16 * c;
-              __mmask16 m = (__mmask16)(live >= 16 ? 0xffff : (1u << live) - 1);
-              _mm256_mask_storeu_epi16(dst + 16 * c, m, (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(o[i][c], inv)));
-            }
+            for (int c = 0; c < 4 && e0 + 16 * c < d; c++)
+              _mm256_mask_storeu_epi16(dst + 16 * c, tail(d - e0 - 16 * c),
+                                       (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(o[i][c], inv)));
           }
         }
     }

@@ -38,8 +38,10 @@ static inline float rb(float f) { return b2f(f2b(f)); } /* what a bf16 tensor op
 static inline __m512 ld16(const bf16 *p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const void *)p)), 16));
 }
+/* the lanes of the first n of 16 entries (none for n <= 0, all for n >= 16): a tail's mask */
+static inline __mmask16 tail(int n) { return (__mmask16)(n <= 0 ? 0 : n >= 16 ? 0xffff : (1u << n) - 1); }
 static inline __m512 ld16m(const bf16 *p, int n) { /* ld16 of the first n (< 16 allowed) values, zero after */
-  __mmask16 m = (__mmask16)(n <= 0 ? 0 : n >= 16 ? 0xffff : (1u << n) - 1);
+  __mmask16 m = tail(n);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
 static inline void st16(bf16 *p, __m512 v) { _mm256_storeu_si256((void *)p, (__m256i)_mm512_cvtneps_pbh(v)); }

@@ -43,13 +43,13 @@ void wb_token_logp(const bf16 *z, long R, int V, const int64_t *ids, float T, fl
     const bf16 *x = z + (size_t)r * V;
     __m512 mx = _mm512_set1_ps(-INFINITY), s = _mm512_setzero_ps(), t = _mm512_setzero_ps();
     for (int i = 0; i < V; i += 16) {
-      __mmask16 m = (__mmask16)(V - i >= 16 ? 0xffff : (1u << (V - i)) - 1);
+      __mmask16 m = tail(V - i);
       __m512 v = T == 1.f ? ld16m(x + i, V - i) : _mm512_div_ps(ld16m(x + i, V - i), tv);
       mx = _mm512_mask_max_ps(mx, m, mx, v);
     }
     float top = _mm512_reduce_max_ps(mx);
     for (int i = 0; i < V; i += 16) {
-      __mmask16 m = (__mmask16)(V - i >= 16 ? 0xffff : (1u << (V - i)) - 1);
+      __mmask16 m = tail(V - i);
       __m512 v = T == 1.f ? ld16m(x + i, V - i) : _mm512_div_ps(ld16m(x + i, V - i), tv);
       __m512 d = _mm512_sub_ps(v, _mm512_set1_ps(top)), e = _mm512_maskz_mov_ps(m, exp16(d));
       s = _mm512_add_ps(s, e), t = _mm512_fmadd_ps(e, _mm512_maskz_mov_ps(m, d), t);
@@ -72,16 +72,12 @@ void wb_token_logp_bwd(const bf16 *z, long R, int V, const int64_t *ids, float T
     bf16 *out = dz + (size_t)r * V;
     __m512 l = _mm512_set1_ps(lse[r]), gv = _mm512_set1_ps(-g[r]);
     for (int i = 0; i < V; i += 16) {
-      __mmask16 m = (__mmask16)(V - i >= 16 ? 0xffff : (1u << (V - i)) - 1);
+      __mmask16 m = tail(V - i);
       __m512 v = T == 1.f ? ld16m(x + i, V - i) : _mm512_div_ps(ld16m(x + i, V - i), tv);
       __m512 d = _mm512_mul_ps(exp16(_mm512_sub_ps(v, l)), gv);
       int at = (int)(ids[r] - i);
-      if (at >= 0 && at < 16) { /* the token's own entry: + g, added where torch's log_softmax backward adds it */
-        float lane[16];
-        _mm512_storeu_ps(lane, d);
-        lane[at] += g[r];
-        d = _mm512_loadu_ps(lane);
-      }
+      if (at >= 0 && at < 16) /* the token's own entry: + g, added where torch's log_softmax backward adds it */
+        d = _mm512_mask_add_ps(d, (__mmask16)(1u << at), d, _mm512_set1_ps(g[r]));
       if (T != 1.f) d = _mm512_div_ps(d, tv);
       _mm256_mask_storeu_epi16(out + i, m, (__m256i)_mm512_cvtneps_pbh(d));
     }
