@@ -4,7 +4,8 @@ step gives the HF model's own logits on shapes the parity suite's models do not 
 not multiples of 16, odd widths, GQA and MHA, biases); the native draw is torch's draw; it is the path a bf16 run
 takes where it can run; where it cannot be built, the sampler falls back to its torch path (logged) and still
 samples, and that path keeps to HF and TRL; and the training forward's native parts (SiLU·up, RMSNorm, rotary,
-attention, token log-probs with the entropy) equal torch's, forward and backward. The parity suite (`test_engine_parity.py`) covers them too: its bf16 cases run on them.
+attention, token log-probs with the entropy, a fused projection group with its LoRA terms) equal torch's, forward
+and backward. The parity suite (`test_engine_parity.py`) covers them too: its bf16 cases run on them.
 
 Skipped, saying why, on a machine where they cannot run (no AVX512-BF16, no C compiler).
 """
@@ -32,8 +33,8 @@ PAD, EOS = 0, 2
 
 @native
 @pytest.mark.parametrize(
-    "M,N,K", [(1, 1, 2), (8, 48, 64), (5, 17, 33), (9, 100, 7), (20, 49, 576), (3, 96, 1)]
-)
+    "M,N,K", [(1, 1, 2), (8, 48, 64), (5, 17, 33), (9, 100, 7), (20, 49, 576), (3, 96, 1), (17, 100, 1536)]
+)  # the last weight is over 256 KB: streamed tile by tile (the others go row block by row block)
 @pytest.mark.parametrize("bias", [False, True])
 def test_linear_equals_f_linear(M, N, K, bias):
     gen = torch.Generator().manual_seed(M * N + K)
@@ -337,3 +338,82 @@ def test_attention_falls_back_to_torch_where_the_kernel_does_not_run():
         out = cpu_autograd.attention(q, k, v, mask)
         assert "Attention" not in type(out.grad_fn).__name__
         assert torch.equal(out, cpu_autograd.torch_attention(q, k, v, mask))
+
+
+def _lora_group_torch(x, w, bias, terms):
+    """What `fused.FusedProjections` computes with torch ops: the frozen product, then each part's LoRA term."""
+    y = F.linear(x, w, bias)
+    parts = list(y.split([B.shape[0] for _, B, _ in terms], dim=-1))
+    xa = F.linear(x, torch.cat([A for A, _, _ in terms]).to(x.dtype))
+    for i, (xa_i, (_, B, s)) in enumerate(
+        zip(xa.split([A.shape[0] for A, _, _ in terms], -1), terms, strict=True)
+    ):
+        parts[i] = torch.addmm(parts[i], xa_i, (B * s).to(x.dtype).t())
+    return torch.cat(parts, dim=-1)
+
+
+@native
+@pytest.mark.parametrize(
+    "N,K,outs,r,bias",
+    [(336, 576, (576, 192, 192), 16, False), (37, 576, (1536, 1536), 16, True), (336, 1536, (576,), 16, False),
+     (5, 64, (40,), 6, True), (1, 32, (16, 48), 2, False)],
+)  # fmt: skip
+def test_native_lora_group_and_its_gradients_equal_the_torch_ops(N, K, outs, r, bias):
+    from workbench.grpo.llama import prepack
+
+    gen = torch.Generator().manual_seed(N + K + r)
+    w = (torch.randn(sum(outs), K, generator=gen) * 0.05).bfloat16()
+    b = torch.randn(sum(outs), generator=gen).bfloat16() if bias else None
+    x0 = torch.randn(N, K, generator=gen).bfloat16()
+    dy = torch.randn(N, sum(outs), generator=gen).bfloat16()
+    terms = [
+        (torch.randn(r, K, generator=gen) * 0.1, torch.randn(o, r, generator=gen) * 0.1, 2.0) for o in outs
+    ]
+    grads = []
+    for native_path in (False, True):
+        x = x0.clone().requires_grad_()
+        leaves = [(A.clone().requires_grad_(), B.clone().requires_grad_(), s) for A, B, s in terms]
+        if native_path:
+            y = cpu_autograd.lora_group(x, prepack(w, 64), prepack(w.t().contiguous(), 64), b, leaves)
+            assert type(y.grad_fn).__name__ == "_LoraGroupBackward"
+        else:
+            y = _lora_group_torch(x, w, b, leaves)
+        y.backward(dy)
+        grads.append((y.detach(), x.grad, [t.grad for A, B, _ in leaves for t in (A, B)]))
+    (y0, dx0, g0), (y1, dx1, g1) = grads
+    # the output: the LoRA term is rounded to bf16 before it is added (torch's addmm rounds once), so an entry may
+    # differ by one bf16 step of the result or of the term (2^-7 of either): well inside 2^-6
+    torch.testing.assert_close(y1.float(), y0.float(), rtol=2**-6, atol=2**-6)
+    torch.testing.assert_close(dx1.float(), dx0.float(), rtol=0, atol=0)  # every product rounded as torch's
+    for a, e in zip(g1, g0, strict=True):
+        assert a.dtype == e.dtype == torch.float32 and a.shape == e.shape
+        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6)
+
+
+@native
+def test_lora_group_leaves_what_it_cannot_run_to_torch():
+    from workbench.grpo.llama import prepack
+
+    w = torch.randn(8, 16).bfloat16()
+    p, pt = prepack(w, 64), prepack(w.t().contiguous(), 64)
+    odd = [(torch.randn(3, 16), torch.randn(8, 3), 1.0)]  # an odd rank: the packed pairs would read past it
+    assert cpu_autograd.lora_group(torch.randn(4, 16).bfloat16(), p, pt, None, odd) is None
+    even = [(torch.randn(2, 16), torch.randn(8, 2), 1.0)]
+    assert cpu_autograd.lora_group(torch.randn(4, 16), p, pt, None, even) is None  # fp32 activations
+    assert cpu_autograd.lora_group(torch.randn(4, 16).bfloat16(), p, pt, None, even) is not None
+
+
+@native
+def test_silu_mul_over_the_two_halves_of_one_product_reads_them_in_place():
+    gu = torch.randn(37, 200).bfloat16().requires_grad_()
+    dy = torch.randn(37, 100).bfloat16()
+    grads = []
+    for native_path in (True, False):
+        gate, up = gu.split([100, 100], dim=-1)
+        y = cpu_autograd.silu_mul(gate, up) if native_path else F.silu(gate) * up
+        assert native_path is (type(y.grad_fn).__name__ == "_SiluMulRowsBackward")
+        y.backward(dy)
+        grads.append((y.detach(), gu.grad))
+        gu.grad = None
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=0, atol=0)

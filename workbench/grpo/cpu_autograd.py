@@ -1,7 +1,9 @@
-"""The training forward's elementwise parts and attention through the native CPU kernels (`cpu_train.c`,
-`cpu_attn.c`), as autograd functions: the SiLU-gated MLP input, RMSNorm with a frozen weight, rotary embeddings,
-GQA attention, and the log-probs of tokens from bf16 logits (with the softmax's entropy, without gradient). Each takes bf16 CPU tensors where the library
-runs (`cpu_kernels.load`) and otherwise falls back to the torch ops it replaces, which compute the same function.
+"""The training forward's elementwise parts, attention and LoRA terms through the native CPU kernels
+(`cpu_train.c`, `cpu_attn.c`, `cpu_decode.c`'s product), as autograd functions: the SiLU-gated MLP input, RMSNorm
+with a frozen weight, rotary embeddings, GQA attention, the log-probs of tokens from bf16 logits (with the softmax's
+entropy, without gradient), and a fused group of frozen projections with their LoRA adapters. Each takes bf16 CPU
+tensors where the library runs (`cpu_kernels.load`) and otherwise falls back to the torch ops it replaces, which
+compute the same function.
 
 Why by hand: on a CPU each of these is several bf16 torch ops each way, every one a round trip through fp32 over
 the whole activation; at the bundled model's training batch (336 rows) they cost ~0.45 ms (SiLU·up), ~0.7 ms
@@ -14,6 +16,7 @@ with attention, measured A/B (steps alternating in one process).
     qk = rope(qk, cos, sin)         # llama.apply_rope(qk, cos, sin), qk (N, heads, d), cos/sin (N, 1, d)
     o = attention(q, k, v, mask)    # softmax(q kᵀ / √d, masked) v, q (N, H, Tq, d), k/v (N, K, S, d)
     lp, ent = token_logps(z, ids, t)  # log_softmax(z.float() / t) at ids, and the entropy (no gradient)
+    y = lora_group(x, packed, packed_t, bias, [(A, B, s), ...])  # x Wᵀ + b + the LoRA terms; None: use torch
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cpu_kernels import load
-from .llama import apply_rope
+from .cpu_kernels import OUT_ADD_BF16, OUT_BF16, OUT_F32, load, pack
+from .llama import apply_rope, packed_linear
 
 
 def _bf16_cpu(*ts: torch.Tensor, contiguous: bool = True) -> bool:
@@ -52,8 +55,43 @@ class _SiluMul(torch.autograd.Function):
         return dg, du
 
 
+class _SiluMulRows(torch.autograd.Function):
+    """silu(gate) * up where gate | up are the two halves of each row of one fused product gu (R, 2I): read in
+    place, and the gradient written as one (R, 2I) block, the fused product's own (no split, no cat)."""
+
+    @staticmethod
+    def forward(ctx, gu):
+        ctx.save_for_backward(gu)
+        R, I2 = gu.shape
+        y = torch.empty(R, I2 // 2, dtype=gu.dtype)
+        load().wb_silu_mul_rows(gu.data_ptr(), R, I2 // 2, y.data_ptr(), torch.get_num_threads())
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (gu,) = ctx.saved_tensors
+        dy, dgu = dy.contiguous(), torch.empty_like(gu)
+        load().wb_silu_mul_rows_bwd(gu.data_ptr(), gu.shape[0], gu.shape[1] // 2, dy.data_ptr(), dgu.data_ptr(),
+                                    torch.get_num_threads())  # fmt: skip
+        return dgu
+
+
+def _halves(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor | None:
+    """The (R, 2I) block whose rows g and u (R, I) split in two halves (`lora_group`'s output), or None."""
+    base = g._base
+    if base is None or u._base is not base or base.dim() != 2 or g.dim() != 2 or not base.is_contiguous():
+        return None
+    rows, half = g.shape
+    at = g.data_ptr() == base.data_ptr() and u.data_ptr() == base.data_ptr() + half * base.element_size()
+    return base if at and base.shape == (rows, 2 * half) and u.shape == (rows, half) else None
+
+
 def silu_mul(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """F.silu(g) * u: natively for contiguous bf16 CPU tensors of one shape where the library runs, else torch."""
+    """F.silu(g) * u: natively for contiguous bf16 CPU tensors of one shape, or the two halves of one fused product,
+    where the library runs; else torch."""
+    gu = _halves(g, u) if g.shape == u.shape else None
+    if gu is not None and _bf16_cpu(gu):
+        return _SiluMulRows.apply(gu)
     if g.shape == u.shape and _bf16_cpu(g, u):
         return _SiluMul.apply(g, u)
     return F.silu(g) * u
@@ -222,3 +260,104 @@ def token_logps(
         with torch.no_grad():
             ent = -(logp.exp() * logp).sum(-1)
     return logp.gather(-1, ids[:, None])[:, 0], ent
+
+
+class _LoraGroup(torch.autograd.Function):
+    """`lora_group` natively: the frozen product through oneDNN's prepacked weights, the LoRA terms through
+    `wb_linear` over the adapters packed per call (they change every optimizer step; packing them is ~1 % of the
+    work), their weight gradients over x and dy packed transposed (`wb_pack_t`). Each product rounds as torch's
+    bf16 product rounds it: the tests find the same gradients, bit for bit, as the torch ops."""
+
+    @staticmethod
+    def forward(ctx, x, frozen, scales, *ab):
+        p, pt, bias = frozen
+        m, lib, th = len(scales), load(), torch.get_num_threads()
+        As, Bs = ab[:m], ab[m:]
+        N, K = x.shape
+        y = packed_linear(x, p, bias)  # (N, out): the frozen part with its bias, rounded once as F.linear
+        a = torch.cat([A.detach() for A in As]).to(torch.bfloat16)  # (R, K): the group's A's, one product
+        sbs = [(B.detach() * s).to(torch.bfloat16) for B, s in zip(Bs, scales, strict=True)]  # (out_i, r_i)
+        R, out = a.shape[0], y.shape[1]
+        xa, pa = torch.empty(N, R, dtype=torch.bfloat16), pack(a)  # (a packed tensor must outlive its call)
+        lib.wb_linear(x.data_ptr(), N, K, pa.data_ptr(), R, K, None, xa.data_ptr(), R, OUT_BF16, th)
+        col = off = 0
+        for sb in sbs:  # y_i += xa_i (s B_i)ᵀ, into the group's output columns in place
+            (n_i, r), psb = sb.shape, pack(sb)
+            lib.wb_linear(xa.data_ptr() + 2 * off, N, R, psb.data_ptr(), n_i, r, None, y.data_ptr() + 2 * col, out,
+                          OUT_ADD_BF16, th)  # fmt: skip
+            col, off = col + n_i, off + r
+        ctx.save_for_backward(x, xa, a, *sbs)
+        ctx.pt, ctx.scales = pt, scales
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, xa, a, *sbs = ctx.saved_tensors
+        lib, th = load(), torch.get_num_threads()
+        dy = dy.contiguous()
+        (N, K), (R, out) = x.shape, (a.shape[0], dy.shape[1])
+        dxa = torch.empty(N, R, dtype=torch.bfloat16)
+        n2 = N + N % 2  # the token count the weight gradients sum over, even (a zero token pads it)
+        xat = torch.zeros(
+            R, n2, dtype=torch.bfloat16
+        )  # xaᵀ: the rows wb_linear multiplies by dy's packed columns
+        xat[:, :N] = xa.t()
+        dBs = []
+        col = off = 0
+        for sb, s in zip(sbs, ctx.scales, strict=True):
+            (n_i, r), psbt = sb.shape, pack(sb.t().contiguous())
+            # dxa_i = dy_i (s B_i)
+            lib.wb_linear(dy.data_ptr() + 2 * col, N, out, psbt.data_ptr(), r, n_i, None, dxa.data_ptr() + 2 * off, R,
+                          OUT_BF16, th)  # fmt: skip
+            # dB_iᵀ = xa_iᵀ dy_i, rounded as torch's bf16 product (fp32 out), then scaled as its cast and mul give it
+            pdy, dbt = _packed_t(dy, col, n_i), torch.empty(r, n_i)
+            lib.wb_linear(xat.data_ptr() + 2 * off * n2, r, n2, pdy.data_ptr(), n_i, N, None, dbt.data_ptr(), n_i,
+                          OUT_F32, th)  # fmt: skip
+            dBs.append(dbt.t().mul(s).contiguous())
+            col, off = col + n_i, off + r
+        # dA = dxaᵀ x for the whole group, one product; each part's rows its A's gradient
+        dxat = torch.zeros(R, n2, dtype=torch.bfloat16)
+        dxat[:, :N] = dxa.t()
+        px, dA = _packed_t(x, 0, K), torch.empty(R, K)
+        lib.wb_linear(dxat.data_ptr(), R, n2, px.data_ptr(), K, N, None, dA.data_ptr(), K, OUT_F32, th)
+        dAs = list(dA.split([sb.shape[1] for sb in sbs]))
+        dx = None
+        if ctx.needs_input_grad[0]:  # dx = dy Wᵀ (frozen) + dxa A
+            dx, pat = packed_linear(dy, ctx.pt), pack(a.t().contiguous())
+            lib.wb_linear(
+                dxa.data_ptr(), N, R, pat.data_ptr(), K, R, None, dx.data_ptr(), K, OUT_ADD_BF16, th
+            )
+        return dx, None, None, *dAs, *dBs
+
+
+def _packed_t(m: torch.Tensor, c0: int, C: int) -> torch.Tensor:
+    """Columns c0..c0+C of the (R, ·) bf16 matrix m, transposed and packed for `wb_linear` (`wb_pack_t`)."""
+    R = m.shape[0]
+    out = torch.zeros(load().wb_packed_elems(C, R), dtype=torch.bfloat16)
+    load().wb_pack_t(m.data_ptr(), R, m.shape[1], c0, C, out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def lora_group(
+    x: torch.Tensor, packed: torch.Tensor, packed_t: torch.Tensor, bias: torch.Tensor | None, terms: list
+) -> torch.Tensor | None:
+    """x Wᵀ + bias + Σ_i xa_i (s_i B_i)ᵀ placed in part i's columns, with xa = x [A_1; …; A_m]ᵀ: a fused group of
+    projections (W prepacked by `llama.prepack`, and Wᵀ for the input gradient) with one LoRA adapter (A_i, B_i,
+    s_i) on each part, in bf16 as `fused.FusedProjections` computes it with torch ops. None where the native kernels
+    cannot run it (then the caller runs those ops): x must be a contiguous bf16 CPU matrix, and every width even.
+
+    Why by hand: in torch these are 4–12 small bf16 products a group each way (x Aᵀ, xa Bᵀ per part, and their
+    backward), each ~25–70 µs of oneDNN's fixed cost for a few MFLOP, plus the casts and autograd nodes around them:
+    ~150 ms of a ~600 ms training forward and backward on the bundled model. Natively the training phase took
+    ~30 ms (4 %) less a step (A/B, steps alternating in one process).
+    """
+    shapes = [(A.shape, B.shape) for A, B, _ in terms]
+    even = all(d % 2 == 0 for sa, sb in shapes for d in (*sa, *sb))
+    if x.dim() != 2 or not even or not _bf16_cpu(x) or packed is None or packed_t is None:
+        return None
+    if any(A.dtype != B.dtype or A.device.type != "cpu" for A, B, _ in terms):
+        return None
+    scales = tuple(float(s) for _, _, s in terms)
+    return _LoraGroup.apply(
+        x, (packed, packed_t, bias), scales, *[A for A, _, _ in terms], *[B for _, B, _ in terms]
+    )

@@ -45,7 +45,11 @@ SOURCES = [HERE / "cpu_decode.c", HERE / "cpu_train.c", HERE / "cpu_attn.c"]  # 
 ISA = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"]
 FLAGS = ["-O3", *ISA, "-fopenmp", "-shared", "-fPIC"]
 NEEDS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")  # /proc/cpuinfo flags
-OUT_BF16 = 0  # wb_linear's output mode for `linear` (the decode step also writes fp32 and adds to a residual)
+OUT_BF16, OUT_F32, OUT_ADD_BF16 = (
+    0,
+    1,
+    2,
+)  # wb_linear's output modes: bf16, fp32 of the bf16 value, added to bf16
 P, I32, F32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 SIGNATURES = {
     "wb_packed_elems": ([I32, I32], ctypes.c_long),
@@ -55,6 +59,8 @@ SIGNATURES = {
     "wb_sample": ([P, I32, I32, F32, P, P, P, I32], I32),
     "wb_silu_mul": ([P, P, P, ctypes.c_long, I32], None),
     "wb_silu_mul_backward": ([P, P, P, P, P, ctypes.c_long, I32], None),
+    "wb_silu_mul_rows": ([P, ctypes.c_long, I32, P, I32], None),
+    "wb_silu_mul_rows_bwd": ([P, ctypes.c_long, I32, P, P, I32], None),
     "wb_token_logp": ([P, ctypes.c_long, I32, P, F32, P, P, P, I32], None),
     "wb_token_logp_bwd": ([P, ctypes.c_long, I32, P, F32, P, P, P, I32], None),
     "wb_rms_norm_fwd": ([P, P, P, P, ctypes.c_long, I32, F32, I32], None),
@@ -62,6 +68,7 @@ SIGNATURES = {
     "wb_rope": ([P, P, P, P, ctypes.c_long, I32, I32, I32, I32], None),
     "wb_attn_fwd": ([P, P, P, P, I32, I32, I32, I32, I32, I32, F32, P, P, I32], I32),
     "wb_attn_bwd": ([P, P, P, P, P, I32, I32, I32, I32, I32, I32, F32, P, P, P, I32], I32),
+    "wb_pack_t": ([P, I32, I32, I32, I32, P, I32], None),
 }
 _lib: ctypes.CDLL | None = None
 _why: str | None = None

@@ -1,6 +1,6 @@
 /* The training forward's elementwise parts as native kernels, forward and backward, for contiguous bf16 CPU tensors:
  * the SiLU-gated MLP input, RMSNorm with a frozen weight, rotary embeddings, and the log-probs of tokens (with the
- * softmax's entropy) from bf16 logits.
+ * softmax's entropy) from bf16 logits; and the packing the LoRA terms' weight gradients run on.
  * Each keeps the rounding of the bf16 torch ops it replaces (`cpu_autograd.py` wraps them for autograd; its tests
  * compare each with torch, forward and backward). Built with `cpu_decode.c` by `cpu_kernels.py`.
  */
@@ -13,11 +13,11 @@ void wb_silu_mul(const bf16 *g, const bf16 *u, bf16 *y, long n, int threads) {
   for (long i = 0; i < n; i += chunk) silu_mul(g + i, u + i, n - i < chunk ? n - i : chunk, y + i);
 }
 
-/* The gradients of wb_silu_mul as autograd computes them in bf16: du = dy * silu(g); dg = (dy * u) * silu'(g),
- * silu'(g) = s (1 + g (1 - s)) with s = sigmoid(g); each product rounded as its tensor op rounds. */
-void wb_silu_mul_backward(const bf16 *g, const bf16 *u, const bf16 *dy, bf16 *dg, bf16 *du, long n, int threads) {
+/* The gradients of silu(g) * u over n elements as autograd computes them in bf16: du = dy * silu(g);
+ * dg = (dy * u) * silu'(g), silu'(g) = s (1 + g (1 - s)) with s = sigmoid(g); each product rounded as its tensor op
+ * rounds. */
+static void silu_mul_bwd(const bf16 *g, const bf16 *u, const bf16 *dy, bf16 *dg, bf16 *du, long n) {
   long v = n / 16 * 16;
-#pragma omp parallel for num_threads(threads) schedule(static)
   for (long i = 0; i < v; i += 16) {
     __m512 gv = ld16(g + i), d = ld16(dy + i), one = _mm512_set1_ps(1.f);
     __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
@@ -31,6 +31,26 @@ void wb_silu_mul_backward(const bf16 *g, const bf16 *u, const bf16 *dy, bf16 *dg
     du[i] = f2b(d * rb(gf * s));
     dg[i] = f2b(rb(d * b2f(u[i])) * s * (1.f + gf * (1.f - s)));
   }
+}
+
+/* The gradients of wb_silu_mul, in chunks across the threads. */
+void wb_silu_mul_backward(const bf16 *g, const bf16 *u, const bf16 *dy, bf16 *dg, bf16 *du, long n, int threads) {
+  const long chunk = 4096;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long i = 0; i < n; i += chunk) silu_mul_bwd(g + i, u + i, dy + i, dg + i, du + i, n - i < chunk ? n - i : chunk);
+}
+
+/* wb_silu_mul over the two halves of each row of gu (R, 2I) (gate | up, one fused product): y (R, I). */
+void wb_silu_mul_rows(const bf16 *gu, long R, int I, bf16 *y, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long r = 0; r < R; r++) silu_mul(gu + r * 2 * I, gu + r * 2 * I + I, I, y + r * I);
+}
+
+/* Its gradient dgu (R, 2I): the gate's and the up's gradients side by side, as the fused product's output. */
+void wb_silu_mul_rows_bwd(const bf16 *gu, long R, int I, const bf16 *dy, bf16 *dgu, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long r = 0; r < R; r++)
+    silu_mul_bwd(gu + r * 2 * I, gu + r * 2 * I + I, dy + r * I, dgu + r * 2 * I, dgu + r * 2 * I + I, I);
 }
 
 /* Per row of bf16 logits z (R, V) at temperature T, as torch's log_softmax of z.float() / T computes them in fp32:
@@ -124,4 +144,31 @@ void wb_rope(const bf16 *x, const bf16 *cos, const bf16 *sin, bf16 *y, long N, i
       size_t at = ((size_t)t * heads + k) * d;
       rope_head(x + at, cos + (size_t)t * d, sin + (size_t)t * d, y + at, d, backward);
     }
+}
+
+/* ---- the LoRA terms' weight gradients (`cpu_autograd.lora_group`) ------------------------------------------ */
+
+/* dA = dxa^T x and dB^T = xa^T dy sum over the tokens: `wb_linear` (cpu_decode.c) runs them over x and dy packed
+ * transposed, here, straight from their token-major rows (a transpose, then `wb_pack_rows`, would copy each twice).
+ * Panels (see wb_pack_rows) of the transpose of x's columns c0..c0+C (x: R rows, row stride ld): the matrix
+ * x[:, c0:c0+C]^T (C, R) packed for `wb_linear`, straight from x. Each pair of x's rows, interleaved 16 columns at a
+ * time, is one 64-byte line of a panel; an odd last row pairs with zeros. out must hold wb_packed_elems(C, R), zero:
+ * the panels past C are left as they are. */
+void wb_pack_t(const bf16 *x, int R, int ld, int c0, int C, bf16 *out, int threads) {
+  int kp = (R + 1) / 2, panels = (C + 15) / 16;
+  __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37, 5,
+                                    36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int j = 0; j < kp; j++) {
+    const bf16 *r0 = x + (size_t)(2 * j) * ld + c0, *r1 = r0 + ld;
+    int two = 2 * j + 1 < R;
+    for (int p = 0; p < panels; p++) {
+      int left = C - 16 * p;
+      __mmask32 m = left >= 16 ? 0xffffu : (1u << left) - 1;
+      __m512i a = _mm512_maskz_loadu_epi16(m, r0 + 16 * p);
+      __m512i b = two ? _mm512_maskz_loadu_epi16(m, r1 + 16 * p) : _mm512_setzero_si512();
+      bf16 *dst = out + ((size_t)(p / NP) * NP * kp + p % NP) * 32 + (size_t)j * NP * 32;
+      _mm512_storeu_si512((void *)dst, _mm512_permutex2var_epi16(a, lo_idx, b));
+    }
+  }
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import cpu_autograd
 from .llama import base_linear, base_of, lora_terms, packed_linear, prepack, projection_groups
 
 
@@ -94,11 +95,17 @@ class FusedProjections:
 
     def __call__(self, layer: int, group: int, x: torch.Tensor) -> list[torch.Tensor]:
         g = self.layers[layer][group]
+        terms = [lora_terms(m) for m in g["mods"]]  # none while the adapter is disabled (the reference)
+        if g["p"] is not None and all(
+            len(t) == 1 for t in terms
+        ):  # the whole group natively, where it can run
+            y = cpu_autograd.lora_group(x, g["p"], g["pt"], g["bias"], [t[0] for t in terms])
+            if y is not None:
+                return list(y.split(g["sizes"], dim=-1))
         y = _Frozen.apply(x, g["w"], g["p"], g["pt"])
         if g["bias"] is not None:
             y = y + g["bias"]
         parts = list(y.split(g["sizes"], dim=-1))
-        terms = [lora_terms(m) for m in g["mods"]]  # none while the adapter is disabled (the reference)
         if all(len(t) == 1 for t in terms):  # one adapter on each: the A's of the group as one matmul
             xa = F.linear(x, torch.cat([t[0][0] for t in terms]).to(x.dtype))  # (N, r·parts)
             for i, (xa_i, t) in enumerate(
