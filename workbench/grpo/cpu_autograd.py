@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cpu_kernels import OUT_ADD_BF16, OUT_BF16, OUT_F32, load, pack
+from .cpu_kernels import OUT_ADD_BF16, OUT_BF16, OUT_F32, load
 from .llama import apply_rope, packed_linear
 
 
@@ -264,8 +264,8 @@ def token_logps(
 
 class _LoraGroup(torch.autograd.Function):
     """`lora_group` natively: the frozen product through oneDNN's prepacked weights, the LoRA terms through
-    `wb_linear` over the adapters packed per call (they change every optimizer step; packing them is ~1 % of the
-    work), their weight gradients over x and dy packed transposed (`wb_pack_t`). Each product rounds as torch's
+    `wb_linear` over the adapters packed per call (they change every optimizer step), their weight gradients over x
+    and dy packed transposed (`wb_pack_t`). Each product rounds as torch's
     bf16 product rounds it: the tests find the same gradients, bit for bit, as the torch ops."""
 
     @staticmethod
@@ -275,14 +275,21 @@ class _LoraGroup(torch.autograd.Function):
         As, Bs = ab[:m], ab[m:]
         N, K = x.shape
         y = packed_linear(x, p, bias)  # (N, out): the frozen part with its bias, rounded once as F.linear
-        a = torch.cat([A.detach() for A in As]).to(torch.bfloat16)  # (R, K): the group's A's, one product
-        sbs = [(B.detach() * s).to(torch.bfloat16) for B, s in zip(Bs, scales, strict=True)]  # (out_i, r_i)
+        # the group's A's (R, K) and s·B's (out_i, r_i) in bf16 as torch casts them, each also transposed: a small
+        # matrix is packed from its transpose (`_packed_t`)
+        a = torch.cat([A.detach() for A in As]).to(torch.bfloat16)
+        at = a.t().contiguous()
+        sbs = [(B.detach() * s).to(torch.bfloat16) for B, s in zip(Bs, scales, strict=True)]
+        sbts = [sb.t().contiguous() for sb in sbs]
         R, out = a.shape[0], y.shape[1]
-        xa, pa = torch.empty(N, R, dtype=torch.bfloat16), pack(a)  # (a packed tensor must outlive its call)
+        xa, pa = (
+            torch.empty(N, R, dtype=torch.bfloat16),
+            _packed_t(at, 0, R),
+        )  # (a packed block outlives its call)
         lib.wb_linear(x.data_ptr(), N, K, pa.data_ptr(), R, K, None, xa.data_ptr(), R, OUT_BF16, th)
         col = off = 0
-        for sb in sbs:  # y_i += xa_i (s B_i)ᵀ, into the group's output columns in place
-            (n_i, r), psb = sb.shape, pack(sb)
+        for sb, sbt in zip(sbs, sbts, strict=True):  # y_i += xa_i (s B_i)ᵀ, into the group's columns in place
+            (n_i, r), psb = sb.shape, _packed_t(sbt, 0, sb.shape[0])
             lib.wb_linear(xa.data_ptr() + 2 * off, N, R, psb.data_ptr(), n_i, r, None, y.data_ptr() + 2 * col, out,
                           OUT_ADD_BF16, th)  # fmt: skip
             col, off = col + n_i, off + r
@@ -297,15 +304,12 @@ class _LoraGroup(torch.autograd.Function):
         dy = dy.contiguous()
         (N, K), (R, out) = x.shape, (a.shape[0], dy.shape[1])
         dxa = torch.empty(N, R, dtype=torch.bfloat16)
-        n2 = N + N % 2  # the token count the weight gradients sum over, even (a zero token pads it)
-        xat = torch.zeros(
-            R, n2, dtype=torch.bfloat16
-        )  # xaᵀ: the rows wb_linear multiplies by dy's packed columns
-        xat[:, :N] = xa.t()
+        xat = _rows_t(xa)  # xaᵀ: the rows wb_linear multiplies by dy's packed columns
+        n2 = xat.shape[1]  # the token count the weight gradients sum over, even (a zero token pads it)
         dBs = []
         col = off = 0
         for sb, s in zip(sbs, ctx.scales, strict=True):
-            (n_i, r), psbt = sb.shape, pack(sb.t().contiguous())
+            (n_i, r), psbt = sb.shape, _packed_t(sb, 0, sb.shape[1])
             # dxa_i = dy_i (s B_i)
             lib.wb_linear(dy.data_ptr() + 2 * col, N, out, psbt.data_ptr(), r, n_i, None, dxa.data_ptr() + 2 * off, R,
                           OUT_BF16, th)  # fmt: skip
@@ -316,14 +320,12 @@ class _LoraGroup(torch.autograd.Function):
             dBs.append(dbt.t().mul(s).contiguous())
             col, off = col + n_i, off + r
         # dA = dxaᵀ x for the whole group, one product; each part's rows its A's gradient
-        dxat = torch.zeros(R, n2, dtype=torch.bfloat16)
-        dxat[:, :N] = dxa.t()
-        px, dA = _packed_t(x, 0, K), torch.empty(R, K)
+        dxat, px, dA = _rows_t(dxa), _packed_t(x, 0, K), torch.empty(R, K)
         lib.wb_linear(dxat.data_ptr(), R, n2, px.data_ptr(), K, N, None, dA.data_ptr(), K, OUT_F32, th)
         dAs = list(dA.split([sb.shape[1] for sb in sbs]))
         dx = None
         if ctx.needs_input_grad[0]:  # dx = dy Wᵀ (frozen) + dxa A
-            dx, pat = packed_linear(dy, ctx.pt), pack(a.t().contiguous())
+            dx, pat = packed_linear(dy, ctx.pt), _packed_t(a, 0, K)
             lib.wb_linear(
                 dxa.data_ptr(), N, R, pat.data_ptr(), K, R, None, dx.data_ptr(), K, OUT_ADD_BF16, th
             )
@@ -331,10 +333,22 @@ class _LoraGroup(torch.autograd.Function):
 
 
 def _packed_t(m: torch.Tensor, c0: int, C: int) -> torch.Tensor:
-    """Columns c0..c0+C of the (R, ·) bf16 matrix m, transposed and packed for `wb_linear` (`wb_pack_t`)."""
+    """Columns c0..c0+C of the (R, ·) bf16 matrix m, transposed and packed for `wb_linear` (`wb_pack_t`): the
+    right-hand matrix m[:, c0:c0+C]ᵀ of a product, or, for a small m, m's own packing from mᵀ."""
     R = m.shape[0]
-    out = torch.zeros(load().wb_packed_elems(C, R), dtype=torch.bfloat16)
+    out = torch.empty(load().wb_packed_elems(C, R), dtype=torch.bfloat16)
     load().wb_pack_t(m.data_ptr(), R, m.shape[1], c0, C, out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def _rows_t(m: torch.Tensor) -> torch.Tensor:
+    """mᵀ (C, R) of m (R, C), with a zero column when R is odd: the left-hand rows of a product that sums over m's
+    rows in pairs (`wb_linear` reads its inputs in pairs)."""
+    R, C = m.shape
+    out = torch.empty(C, R + R % 2, dtype=m.dtype)
+    out[:, :R] = m.t()
+    if R % 2:
+        out[:, R] = 0
     return out
 
 

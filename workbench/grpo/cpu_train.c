@@ -151,24 +151,27 @@ void wb_rope(const bf16 *x, const bf16 *cos, const bf16 *sin, bf16 *y, long N, i
 /* dA = dxa^T x and dB^T = xa^T dy sum over the tokens: `wb_linear` (cpu_decode.c) runs them over x and dy packed
  * transposed, here, straight from their token-major rows (a transpose, then `wb_pack_rows`, would copy each twice).
  * Panels (see wb_pack_rows) of the transpose of x's columns c0..c0+C (x: R rows, row stride ld): the matrix
- * x[:, c0:c0+C]^T (C, R) packed for `wb_linear`, straight from x. Each pair of x's rows, interleaved 16 columns at a
- * time, is one 64-byte line of a panel; an odd last row pairs with zeros. out must hold wb_packed_elems(C, R), zero:
- * the panels past C are left as they are. */
+ * x[:, c0:c0+C]^T (C, R) packed for `wb_linear`, straight from x, padding included (out: wb_packed_elems(C, R),
+ * written whole). Each pair of x's rows, interleaved 16 columns at a time, is one 64-byte line of a panel; an odd
+ * last row pairs with zeros. Also packs a small matrix W from its transpose (the LoRA factors): pack(W) is
+ * wb_pack_t(W^T). A thread writes its tiles' lines in order, one stream. */
 void wb_pack_t(const bf16 *x, int R, int ld, int c0, int C, bf16 *out, int threads) {
-  int kp = (R + 1) / 2, panels = (C + 15) / 16;
+  int kp = (R + 1) / 2, tiles = (C + COLS - 1) / COLS, chunks = (kp + 63) / 64;
   __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37, 5,
                                     36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int j = 0; j < kp; j++) {
-    const bf16 *r0 = x + (size_t)(2 * j) * ld + c0, *r1 = r0 + ld;
-    int two = 2 * j + 1 < R;
-    for (int p = 0; p < panels; p++) {
-      int left = C - 16 * p;
-      __mmask32 m = left >= 16 ? 0xffffu : (1u << left) - 1;
-      __m512i a = _mm512_maskz_loadu_epi16(m, r0 + 16 * p);
-      __m512i b = two ? _mm512_maskz_loadu_epi16(m, r1 + 16 * p) : _mm512_setzero_si512();
-      bf16 *dst = out + ((size_t)(p / NP) * NP * kp + p % NP) * 32 + (size_t)j * NP * 32;
-      _mm512_storeu_si512((void *)dst, _mm512_permutex2var_epi16(a, lo_idx, b));
-    }
-  }
+#pragma omp parallel for num_threads(threads) collapse(2) schedule(static)
+  for (int t = 0; t < tiles; t++)
+    for (int q = 0; q < chunks; q++) /* 64 pairs at a time: a single tile still splits across the threads */
+      for (int j = q * 64; j < kp && j < q * 64 + 64; j++) {
+        const bf16 *r0 = x + (size_t)(2 * j) * ld + c0, *r1 = r0 + ld;
+        int two = 2 * j + 1 < R;
+        bf16 *dst = out + ((size_t)t * NP * kp + (size_t)j * NP) * 32;
+        for (int c = 0; c < NP; c++) {
+          int p = t * NP + c, left = C - 16 * p;
+          __mmask32 m = left >= 16 ? 0xffffu : left <= 0 ? 0 : (1u << left) - 1;
+          __m512i a = _mm512_maskz_loadu_epi16(m, r0 + 16 * p);
+          __m512i b = two ? _mm512_maskz_loadu_epi16(m, r1 + 16 * p) : _mm512_setzero_si512();
+          _mm512_storeu_si512((void *)(dst + 32 * c), _mm512_permutex2var_epi16(a, lo_idx, b));
+        }
+      }
 }
