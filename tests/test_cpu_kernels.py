@@ -400,6 +400,10 @@ def test_lora_group_leaves_what_it_cannot_run_to_torch():
     assert cpu_autograd.lora_group(torch.randn(4, 16).bfloat16(), p, pt, None, odd) is None
     even = [(torch.randn(2, 16), torch.randn(8, 2), 1.0)]
     assert cpu_autograd.lora_group(torch.randn(4, 16), p, pt, None, even) is None  # fp32 activations
+    bf16_adapter = [(torch.randn(2, 16).bfloat16(), torch.randn(8, 2).bfloat16(), 1.0)]
+    assert cpu_autograd.lora_group(torch.randn(4, 16).bfloat16(), p, pt, None, bf16_adapter) is None
+    strided = torch.randn(4, 32).bfloat16()[:, :16]  # rows not contiguous
+    assert cpu_autograd.lora_group(strided, p, pt, None, even) is None
     assert cpu_autograd.lora_group(torch.randn(4, 16).bfloat16(), p, pt, None, even) is not None
 
 

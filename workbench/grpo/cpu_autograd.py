@@ -83,7 +83,8 @@ def _halves(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor | None:
         return None
     rows, half = g.shape
     at = g.data_ptr() == base.data_ptr() and u.data_ptr() == base.data_ptr() + half * base.element_size()
-    return base if at and base.shape == (rows, 2 * half) and u.shape == (rows, half) else None
+    halves = g.stride() == u.stride() == (2 * half, 1) and u.shape == (rows, half)
+    return base if at and halves and base.shape == (rows, 2 * half) else None
 
 
 def silu_mul(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -358,7 +359,8 @@ def lora_group(
     """x Wᵀ + bias + Σ_i xa_i (s_i B_i)ᵀ placed in part i's columns, with xa = x [A_1; …; A_m]ᵀ: a fused group of
     projections (W prepacked by `llama.prepack`, and Wᵀ for the input gradient) with one LoRA adapter (A_i, B_i,
     s_i) on each part, in bf16 as `fused.FusedProjections` computes it with torch ops. None where the native kernels
-    cannot run it (then the caller runs those ops): x must be a contiguous bf16 CPU matrix, and every width even.
+    cannot run it (then the caller runs those ops): x must be a contiguous bf16 CPU matrix, the adapters fp32, and
+    every width even.
 
     Why by hand: in torch these are 4–12 small bf16 products a group each way (x Aᵀ, xa Bᵀ per part, and their
     backward), each ~25–70 µs of oneDNN's fixed cost for a few MFLOP, plus the casts and autograd nodes around them:
@@ -369,8 +371,10 @@ def lora_group(
     even = all(d % 2 == 0 for sa, sb in shapes for d in (*sa, *sb))
     if x.dim() != 2 or not even or not _bf16_cpu(x) or packed is None or packed_t is None:
         return None
-    if any(A.dtype != B.dtype or A.device.type != "cpu" for A, B, _ in terms):
-        return None
+    if any(
+        A.dtype != torch.float32 or B.dtype != torch.float32 or A.device.type != "cpu" for A, B, _ in terms
+    ):
+        return None  # fp32 adapters (peft's default): their gradients come back in fp32, as the torch ops give them
     scales = tuple(float(s) for _, _, s in terms)
     return _LoraGroup.apply(
         x, (packed, packed_t, bias), scales, *[A for A, _, _ in terms], *[B for _, B, _ in terms]
