@@ -7,6 +7,9 @@ transpose, for the input gradient) so it is read as stored; the LoRA deltas run 
 adapter weights are cast, as autocast would). The result is the same function of the same parameters: the tests
 compare log-probs and gradients with the model's own forward.
 
+On a CPU where the native kernels run, a group with one adapter on each projection is one autograd node
+(`cpu_autograd.lora_group`: the LoRA products natively, the same gradients); elsewhere the torch ops below.
+
 Used only when every base weight and bias is frozen (LoRA), no LoRA dropout and no LoRA variant (DoRA...):
 otherwise the forward calls the modules themselves. A LoRA on lm_head is applied in `head` as on the projections.
 """
@@ -96,9 +99,8 @@ class FusedProjections:
     def __call__(self, layer: int, group: int, x: torch.Tensor) -> list[torch.Tensor]:
         g = self.layers[layer][group]
         terms = [lora_terms(m) for m in g["mods"]]  # none while the adapter is disabled (the reference)
-        if g["p"] is not None and all(
-            len(t) == 1 for t in terms
-        ):  # the whole group natively, where it can run
+        single = all(len(t) == 1 for t in terms)  # one adapter on each projection of the group
+        if single and g["p"] is not None:  # the whole group as one native autograd node, where it can run
             y = cpu_autograd.lora_group(x, g["p"], g["pt"], g["bias"], [t[0] for t in terms])
             if y is not None:
                 return list(y.split(g["sizes"], dim=-1))
@@ -106,7 +108,7 @@ class FusedProjections:
         if g["bias"] is not None:
             y = y + g["bias"]
         parts = list(y.split(g["sizes"], dim=-1))
-        if all(len(t) == 1 for t in terms):  # one adapter on each: the A's of the group as one matmul
+        if single:  # the A's of the group as one matmul
             xa = F.linear(x, torch.cat([t[0][0] for t in terms]).to(x.dtype))  # (N, r·parts)
             for i, (xa_i, t) in enumerate(
                 zip(xa.split([t[0][0].shape[0] for t in terms], -1), terms, strict=True)
