@@ -22,7 +22,9 @@ How to read it:
 - ratio: TRL's step over the engine's step, per pair of steps run back to back; its median and min–max.
 - machine limits: the bf16 matmul peak (2048², before and after the run) and the copy bandwidth (512 MB). The
   generation floor is T × (bytes of every matrix a decode step reads) ÷ bandwidth; the training phase's share is
-  its estimated FLOPs (`bench_machine.train_flops`) over its time, against the bf16 peak.
+  its estimated FLOPs (`bench_machine.train_flops`) over its time, against the bf16 peak. Both are given against
+  the limits of the run's start and, per step, against the limits measured just before that engine step
+  (`bench_machine.Probe`: other tenants come and go within a run); the sweep's table gives the latter.
 - last line: `speedup_vs_trl=<TRL median step / engine median step>`; the bar is 5.0. Exit code 0 either way, 1 only
   when the work was not identical (a completion not T tokens long) or a child failed.
 """
@@ -39,7 +41,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_machine import copy_bandwidth, matmul_peak
+from bench_machine import Probe, copy_bandwidth, matmul_peak
 
 BAR = 5.0
 HERE = Path(__file__).resolve().parent
@@ -95,10 +97,12 @@ def run_point(model: str, g: int, t: int, steps: int, args, env: dict, name: str
     kids = [Child(e, model, g, t, total, args, env) for e in ("builtin", "trl")]
     try:
         ready = {k.name: k.read() for k in kids}
+        probe = Probe(args.device)  # after the children load: its 1 GB of buffers is not in their way
         out: dict = {k.name: [] for k in kids}
         for i in range(total):
             for k in kids if i % 2 == 0 else kids[::-1]:
-                out[k.name].append(k.step())
+                limits = probe() if k.name == "engine" else None  # the machine just before the engine's step
+                out[k.name].append(k.step() | ({"limits": limits} if limits else {}))
     finally:
         for k in kids:
             k.close()
@@ -123,19 +127,23 @@ def summarize(data: dict, t: int, g: int, bandwidth: float, peak: float) -> dict
     ok = all(len(v) == 2 * g * len(eng) and set(v) == {t} for v in lens.values())
     floor = t * data["ready"]["engine"]["decode_bytes"] / (bandwidth * 1e9)
     # the median step's rate, not total over total: one step slowed by another process would drag the mean down
-    gflops = (
-        statistics.median(
-            f / secs for f, secs in zip(col["engine"]["flops"], col["engine"]["training"], strict=True)
-        )
-        / 1e9
-    )
+    rates = [
+        f / secs / 1e9 for f, secs in zip(col["engine"]["flops"], col["engine"]["training"], strict=True)
+    ]
+    gflops = statistics.median(rates)
+    # each step against the limits measured just before it
+    near = [r["limits"] for r in eng]
+    floors = [t * data["ready"]["engine"]["decode_bytes"] / (m["bandwidth"] * 1e9) for m in near]
+    beside = {"gen_vs_floor": spread([gen / f for gen, f in zip(col["engine"]["generation"], floors, strict=True)]),
+              "peak_share": spread([r / m["bf16"] for r, m in zip(rates, near, strict=True)]),
+              "bf16": spread([m["bf16"] for m in near]), "bandwidth": spread([m["bandwidth"] for m in near])}  # fmt: skip
     paired = [b / a for a, b in zip(col["engine"]["wall"], col["TRL"]["wall"], strict=True)]
     s = {side: spread(col[side]["wall"]) for side in col}
     return {"ok": ok, "lengths": {k: sorted(set(v)) for k, v in lens.items()}, "wall": s,
             "phases": {side: {k: statistics.median(col[side][k])
                               for k in ("step_time", "generation", "rewards", "training")} for side in col},
             "rss_mb": {side: max(col[side]["rss_mb"]) for side in col}, "ratio": s["TRL"]["median"] / s["engine"]["median"],
-            "paired": spread(paired), "gen_floor": floor, "gflops": gflops, "peak_share": gflops / peak,
+            "paired": spread(paired), "gen_floor": floor, "gflops": gflops, "peak_share": gflops / peak, "beside": beside,
             "train_gflop_per_step": statistics.mean(col["engine"]["flops"]) / 1e9,
             "steps": {side: col[side]["wall"] for side in col}}  # fmt: skip
 
@@ -165,6 +173,12 @@ def report(sm: dict, data: dict, t: int, device: str) -> None:
           f"{gen / sm['gen_floor']:.1f}× the floor (target ≤ 2×)")  # fmt: skip
     print(f"training: {sm['train_gflop_per_step']:.1f} GFLOP/step at {sm['gflops']:.0f} GFLOP/s = "
           f"{sm['peak_share']:.0%} of the bf16 matmul peak (target ≥ 50 %)")  # fmt: skip
+    bs = sm["beside"]
+    print(f"against the limits measured just before each engine step (bf16 {bs['bf16']['min']:.0f}–"
+          f"{bs['bf16']['max']:.0f} GFLOP/s, copy {bs['bandwidth']['min']:.1f}–{bs['bandwidth']['max']:.1f} GB/s): "
+          f"generation {bs['gen_vs_floor']['median']:.1f}× its floor (IQR {bs['gen_vs_floor']['q1']:.1f}–"
+          f"{bs['gen_vs_floor']['q3']:.1f}), training {bs['peak_share']['median']:.0%} of the peak (IQR "
+          f"{bs['peak_share']['q1']:.0%}–{bs['peak_share']['q3']:.0%})")  # fmt: skip
     if device.startswith("cuda"):
         print("  (on a GPU a step of this size is bound by kernel launches and Python, not by reading weights or by "
               "FLOPs: the two limit lines above say little there; the ratio to TRL is the figure)")  # fmt: skip
@@ -177,11 +191,12 @@ def table(rows: list[tuple[str, int, int, dict]], steps: int) -> str:
     for model, g, t, sm in rows:
         e, r, p = sm["wall"]["engine"], sm["wall"]["TRL"], sm["paired"]
         name = "SmolLM2-360M shape, random" if model == BIG else "SmolLM2-135M (bundled)"
-        gen = sm["phases"]["engine"]["generation"] / sm["gen_floor"]
+        gen, share = sm["beside"]["gen_vs_floor"]["median"], sm["beside"]["peak_share"]["median"]
         out.append(f"| {name} | {g} | {t} | {e['median']:.2f} ({e['q1']:.2f}–{e['q3']:.2f}) | "
                    f"{r['median']:.2f} ({r['q1']:.2f}–{r['q3']:.2f}) | **{sm['ratio']:.2f}×** "
-                   f"({p['min']:.2f}–{p['max']:.2f}) | {gen:.1f}× | {sm['peak_share']:.0%} |")  # fmt: skip
-    out.append(f"\n{steps} timed steps per side and point (after warm-up), alternating engine and TRL.")
+                   f"({p['min']:.2f}–{p['max']:.2f}) | {gen:.1f}× | {share:.0%} |")  # fmt: skip
+    out.append(f"\n{steps} timed steps per side and point (after warm-up), alternating engine and TRL; the engine's "
+               "generation and training against the limits measured just before each of its steps (medians).")  # fmt: skip
     return "\n".join(out)
 
 

@@ -1,9 +1,10 @@
 """The machine's limits that the engine benchmark (`bench_engine.py`) reports beside its measured step times.
 
-    from bench_machine import matmul_peak, copy_bandwidth, train_flops, streamed_bytes
+    from bench_machine import matmul_peak, copy_bandwidth, Probe, train_flops, streamed_bytes
 
 - `matmul_peak(dtype)`: the best GFLOP/s of a square matmul, the ceiling for the training phase.
 - `copy_bandwidth()`: GB/s of a large tensor copy, the ceiling for weight streaming.
+- `Probe(device)()`: both again in ~0.2 s, for the limits beside each step.
 - `streamed_bytes(sampler)`: the bytes one decode step reads (every matrix the sampler multiplies by), so the
   generation floor is new tokens × streamed_bytes / bandwidth.
 - `train_flops(...)`: FLOPs of one training forward+backward of the engine.
@@ -22,6 +23,18 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _best(fn, reps: int, device: str) -> float:
+    """The shortest of `reps` timed calls of fn(), in seconds."""
+    best = float("inf")
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def matmul_peak(dtype, n: int = 2048, reps: int = 8, device: str = "cpu") -> float:
     """Best-of-`reps` GFLOP/s of an n×n @ n×n matmul in `dtype`."""
     import torch
@@ -29,14 +42,7 @@ def matmul_peak(dtype, n: int = 2048, reps: int = 8, device: str = "cpu") -> flo
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     torch.matmul(a, b)  # warm-up (oneDNN primitive creation, cuBLAS handle)
-    best = float("inf")
-    for _ in range(reps):
-        _sync(device)
-        t0 = time.perf_counter()
-        torch.matmul(a, b)
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / _best(lambda: torch.matmul(a, b), reps, device) / 1e9
 
 
 def copy_bandwidth(mbytes: int = 512, reps: int = 5, device: str = "cpu") -> float:
@@ -50,14 +56,35 @@ def copy_bandwidth(mbytes: int = 512, reps: int = 5, device: str = "cpu") -> flo
     src = torch.ones(mbytes << 20, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)  # fault the pages in before timing
-    best = float("inf")
-    for _ in range(reps):
-        _sync(device)
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * src.numel() / best / 1e9
+    return 2 * src.numel() / _best(lambda: dst.copy_(src), reps, device) / 1e9
+
+
+class Probe:
+    """Both limits again, quickly, between two steps (the bench's children idle): the bf16 matmul peak (2048², best
+    of 3) and the copy bandwidth (512 MB, best of 2), on buffers kept for the run (~0.2 s a call).
+
+    Why: other tenants of the machine come and go within a run (the copy bandwidth has moved 34 → 66 GB/s between
+    two runs minutes apart), so a step is read against the limits measured beside it, not an hour's best.
+    """
+
+    def __init__(self, device: str = "cpu", n: int = 2048, mbytes: int = 512):
+        import torch
+
+        self.device, self.n = device, n
+        self.a = torch.randn(n, n, device=device).bfloat16()
+        self.b = torch.randn(n, n, device=device).bfloat16()
+        self.src = torch.ones(mbytes << 20, dtype=torch.uint8, device=device)
+        self.dst = torch.empty_like(self.src)
+        self.dst.copy_(self.src)
+        torch.matmul(self.a, self.b)
+
+    def __call__(self) -> dict[str, float]:
+        """{"bf16": GFLOP/s, "bandwidth": GB/s} now."""
+        import torch
+
+        mm = _best(lambda: torch.matmul(self.a, self.b), 3, self.device)
+        cp = _best(lambda: self.dst.copy_(self.src), 2, self.device)
+        return {"bf16": 2 * self.n**3 / mm / 1e9, "bandwidth": 2 * self.src.numel() / cp / 1e9}
 
 
 def streamed_bytes(sampler) -> int:
