@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cpu_kernels import OUT_ADD_BF16, OUT_BF16, OUT_F32, load
+from .cpu_kernels import OUT_ACC_BF16, OUT_ADD_BF16, OUT_BF16, OUT_F32, load
 from .llama import apply_rope, packed_linear
 
 
@@ -283,16 +283,15 @@ class _LoraGroup(torch.autograd.Function):
         sbs = [(B.detach() * s).to(torch.bfloat16) for B, s in zip(Bs, scales, strict=True)]
         sbts = [sb.t().contiguous() for sb in sbs]
         R, out = a.shape[0], y.shape[1]
-        xa, pa = (
-            torch.empty(N, R, dtype=torch.bfloat16),
-            _packed_t(at, 0, R),
-        )  # (a packed block outlives its call)
+        xa = torch.empty(N, R, dtype=torch.bfloat16)
+        pa = _packed_t(at, 0, R)  # held in a name: a packed block must outlive its call
         lib.wb_linear(x.data_ptr(), N, K, pa.data_ptr(), R, K, None, xa.data_ptr(), R, OUT_BF16, th)
         col = off = 0
-        for sb, sbt in zip(sbs, sbts, strict=True):  # y_i += xa_i (s B_i)ᵀ, into the group's columns in place
+        # y_i += xa_i (s B_i)ᵀ in place, rounded once as torch.addmm rounds it
+        for sb, sbt in zip(sbs, sbts, strict=True):
             (n_i, r), psb = sb.shape, _packed_t(sbt, 0, sb.shape[0])
             lib.wb_linear(xa.data_ptr() + 2 * off, N, R, psb.data_ptr(), n_i, r, None, y.data_ptr() + 2 * col, out,
-                          OUT_ADD_BF16, th)  # fmt: skip
+                          OUT_ACC_BF16, th)  # fmt: skip
             col, off = col + n_i, off + r
         ctx.save_for_backward(x, xa, a, *sbs)
         ctx.pt, ctx.scales = pt, scales
@@ -327,9 +326,8 @@ class _LoraGroup(torch.autograd.Function):
         dx = None
         if ctx.needs_input_grad[0]:  # dx = dy Wᵀ (frozen) + dxa A
             dx, pat = packed_linear(dy, ctx.pt), _packed_t(a, 0, K)
-            lib.wb_linear(
-                dxa.data_ptr(), N, R, pat.data_ptr(), K, R, None, dx.data_ptr(), K, OUT_ADD_BF16, th
-            )
+            lib.wb_linear(dxa.data_ptr(), N, R, pat.data_ptr(), K, R, None, dx.data_ptr(), K, OUT_ADD_BF16,
+                          th)  # fmt: skip
         return dx, None, None, *dAs, *dBs
 
 

@@ -45,15 +45,13 @@ SOURCES = [HERE / "cpu_decode.c", HERE / "cpu_train.c", HERE / "cpu_attn.c"]  # 
 ISA = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"]
 FLAGS = ["-O3", *ISA, "-fopenmp", "-shared", "-fPIC"]
 NEEDS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")  # /proc/cpuinfo flags
-OUT_BF16, OUT_F32, OUT_ADD_BF16 = (
-    0,
-    1,
-    2,
-)  # wb_linear's output modes: bf16, fp32 of the bf16 value, added to bf16
+# wb_linear's output modes: bf16; fp32 of the bf16 value; rounded, then added to a bf16 block; added, rounded once
+OUT_BF16, OUT_F32, OUT_ADD_BF16, OUT_ACC_BF16 = 0, 1, 2, 3
 P, I32, F32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 SIGNATURES = {
     "wb_packed_elems": ([I32, I32], ctypes.c_long),
     "wb_pack_rows": ([P, I32, I32, P, P, I32, F32, I32, P, I32], I32),
+    "wb_merge_packed": ([P, I32, P, P, I32, F32, I32, I32, P, I32], I32),
     "wb_linear": ([P, I32, I32, P, I32, I32, P, P, I32, I32, I32], None),
     "wb_decode": ([P, P, F32, P, P, P, P, P, P, P, P, I32, P, P, I32], I32),
     "wb_sample": ([P, I32, I32, F32, P, P, P, I32], I32),
@@ -215,6 +213,24 @@ def pack_rows(out: torch.Tensor, row: int, w: torch.Tensor, lora=None) -> torch.
                            out.data_ptr(), torch.get_num_threads())  # fmt: skip
     if rc:
         raise MemoryError("packing a weight for the native decode step: out of memory")
+    return out
+
+
+def merge_packed(out: torch.Tensor, base: torch.Tensor, row: int, K: int, lora) -> torch.Tensor:
+    """Rows row.. of the packed matrix `out`: the same rows of `base` (pack_rows of the weight alone) plus
+    scale·B·A for lora=(A (r, K), B (n, r), scale), bit for bit what pack_rows(out, row, w, lora) writes, in one read
+    and one write of the packed weights (no re-laying out)."""
+    A, B, scale = lora
+    # (K, r): a line's two columns of A adjacent, A's bf16 values (as pack_rows rounds them) held in fp32, zero rows
+    # up to a multiple of 8 (the kernel takes 4 lines, 8 columns, at a time)
+    K8 = (A.shape[1] + 7) // 8 * 8
+    at = torch.zeros(K8, A.shape[0])
+    at[: A.shape[1]] = A.detach().to(torch.bfloat16).t()
+    B = B.detach().to(torch.bfloat16).contiguous()
+    rc = _lib.wb_merge_packed(base.data_ptr(), K, at.data_ptr(), B.data_ptr(), A.shape[0], float(scale), row,
+                              B.shape[0], out.data_ptr(), torch.get_num_threads())  # fmt: skip
+    if rc:
+        raise MemoryError("merging an adapter into the native decode step's weights: out of memory")
     return out
 
 
