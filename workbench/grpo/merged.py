@@ -74,7 +74,7 @@ class MergedWeights:
         self.refresh(adapter=True, everything=True)
         if self.native and not self._native_ok():
             log.warning("native CPU decode off: its product disagrees with F.linear here; using oneDNN")
-            self.native, self.packed = False, {}
+            self.native, self.packed, self._base, self._based = False, {}, {}, set()
             self.refresh(adapter=True, everything=True)
 
     @torch.no_grad()
