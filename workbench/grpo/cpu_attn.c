@@ -17,6 +17,7 @@ int wb_pack_rows(const bf16 *w, int N, int K, const bf16 *a, const bf16 *b, int 
                  int threads);
 void wb_linear(const bf16 *x, int M, int xs, const bf16 *wp, int N, int K, const bf16 *bias, void *out, int os,
                int mode, int threads);
+void wb_pack_t(const bf16 *x, int R, int ld, int c0, int C, bf16 *out, int threads);
 enum { A_BF16 = 0, A_F32 = 1 }; /* wb_linear's output modes used here */
 
 /* The panels of w (N, K) row-major, pairs along K (as `wb_pack_rows` packs a weight). NULL when out of memory. */
@@ -29,25 +30,11 @@ static bf16 *packed_rows(const bf16 *w, int N, int K) {
   return p;
 }
 
-/* The panels of x^T for x (R, C) row-major: C output columns, pairs along R. Each 64-byte line is two rows' 16
- * columns interleaved, so no transpose is needed. NULL when out of memory. */
+/* The panels of x^T for x (R, C) row-major: C output columns, pairs along R (`wb_pack_t`, cpu_train.c, which
+ * writes every line, padding included). NULL when out of memory. */
 static bf16 *packed_cols(const bf16 *x, int R, int C) {
-  int kp = (R + 1) / 2;
-  bf16 *p = calloc((size_t)wb_packed_elems(C, R), sizeof(bf16));
-  if (!p) return NULL;
-  __m512i idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37, 5,
-                                 36, 4, 35, 3, 34, 2, 33, 1, 32, 0); /* a0 b0 a1 b1 ... */
-  for (int c0 = 0; c0 < C; c0 += 16) {
-    __mmask16 m = tail(C - c0);
-    bf16 *dst = p + ((size_t)(c0 / COLS) * NP * kp + (c0 / 16) % NP) * 32;
-    for (int j = 0; j < kp; j++) {
-      __m256i a = _mm256_maskz_loadu_epi16(m, x + (size_t)2 * j * C + c0);
-      __m256i b = _mm256_setzero_si256();
-      if (2 * j + 1 < R) b = _mm256_maskz_loadu_epi16(m, x + (size_t)(2 * j + 1) * C + c0);
-      __m512i v = _mm512_permutex2var_epi16(_mm512_castsi256_si512(a), idx, _mm512_castsi256_si512(b));
-      _mm512_storeu_si512((void *)(dst + (size_t)j * NP * 32), v);
-    }
-  }
+  bf16 *p = malloc(sizeof(bf16) * (size_t)wb_packed_elems(C, R));
+  if (p) wb_pack_t(x, R, C, 0, C, p, 1);
   return p;
 }
 

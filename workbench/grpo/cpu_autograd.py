@@ -317,7 +317,7 @@ class _LoraGroup(torch.autograd.Function):
             pdy, dbt = _packed_t(dy, col, n_i), torch.empty(r, n_i)
             lib.wb_linear(xat.data_ptr() + 2 * off * n2, r, n2, pdy.data_ptr(), n_i, N, None, dbt.data_ptr(), n_i,
                           OUT_F32, th)  # fmt: skip
-            dBs.append(dbt.t().mul(s).contiguous())
+            dBs.append(dbt.t().contiguous().mul_(s))  # one copy, scaled in place
             col, off = col + n_i, off + r
         # dA = dxaᵀ x for the whole group, one product; each part's rows its A's gradient
         dxat, px, dA = _rows_t(dxa), _packed_t(x, 0, K), torch.empty(R, K)

@@ -1,6 +1,7 @@
 /* The training forward's elementwise parts as native kernels, forward and backward, for contiguous bf16 CPU tensors:
  * the SiLU-gated MLP input, RMSNorm with a frozen weight, rotary embeddings, and the log-probs of tokens (with the
- * softmax's entropy) from bf16 logits; and the packing the LoRA terms' weight gradients run on.
+ * softmax's entropy) from bf16 logits; and the packing the LoRA terms run on, in training and in the sampler's
+ * refresh (`wb_merge_packed`).
  * Each keeps the rounding of the bf16 torch ops it replaces (`cpu_autograd.py` wraps them for autograd; its tests
  * compare each with torch, forward and backward). Built with `cpu_decode.c` by `cpu_kernels.py`.
  */
@@ -146,7 +147,7 @@ void wb_rope(const bf16 *x, const bf16 *cos, const bf16 *sin, bf16 *y, long N, i
     }
 }
 
-/* ---- the LoRA terms' weight gradients (`cpu_autograd.lora_group`) ------------------------------------------ */
+/* ---- packing for the LoRA terms: their weight gradients (`cpu_autograd.lora_group`), the sampler's refresh -- */
 
 /* dA = dxa^T x and dB^T = xa^T dy sum over the tokens: `wb_linear` (cpu_decode.c) runs them over x and dy packed
  * transposed, here, straight from their token-major rows (a transpose, then `wb_pack_rows`, would copy each twice).
@@ -174,4 +175,58 @@ void wb_pack_t(const bf16 *x, int R, int ld, int c0, int C, bf16 *out, int threa
           _mm512_storeu_si512((void *)(dst + 32 * c), _mm512_permutex2var_epi16(a, lo_idx, b));
         }
       }
+}
+
+/* Rows n0..n0+N of a packed (Ntot, K) matrix `out`: the same rows of `base` (its packing without the delta) plus
+ * scale * b (N, r) @ a (r, K), line by line in the packed order: the LoRA delta merged as wb_pack_rows merges it
+ * (the same fp32 sums in the same order, one rounding: bit for bit the same panels), without re-laying the weight
+ * out. A panel's rows of b stay in a small fp32 block; each 64-byte line (16 rows x one pair of columns) is read
+ * from base, its delta added in fp32, rounded and written, so a refresh is one read and one write of the weights.
+ * at is a transposed (K, r), its bf16 values in fp32, zero rows after K up to a multiple of 8. Rows of a panel
+ * outside n0..n0+N are left as they are. 2 when out of memory. */
+int wb_merge_packed(const bf16 *base, int K, const float *at, const bf16 *b, int r, float scale, int n0, int N,
+                    bf16 *out, int threads) {
+  int kp = (K + 1) / 2, p0 = n0 / 16, p1 = (n0 + N + 15) / 16, err = 0;
+#pragma omp parallel num_threads(threads)
+  {
+    float *bt = malloc(sizeof(float) * 16 * (size_t)(r > 0 ? r : 1)); /* the panel's rows of b, by column of b */
+    if (!bt) err = 2;
+#pragma omp for schedule(static)
+    for (int p = p0; p < p1; p++) {
+      if (!bt) continue;
+      int c0 = p == p0 ? n0 % 16 : 0, c1 = (p + 1) * 16 > n0 + N ? n0 + N - p * 16 : 16;
+      for (int t = 0; t < r; t++)
+        for (int c = 0; c < 16; c++) bt[t * 16 + c] = c >= c0 && c < c1 ? b2f(b[(size_t)(p * 16 + c - n0) * r + t]) : 0.f;
+      __mmask16 rows = (__mmask16)(((1u << c1) - 1) & ~((1u << c0) - 1));
+      size_t at0 = ((size_t)(p / NP) * NP * kp + p % NP) * 32;
+      __m512 sv = _mm512_set1_ps(scale);
+      for (int j0 = 0; j0 < kp; j0 += 4) { /* 4 lines at a time: 8 independent FMA chains hide their latency */
+        int nj = kp - j0 < 4 ? kp - j0 : 4;
+        __m512 acc[4][2]; /* per line, columns 2j and 2j+1 of the 16 rows */
+        for (int u = 0; u < 4; u++) acc[u][0] = acc[u][1] = _mm512_setzero_ps();
+        const float *a0 = at + (size_t)(2 * j0) * r; /* rows 2j0 .. 2j0+7 of at, r apart (zero past K) */
+        for (int t = 0; t < r; t++) {
+          __m512 bv = _mm512_loadu_ps(bt + t * 16);
+          for (int u = 0; u < 4; u++) {
+            acc[u][0] = _mm512_fmadd_ps(bv, _mm512_set1_ps(a0[(size_t)(2 * u) * r + t]), acc[u][0]);
+            acc[u][1] = _mm512_fmadd_ps(bv, _mm512_set1_ps(a0[(size_t)(2 * u + 1) * r + t]), acc[u][1]);
+          }
+        }
+        for (int u = 0; u < 4; u++) { /* constant bounds: the sums stay in registers */
+          if (u >= nj) break;
+          int j = j0 + u;
+          size_t at_j = at0 + (size_t)j * NP * 32;
+          __m512i line = _mm512_loadu_si512((const void *)(base + at_j)); /* 16 rows x (column 2j, column 2j+1) */
+          __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(line, 16));
+          __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(line, _mm512_set1_epi32((int)0xffff0000u)));
+          __m512i ye = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_fmadd_ps(acc[u][0], sv, we)));
+          __m512i yo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_fmadd_ps(acc[u][1], sv, wo)));
+          if (2 * j + 1 >= K) yo = _mm512_setzero_si512(); /* K odd: the last pair's padding stays zero */
+          _mm512_mask_storeu_epi32(out + at_j, rows, _mm512_or_si512(ye, _mm512_slli_epi32(yo, 16)));
+        }
+      }
+    }
+    free(bt);
+  }
+  return err;
 }
